@@ -1,0 +1,19 @@
+//! twtrace: the TCP TIME_WAIT lifecycle, traced with eBPF.
+//!
+//! Flow (one way): kernel programs → ring buffer → [`decode`] → [`lifecycle`] → [`event::Event`]
+//! → sinks ([`output`]). [`loader`] owns BTF offsets, kallsyms and the hook table; [`netns`] and
+//! [`workload`] are shared by the tests, `verify` and the benchmarks.
+
+pub mod btf;
+pub mod decode;
+pub mod event;
+pub mod filter;
+pub mod kallsyms;
+pub mod lifecycle;
+pub mod loader;
+pub mod netns;
+pub mod output;
+pub mod snapshot;
+pub mod sysinfo;
+pub mod tracer;
+pub mod workload;

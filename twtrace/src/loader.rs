@@ -1,0 +1,269 @@
+//! Loading the kernel programs: pre-flight checks with actionable messages, BTF offsets and
+//! kallsyms into the programs' `CONFIG`, and the hook table attached by what the kernel offers.
+
+use crate::btf::{KernelBtf, VMLINUX};
+use crate::kallsyms;
+use anyhow::{bail, Context, Result};
+use aya::programs::{BtfTracePoint, Iter};
+use aya::{Btf, Ebpf, EbpfLoader};
+use std::path::Path;
+use twtrace_common::{Config, NO_FIELD};
+
+/// The kernel object, built by build.rs from `twtrace-ebpf` and embedded in the binary.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace.bpf.o"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// BTF-enabled tracepoint (`tp_btf`): no tracefs needed.
+    TpBtf(&'static str),
+    /// BPF iterator (`iter/…`), run on demand rather than attached to an event.
+    Iter(&'static str),
+}
+
+/// One row of the hook table.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    /// Program name in the kernel object.
+    pub program: &'static str,
+    pub attach: Attach,
+    /// Without a required hook twtrace cannot report the lifecycle at all.
+    pub required: bool,
+    /// What the hook contributes, printed in the start-up report.
+    pub purpose: &'static str,
+}
+
+/// The baseline tier: tracepoints every BTF kernel has. Function hooks (kprobe/fentry on
+/// `tcp_time_wait`, `inet_twsk_alloc`, `tcp_twsk_unique`, `inet_twsk_kill`) join this table
+/// where a kernel offers them; the tracepoint set must always work alone.
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "timer_start",
+        attach: Attach::TpBtf("timer_start"),
+        required: true,
+        purpose: "timewait births and re-arms",
+    },
+    Hook {
+        program: "timer_cancel",
+        attach: Attach::TpBtf("timer_cancel"),
+        required: true,
+        purpose: "timewait timer detaches (expiry, re-arm or early death)",
+    },
+    Hook {
+        program: "timer_expire_entry",
+        attach: Attach::TpBtf("timer_expire_entry"),
+        required: true,
+        purpose: "timewait expiries",
+    },
+    Hook {
+        program: "timer_init",
+        attach: Attach::TpBtf("timer_init"),
+        required: false,
+        purpose: "exact death evidence when a timewait socket's memory is reused",
+    },
+    Hook {
+        program: "inet_sock_set_state",
+        attach: Attach::TpBtf("inet_sock_set_state"),
+        required: false,
+        purpose: "the process that closed each connection",
+    },
+    Hook {
+        program: "snapshot_tcp",
+        attach: Attach::Iter("tcp"),
+        required: false,
+        purpose: "timewait sockets that existed before start-up",
+    },
+];
+
+#[derive(Clone, Debug)]
+pub struct HookStatus {
+    pub hook: Hook,
+    /// `Err(message)` when the hook could not be loaded or attached.
+    pub result: std::result::Result<(), String>,
+}
+
+impl HookStatus {
+    pub fn label(&self) -> String {
+        match self.hook.attach {
+            Attach::TpBtf(tp) => format!("tp_btf/{tp}"),
+            Attach::Iter(i) => format!("iter/{i}"),
+        }
+    }
+
+    /// One line for stderr.
+    pub fn report_line(&self) -> String {
+        match &self.result {
+            Ok(()) => format!(
+                "hook {:<28} attached     ({})",
+                self.label(),
+                self.hook.purpose
+            ),
+            Err(e) => format!(
+                "hook {:<28} UNAVAILABLE  ({}): {e}",
+                self.label(),
+                self.hook.purpose
+            ),
+        }
+    }
+}
+
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Checks what the kernel programs need before trying, so that the user gets the fix rather
+/// than an errno from deep inside the loader.
+pub fn preflight() -> Result<()> {
+    let caps = effective_caps().unwrap_or(0);
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        bail!(
+            "twtrace needs to load eBPF programs into the kernel, which takes root or the \
+             capabilities CAP_BPF and CAP_PERFMON (plus CAP_SYS_ADMIN to snapshot other network \
+             namespaces).\n\nRun it with sudo:  sudo twtrace\n\
+             or grant the capabilities once:  sudo setcap cap_bpf,cap_perfmon,cap_sys_admin,cap_syslog+ep $(command -v twtrace)"
+        );
+    }
+    if !Path::new(VMLINUX).exists() {
+        bail!(
+            "this kernel does not expose its type information ({VMLINUX} is missing).\n\n\
+             twtrace reads kernel structure layouts from BTF instead of hard-coding them, so it \
+             needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (the default on Debian 11+, \
+             Ubuntu 20.10+, Fedora 31+, RHEL 8.2+). Boot such a kernel and run twtrace again."
+        );
+    }
+    Ok(())
+}
+
+/// Resolves every structure offset the programs read, and the timewait timer's handler.
+pub fn resolve_config(btf: &KernelBtf, tw_timer_handler: u64) -> Result<Config> {
+    let o = |s: &str, p: &str| btf.offset(s, p);
+    let v6 = |p: &str| -> Result<u32> { Ok(btf.try_offset("sock_common", p)?.unwrap_or(0)) };
+    // tw_entry_stamp arrived with tcp_tw_reuse_delay (6.13); older kernels lack it.
+    let entry_stamp = match btf.try_offset("inet_timewait_sock", "tw_entry_stamp")? {
+        Some(off) => off,
+        None => match btf.try_offset("tcp_timewait_sock", "tw_entry_stamp")? {
+            Some(off) => off,
+            None => NO_FIELD,
+        },
+    };
+    Ok(Config {
+        tw_timer_handler,
+        timer_expires: o("timer_list", "expires")?,
+        timer_function: o("timer_list", "function")?,
+        tw_timer: o("inet_timewait_sock", "tw_timer")?,
+        tw_substate: o("inet_timewait_sock", "tw_substate")?,
+        tw_entry_stamp: entry_stamp,
+        tw_ts_recent_stamp: o("tcp_timewait_sock", "tw_ts_recent_stamp")?,
+        skc_daddr: o("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: o("sock_common", "skc_rcv_saddr")?,
+        skc_dport: o("sock_common", "skc_dport")?,
+        skc_num: o("sock_common", "skc_num")?,
+        skc_family: o("sock_common", "skc_family")?,
+        skc_state: o("sock_common", "skc_state")?,
+        skc_net: o("sock_common", "skc_net.net")?,
+        skc_v6_daddr: v6("skc_v6_daddr")?,
+        skc_v6_rcv_saddr: v6("skc_v6_rcv_saddr")?,
+        net_ns_inum: o("net", "ns.inum")?,
+        inet_sport: o("inet_sock", "inet_sport")?,
+    })
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub btf: Btf,
+    pub config: Config,
+    pub hooks: Vec<HookStatus>,
+}
+
+/// Pre-flight, resolve, load and attach. `ring_bytes` sizes the event ring buffer (a power of
+/// two, multiple of the page size).
+pub fn load(ring_bytes: u32) -> Result<Loaded> {
+    preflight()?;
+    let kbtf = KernelBtf::open(Path::new(VMLINUX))?;
+    let syms = kallsyms::lookup_running(&["tw_timer_handler"])?;
+    let Some(handler) = syms[0] else {
+        bail!(
+            "tw_timer_handler is not in /proc/kallsyms.\n\n\
+             twtrace recognises a TIME_WAIT socket's timer by its handler function. This kernel \
+             either renamed it (twtrace knows the name used from Linux 2.6 to 6.18) or was built \
+             without CONFIG_KALLSYMS_ALL. Please report the kernel version (uname -r)."
+        );
+    };
+    let config =
+        resolve_config(&kbtf, handler).context("resolving kernel structure offsets from BTF")?;
+    let btf = Btf::from_sys_fs().context("loading kernel BTF for tp_btf programs")?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(OBJECT)
+        .context("loading twtrace's eBPF object into the kernel")?;
+    let mut hooks = Vec::new();
+    for hook in HOOKS {
+        let result = attach(&mut ebpf, &btf, hook).map_err(|e| format!("{e:#}"));
+        if hook.required {
+            if let Err(e) = &result {
+                bail!(
+                    "required hook {} could not be attached: {e}\n\n\
+                     twtrace needs the timer tracepoints (tp_btf) to see TIME_WAIT sockets.",
+                    hook.program
+                );
+            }
+        }
+        hooks.push(HookStatus {
+            hook: *hook,
+            result,
+        });
+    }
+    Ok(Loaded {
+        ebpf,
+        btf,
+        config,
+        hooks,
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<()> {
+    let prog = ebpf
+        .program_mut(hook.program)
+        .with_context(|| format!("program {} missing from the object", hook.program))?;
+    match hook.attach {
+        Attach::TpBtf(tp) => {
+            let p: &mut BtfTracePoint = prog.try_into()?;
+            p.load(tp, btf)?;
+            p.attach()?;
+        }
+        Attach::Iter(target) => {
+            // Iterators are attached per run (see snapshot.rs); loading proves they work.
+            let p: &mut Iter = prog.try_into()?;
+            p.load(target, btf)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_resolve_on_the_running_kernel() {
+        let btf = KernelBtf::open(Path::new(VMLINUX)).unwrap();
+        let c = resolve_config(&btf, 1).unwrap();
+        // The timer sits inside the timewait socket, after sock_common.
+        assert!(c.tw_timer > c.skc_net);
+        assert!(c.tw_substate > 0 && c.tw_substate < c.tw_timer);
+        assert_eq!(c.timer_function, c.timer_expires + 8);
+        assert!(c.tw_ts_recent_stamp > c.tw_timer);
+        assert_ne!(c.net_ns_inum, 0);
+    }
+}

@@ -1,0 +1,57 @@
+//! The line / NDJSON printer sink.
+
+use crate::event::{Event, LINE_HEADER};
+use crate::sysinfo::Clock;
+use std::io::Write;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Lines,
+    Json,
+}
+
+pub struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    clock: Clock,
+    buf: String,
+    header_done: bool,
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, format: Format, clock: Clock) -> Self {
+        Printer {
+            out,
+            format,
+            clock,
+            buf: String::with_capacity(64 * 1024),
+            header_done: false,
+        }
+    }
+
+    /// Writes a batch and flushes once. An error (e.g. EPIPE from `| head`) is returned so the
+    /// caller can stop.
+    pub fn write_batch<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> std::io::Result<()> {
+        self.buf.clear();
+        if self.format == Format::Lines && !self.header_done {
+            self.buf.push_str(LINE_HEADER);
+            self.buf.push('\n');
+            self.header_done = true;
+        }
+        for e in events {
+            match self.format {
+                Format::Lines => e.write_line(&self.clock, &mut self.buf),
+                Format::Json => e.write_json(&self.clock, &mut self.buf),
+            }
+            self.buf.push('\n');
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.out.write_all(self.buf.as_bytes())?;
+        self.out.flush()
+    }
+}

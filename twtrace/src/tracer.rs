@@ -1,0 +1,314 @@
+//! The live pipeline's source: kernel programs → ring buffer → decoder → lifecycle → events.
+//!
+//! [`Tracer`] is single-threaded and blocking (`poll(2)` on the ring buffer's fd); the CLI and
+//! the tests both drive it from a thread of their own, and sinks consume the `Event`s it
+//! produces.
+
+use crate::decode::decode;
+use crate::event::{Body, Event};
+use crate::lifecycle::{Lifecycle, Stats, SETTLE_NS};
+use crate::loader::{self, HookStatus};
+use crate::snapshot;
+use crate::sysinfo::{self, Clock};
+use anyhow::{Context, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::Iter;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use twtrace_common::counter;
+
+#[derive(Clone, Debug)]
+pub struct TracerOptions {
+    /// Ring buffer size in bytes (power of two, page multiple).
+    pub ring_bytes: u32,
+    /// Walk existing timewait sockets at start-up.
+    pub snapshot: bool,
+    /// How long a timer detach may stay unexplained before it counts as an early death.
+    pub settle_ns: u64,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        TracerOptions {
+            ring_bytes: 8 << 20,
+            snapshot: true,
+            settle_ns: SETTLE_NS,
+        }
+    }
+}
+
+pub struct Tracer {
+    // Field order matters for Drop: maps and the ring go before the object that owns them.
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    ebpf: aya::Ebpf,
+    lifecycle: Lifecycle,
+    pub clock: Clock,
+    pub hz: u64,
+    pub hooks: Vec<HookStatus>,
+    /// Problems worth telling the user that did not stop the start (snapshot failures, …).
+    pub warnings: Vec<String>,
+    initial: Vec<Event>,
+    lost_reported: u64,
+    last_counter_read: Instant,
+    pub records: u64,
+    pub decode_errors: u64,
+}
+
+impl Tracer {
+    pub fn start(opts: &TracerOptions) -> Result<Tracer> {
+        let loader::Loaded {
+            mut ebpf, hooks, ..
+        } = loader::load(opts.ring_bytes)?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+        let mut warnings = Vec::new();
+        let iter_ok = hooks
+            .iter()
+            .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
+        let hz = match sysinfo::config_hz() {
+            Some(hz) => hz,
+            None if iter_ok => {
+                let prog: &mut Iter = ebpf
+                    .program_mut("snapshot_tcp")
+                    .context("iter")?
+                    .try_into()?;
+                sysinfo::nearest_hz(snapshot::measure_hz(prog, Duration::from_millis(200))?)
+            }
+            None => {
+                warnings
+                    .push("kernel HZ unknown (no kernel config, no iterator): assuming 250".into());
+                250
+            }
+        };
+        let mut lifecycle = Lifecycle::with_settle(hz, opts.settle_ns);
+        let mut initial = Vec::new();
+        // The timer programs are attached already, so a socket cannot fall between the
+        // snapshot and the live stream; the lifecycle drops the duplicates.
+        if opts.snapshot && iter_ok {
+            let prog: &mut Iter = ebpf
+                .program_mut("snapshot_tcp")
+                .context("iter")?
+                .try_into()?;
+            let snap = snapshot::take(prog);
+            for f in &snap.failures {
+                warnings.push(format!("snapshot: {f}"));
+            }
+            for r in &snap.records {
+                lifecycle.on_record(r, &mut initial);
+            }
+        }
+        Ok(Tracer {
+            ring,
+            counters,
+            ebpf,
+            lifecycle,
+            clock: Clock::now(),
+            hz,
+            hooks,
+            warnings,
+            initial,
+            lost_reported: 0,
+            last_counter_read: Instant::now(),
+            records: 0,
+            decode_errors: 0,
+        })
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lifecycle.stats
+    }
+
+    /// Events lost in the kernel so far (failed ring-buffer reservations, all CPUs).
+    pub fn lost_total(&self) -> u64 {
+        self.read_counter(counter::LOST)
+    }
+
+    pub fn read_errors(&self) -> u64 {
+        self.read_counter(counter::READ_ERRORS)
+    }
+
+    fn read_counter(&self, idx: u32) -> u64 {
+        self.counters
+            .get(&idx, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Blocks until the ring buffer has data or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+    }
+
+    /// Drains the ring buffer and appends the resulting events (snapshot first, on the first
+    /// call). Also settles overdue detaches and reports newly lost events.
+    pub fn poll(&mut self, out: &mut Vec<Event>) {
+        out.append(&mut self.initial);
+        while let Some(item) = self.ring.next() {
+            self.records += 1;
+            match decode(&item) {
+                Ok(r) => self.lifecycle.on_record(&r, out),
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+        let now = sysinfo::monotonic_ns();
+        self.lifecycle.tick(now, out);
+        if self.last_counter_read.elapsed() >= Duration::from_millis(200) {
+            self.last_counter_read = Instant::now();
+            self.report_lost(now, out);
+        }
+    }
+
+    fn report_lost(&mut self, now: u64, out: &mut Vec<Event>) {
+        let lost = self.lost_total();
+        if lost > self.lost_reported {
+            out.push(Event {
+                ts_ns: now,
+                body: Body::Lost {
+                    count: lost - self.lost_reported,
+                },
+            });
+            self.lost_reported = lost;
+        }
+    }
+
+    /// Final drain: waits out the settle window so pending detaches are decided.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.poll(out);
+        std::thread::sleep(Duration::from_nanos(SETTLE_NS + 1_000_000));
+        self.poll(out);
+        let now = sysinfo::monotonic_ns();
+        self.report_lost(now, out);
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut aya::Ebpf {
+        &mut self.ebpf
+    }
+}
+
+/// A tracer on its own thread, collecting every event: what the integration tests, `verify`
+/// and the benchmarks use.
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    events: Arc<Mutex<Vec<Event>>>,
+    thread: Option<std::thread::JoinHandle<Result<TracerSummary>>>,
+    pub clock: Clock,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TracerSummary {
+    pub stats: Stats,
+    pub lost: u64,
+    pub decode_errors: u64,
+    pub read_errors: u64,
+}
+
+impl Background {
+    /// Starts a tracer and returns once it is attached and its snapshot is taken.
+    pub fn start(
+        opts: TracerOptions,
+        keep: impl Fn(&Event) -> bool + Send + 'static,
+    ) -> Result<Background> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Clock>>();
+        let (s, ev) = (stop.clone(), events.clone());
+        let thread = std::thread::spawn(move || -> Result<TracerSummary> {
+            let mut t = match Tracer::start(&opts) {
+                Ok(t) => {
+                    let _ = ready_tx.send(Ok(t.clock));
+                    t
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    let _ = ready_tx.send(Err(e));
+                    anyhow::bail!(msg);
+                }
+            };
+            let mut buf = Vec::new();
+            let push = |buf: &mut Vec<Event>| {
+                let mut g = ev.lock().unwrap_or_else(|p| p.into_inner());
+                g.extend(buf.drain(..).filter(|e| keep(e)));
+            };
+            while !s.load(Ordering::Relaxed) {
+                t.wait(Duration::from_millis(5));
+                t.poll(&mut buf);
+                push(&mut buf);
+            }
+            t.finish(&mut buf);
+            push(&mut buf);
+            Ok(TracerSummary {
+                stats: t.stats(),
+                lost: t.lost_total(),
+                decode_errors: t.decode_errors,
+                read_errors: t.read_errors(),
+            })
+        });
+        let clock = ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("tracer thread died before it was ready"))??;
+        Ok(Background {
+            stop,
+            events,
+            thread: Some(thread),
+            clock,
+        })
+    }
+
+    /// A copy of the events collected so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Polls until `pred` holds over the collected events or `timeout` passes; returns the
+    /// events either way.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ev = self.events();
+            if pred(&ev) || Instant::now() >= deadline {
+                return ev;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the tracer (after a final drain) and returns all events and its summary.
+    pub fn stop(mut self) -> Result<(Vec<Event>, TracerSummary)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let summary = match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("tracer thread panicked"))??,
+            None => TracerSummary::default(),
+        };
+        Ok((self.events(), summary))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
