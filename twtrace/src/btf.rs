@@ -111,7 +111,7 @@ impl KernelBtf {
                 };
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             bail!("{strukt}.{path} is not byte-aligned (bit offset {bits})");
         }
         Ok(Some(bits / 8))
@@ -183,7 +183,7 @@ pub(crate) mod tests {
         ]);
         let types: Vec<u8> = t.iter().flat_map(|x| x.to_le_bytes()).collect();
         let mut out = Vec::new();
-        out.extend(0xeB9Fu16.to_le_bytes());
+        out.extend(0xEB9F_u16.to_le_bytes());
         out.extend([1u8, 0u8]);
         out.extend(24u32.to_le_bytes());
         out.extend(0u32.to_le_bytes());

@@ -83,17 +83,88 @@ impl Substate {
 pub enum ExitReason {
     /// Its timer ran out (`timer_expire_entry` after the detach on the same CPU).
     Expired,
-    /// Killed before its timer (a detach that was neither an expiry nor a re-arm).
+    /// Killed before its timer (a detach that was neither an expiry nor a re-arm), cause not
+    /// established. The lifecycle issue's classification replaces this with one of the below.
     Early,
+    /// connect() took over the 4-tuple (tcp_tw_reuse, or bind()+connect()).
+    Reused,
+    /// A new SYN was accepted into the timewait socket.
+    Syn,
+    /// An RST killed it (RFC 1337 assassination), or it answered with RST.
+    Rst,
+    /// Its network namespace went away.
+    Purged,
     /// Its death was not observed (lost events, or memory reused without a visible death).
     Unknown,
 }
 
+/// Why connect() could not reuse any timewait socket toward a destination (the rule of
+/// `tcp_twsk_unique`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// `tcp_tw_reuse` = 0.
+    ReuseOff,
+    /// `tcp_tw_reuse` = 2 (loopback only) and the peer is not loopback.
+    LoopbackOnly,
+    /// The peer sent no timestamps (`tw_ts_recent_stamp` = 0).
+    NoTimestamps,
+    /// The youngest candidate was younger than `tcp_tw_reuse_delay`.
+    TooYoung,
+    /// The candidate was still in its FIN_WAIT2 substate.
+    FinWait2,
+    /// No timewait socket toward that destination: the ports are held by live connections.
+    NoTimewait,
+    Unknown,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 7] = [
+        Refusal::ReuseOff,
+        Refusal::LoopbackOnly,
+        Refusal::NoTimestamps,
+        Refusal::TooYoung,
+        Refusal::FinWait2,
+        Refusal::NoTimewait,
+        Refusal::Unknown,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::ReuseOff => "reuse off",
+            Refusal::LoopbackOnly => "loopback only",
+            Refusal::NoTimestamps => "no timestamps",
+            Refusal::TooYoung => "too young",
+            Refusal::FinWait2 => "fin_wait2",
+            Refusal::NoTimewait => "no timewait",
+            Refusal::Unknown => "unknown",
+        }
+    }
+}
+
 impl ExitReason {
+    pub const ALL: [ExitReason; 7] = [
+        ExitReason::Expired,
+        ExitReason::Early,
+        ExitReason::Reused,
+        ExitReason::Syn,
+        ExitReason::Rst,
+        ExitReason::Purged,
+        ExitReason::Unknown,
+    ];
+
+    /// Position in [`ExitReason::ALL`], for per-reason counters.
+    pub fn index(&self) -> usize {
+        *self as usize
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             ExitReason::Expired => "expired",
             ExitReason::Early => "early",
+            ExitReason::Reused => "reused",
+            ExitReason::Syn => "syn",
+            ExitReason::Rst => "rst",
+            ExitReason::Purged => "purged",
             ExitReason::Unknown => "unknown",
         }
     }
@@ -144,6 +215,25 @@ pub enum Body {
         /// The task in whose context the socket died.
         task: Option<Task>,
     },
+    /// `tcp_max_tw_buckets` was reached in the socket's netns: it closed without a timewait
+    /// socket (`sock.tw` is the full socket's address).
+    Overflow { sock: Sock },
+    /// The application reset the connection (SO_LINGER {1,0}, or data left unread): no
+    /// TIME_WAIT (`sock.tw` is the full socket's address).
+    Abort { sock: Sock, task: Option<Task> },
+    /// connect() failed for want of a local port. `sock` holds the destination (raddr/rport)
+    /// and whatever local address was bound (port 0 if none).
+    ConnectFail {
+        sock: Sock,
+        errno: i32,
+        refusal: Refusal,
+        /// Timewait sockets toward that destination in that netns at the time.
+        timewait: u32,
+        task: Option<Task>,
+    },
+    /// A segment was dropped by a timewait socket's PAWS check (typically a SYN from behind
+    /// NAT carrying an older timestamp).
+    PawsReject { sock: Sock },
     /// Events the kernel could not queue (ring buffer full): `count` more since the last one.
     Lost { count: u64 },
 }
@@ -161,15 +251,23 @@ impl Event {
             Body::Enter { .. } => "enter",
             Body::Promote { .. } => "promote",
             Body::Exit { .. } => "exit",
+            Body::Overflow { .. } => "overflow",
+            Body::Abort { .. } => "abort",
+            Body::ConnectFail { .. } => "connect_fail",
+            Body::PawsReject { .. } => "paws_reject",
             Body::Lost { .. } => "lost",
         }
     }
 
     pub fn sock(&self) -> Option<&Sock> {
         match &self.body {
-            Body::Enter { sock, .. } | Body::Promote { sock, .. } | Body::Exit { sock, .. } => {
-                Some(sock)
-            }
+            Body::Enter { sock, .. }
+            | Body::Promote { sock, .. }
+            | Body::Exit { sock, .. }
+            | Body::Overflow { sock }
+            | Body::Abort { sock, .. }
+            | Body::ConnectFail { sock, .. }
+            | Body::PawsReject { sock } => Some(sock),
             Body::Lost { .. } => None,
         }
     }
@@ -250,6 +348,23 @@ impl Event {
                 }
                 task(out, t);
             }
+            Body::Overflow { .. } | Body::PawsReject { .. } => {}
+            Body::Abort { task: t, .. } => task(out, t),
+            Body::ConnectFail {
+                errno,
+                refusal,
+                timewait,
+                task: t,
+                ..
+            } => {
+                let _ = write!(
+                    out,
+                    ",\"errno\":{errno},\"errno_name\":\"{}\",\"refusal\":\"{}\",\"timewait\":{timewait}",
+                    errno_name(*errno),
+                    refusal.as_str()
+                );
+                task(out, t);
+            }
             Body::Lost { count } => {
                 let _ = write!(out, ",\"count\":{count}");
             }
@@ -308,6 +423,29 @@ impl Event {
                     task.as_ref(),
                 )
             }
+            Body::Overflow { .. } => (
+                "-",
+                "no timewait: tcp_max_tw_buckets reached".to_string(),
+                None,
+            ),
+            Body::Abort { task, .. } => ("-", "reset: no TIME_WAIT".to_string(), task.as_ref()),
+            Body::ConnectFail {
+                errno,
+                refusal,
+                timewait,
+                task,
+                ..
+            } => (
+                "-",
+                format!(
+                    "{} {} tw={}",
+                    errno_name(*errno),
+                    refusal.as_str(),
+                    timewait
+                ),
+                task.as_ref(),
+            ),
+            Body::PawsReject { .. } => ("TIME_WAIT", "segment dropped by PAWS".to_string(), None),
             Body::Lost { .. } => unreachable!("handled above"),
         };
         let (pid, comm) = match t {
@@ -330,6 +468,16 @@ impl Event {
 }
 
 pub const LINE_HEADER: &str = "TIME(UTC)       NETNS      EVENT   SUBSTATE  LOCAL                  REMOTE                 DETAIL                       PID COMM";
+
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        _ => "E?",
+    }
+}
 
 pub fn endpoint(a: &IpAddr, port: u16) -> String {
     match a {

@@ -40,9 +40,8 @@ struct Live {
 pub struct Stats {
     pub enters: u64,
     pub exits: u64,
-    pub expired: u64,
-    pub early: u64,
-    pub unknown: u64,
+    /// Exits per reason, indexed by [`ExitReason::index`].
+    pub by_reason: [u64; ExitReason::ALL.len()],
     pub rearms: u64,
     pub promotes: u64,
     pub snapshot: u64,
@@ -55,6 +54,12 @@ pub struct Lifecycle {
     /// Per CPU: a cancel not yet explained by the next record on that CPU.
     pending: HashMap<u16, TwRecord>,
     pub stats: Stats,
+}
+
+impl Stats {
+    pub fn exits_by(&self, reason: ExitReason) -> u64 {
+        self.by_reason[reason.index()]
+    }
 }
 
 impl Lifecycle {
@@ -263,11 +268,7 @@ impl Lifecycle {
             _ => None,
         };
         self.stats.exits += 1;
-        match reason {
-            ExitReason::Expired => self.stats.expired += 1,
-            ExitReason::Early => self.stats.early += 1,
-            ExitReason::Unknown => self.stats.unknown += 1,
-        }
+        self.stats.by_reason[reason.index()] += 1;
         out.push(Event {
             ts_ns: r.ts_ns,
             body: Body::Exit {
@@ -457,7 +458,7 @@ mod tests {
         );
         assert_eq!(exits(&ev).len(), 1);
         assert_eq!(exits(&ev)[0].1, ExitReason::Unknown);
-        assert_eq!(lc.stats.unknown, 1);
+        assert_eq!(lc.stats.exits_by(ExitReason::Unknown), 1);
         assert_eq!(lc.live_count(), 1);
     }
 
@@ -497,7 +498,7 @@ mod tests {
         lc.on_record(&rec(kind::SNAPSHOT, 0xA, 0, 2000), &mut out);
         lc.on_record(&rec(kind::TIMER_START, 0xA, 1, 1990), &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(lc.stats.unknown, 0);
+        assert_eq!(lc.stats.exits_by(ExitReason::Unknown), 0);
     }
 
     #[test]

@@ -48,7 +48,13 @@ pub fn serve(
     let (s, a) = (stop.clone(), accepted.clone());
     let thread = std::thread::spawn(move || {
         let mut workers: Vec<JoinHandle<()>> = Vec::new();
-        while !s.load(Ordering::Relaxed) {
+        // On stop, connections already queued are still served: closing the listener with
+        // them in its queue would reset them (and kill the clients' timewait sockets).
+        let mut draining = false;
+        loop {
+            if !draining && s.load(Ordering::Relaxed) {
+                draining = true;
+            }
             match listener.accept() {
                 Ok((conn, _)) => {
                     a.fetch_add(1, Ordering::Relaxed);
@@ -63,9 +69,7 @@ pub fn serve(
                         })),
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
+                Err(_) if draining => break,
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
         }

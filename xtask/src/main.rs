@@ -1,1 +1,231 @@
-fn main() {}
+//! `cargo xtask`: setup, build, run and test twtrace from a fresh machine.
+//!
+//! - `setup`: installs only what is missing (Debian packages, bpf-linker), saying what it does.
+//! - `build`: setup, then `cargo build --release`.
+//! - `run [-- ARGS]`: build, then run `target/release/twtrace ARGS` as root.
+//! - `test`: setup, format check, clippy, then every test (unit and integration; the
+//!   integration tests load the real programs into the running kernel, so they need root).
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the build dependencies that are missing (idempotent).
+    Setup,
+    /// Set up, then build the release binary with the kernel object embedded.
+    Build,
+    /// Build, then run twtrace as root with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, and run every test.
+    Test {
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the build and the tests need, with why.
+const PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "Debian's rustc, which has a BPF core library"),
+    ("cargo-web", "Debian's cargo, to build the kernel programs"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "prebuilt core/alloc for bpfel-unknown-none",
+    ),
+    (
+        "llvm-22-dev",
+        "the LLVM bpf-linker links against (matches rustc-web's LLVM 22)",
+    ),
+    ("libzstd-dev", "needed to link bpf-linker"),
+    (
+        "iproute2",
+        "network namespaces and veth pairs for the tests",
+    ),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build => setup().and_then(|_| build()),
+        Cmd::Run { args } => setup().and_then(|_| build()).and_then(|_| run(&args)),
+        Cmd::Test { args } => setup().and_then(|_| test(&args)),
+    };
+    if let Err(e) = r {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", show(cmd));
+    let st = cmd
+        .status()
+        .with_context(|| format!("running {}", show(cmd)))?;
+    if !st.success() {
+        bail!("`{}` failed ({st})", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        })
+}
+
+fn bpf_linker_ok() -> bool {
+    let bin = cargo_home().join("bin/bpf-linker");
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    if !Path::new("/etc/debian_version").exists() {
+        bail!(
+            "automatic setup supports Debian and Ubuntu only. Install by hand: Debian's rustc-web, \
+             cargo-web and libstd-rust-web-dev-bpf (or a nightly Rust with rust-src), LLVM 22 \
+             development files, then:\n  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@{BPF_LINKER_VERSION} \
+             --locked --no-default-features --features llvm-22"
+        );
+    }
+    let missing: Vec<&(&str, &str)> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+        for (p, why) in &missing {
+            eprintln!("xtask: missing package {p}: {why}");
+        }
+        if !is_root() {
+            bail!(
+                "installing packages needs root. Run:\n  sudo apt-get update && sudo apt-get install -y {}",
+                names.join(" ")
+            );
+        }
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&names)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !bpf_linker_ok() {
+        eprintln!(
+            "xtask: installing bpf-linker {BPF_LINKER_VERSION} (built against LLVM 22, ~1 min)"
+        );
+        sh(Command::new("cargo")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    // tp_btf programs do not need tracefs, but classic tracepoints and the peer tools
+    // (bpftrace, tcpstates) do; mount it where a fresh boot left it out.
+    if is_root() && !Path::new("/sys/kernel/tracing/events").exists() {
+        let _ = sh(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]));
+    }
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root_dir());
+    c
+}
+
+fn build() -> Result<()> {
+    sh(cargo().args(["build", "--release", "-p", "twtrace"]))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let bin = root_dir().join("target/release/twtrace");
+    let mut cmd = if is_root() {
+        Command::new(&bin)
+    } else {
+        eprintln!("xtask: twtrace loads eBPF programs: running it with sudo");
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&bin);
+        c
+    };
+    cmd.args(args);
+    let st = cmd.status().context("starting twtrace")?;
+    std::process::exit(st.code().unwrap_or(1));
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the integration tests load eBPF programs and create network namespaces: run as \
+             root (sudo -E cargo xtask test)"
+        );
+    }
+    sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Most integration tests wait on the kernel (timers, namespace teardown) rather than on
+    // the CPU, so they run with more threads than cores.
+    sh(cargo()
+        .args(["test", "--workspace", "--no-fail-fast", "--"])
+        .args(args)
+        .env(
+            "RUST_TEST_THREADS",
+            std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "8".into()),
+        ))
+}

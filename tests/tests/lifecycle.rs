@@ -1,0 +1,228 @@
+//! The foundation's contract, against the live kernel: every TIME_WAIT entry and exit, on the
+//! right side, with the right tuple, netns and timing. Each test owns its network namespace.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+use twtrace::event::{ExitReason, Substate};
+use twtrace::netns::NetNs;
+use twtrace::sysinfo;
+use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace_tests::*;
+
+fn lo4() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Client closes first: exactly N enters, all on the client side, none on the server's.
+#[test]
+fn client_first_close_enters_on_the_client_side_only() {
+    const N: usize = 20;
+    let ns = NetNs::new().unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+    let clients = connect_many(&ns, server.addr, N, FirstCloser::Client).unwrap();
+    tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
+    std::thread::sleep(Duration::from_millis(300)); // would-be extra events have time to show
+    let (ev, summary) = tracer.stop().unwrap();
+    let en = enters(&ev);
+    assert_eq!(en.len(), N, "enters: {en:#?}");
+    let clients: HashSet<SocketAddr> = clients.into_iter().collect();
+    for e in &en {
+        assert_eq!(e.sock.netns as u64, ns.inode());
+        assert!(
+            clients.contains(&addr(&e.sock, true)),
+            "not a client tuple: {e:?}"
+        );
+        assert_eq!(addr(&e.sock, false), server.addr);
+        assert!(!e.snapshot);
+        // Born FIN_WAIT2 (orphan, our FIN acked before the server's FIN) or TIME_WAIT.
+        assert!(
+            matches!(e.substate, Substate::TimeWait | Substate::FinWait2),
+            "{e:?}"
+        );
+        assert!(e.timeout_ms > 0 && e.timeout_ms <= 60_000, "{e:?}");
+    }
+    let distinct: HashSet<_> = en.iter().map(|e| addr(&e.sock, true)).collect();
+    assert_eq!(distinct.len(), N);
+    // The closing process is named: this test process closed every client socket.
+    assert!(
+        en.iter().all(|e| e.comm.is_some()),
+        "closer missing: {en:#?}"
+    );
+    assert_eq!(summary.lost, 0);
+}
+
+/// Server closes first: the reverse.
+#[test]
+fn server_first_close_enters_on_the_server_side_only() {
+    const N: usize = 20;
+    let ns = NetNs::new().unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, lo4(), FirstCloser::Server, Duration::ZERO).unwrap();
+    let clients = connect_many(&ns, server.addr, N, FirstCloser::Server).unwrap();
+    tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ev, _) = tracer.stop().unwrap();
+    let en = enters(&ev);
+    assert_eq!(en.len(), N, "enters: {en:#?}");
+    let clients: HashSet<SocketAddr> = clients.into_iter().collect();
+    for e in &en {
+        assert_eq!(addr(&e.sock, true), server.addr, "{e:?}");
+        assert!(clients.contains(&addr(&e.sock, false)), "{e:?}");
+        // The server saw the client's FIN before it closed? No: it closed first, so its socket
+        // went FIN_WAIT1 → FIN_WAIT2/TIME_WAIT.
+        assert!(
+            matches!(e.substate, Substate::TimeWait | Substate::FinWait2),
+            "{e:?}"
+        );
+    }
+}
+
+/// IPv6 sockets are reported with IPv6 tuples.
+#[test]
+fn ipv6_entries_carry_ipv6_tuples() {
+    const N: usize = 5;
+    let ns = NetNs::new().unwrap();
+    let tracer = trace(&ns);
+    let server = serve(
+        &ns,
+        "[::1]:0".parse().unwrap(),
+        FirstCloser::Client,
+        Duration::ZERO,
+    )
+    .unwrap();
+    let clients = connect_many(&ns, server.addr, N, FirstCloser::Client).unwrap();
+    let ev = tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
+    let en = enters(&ev);
+    assert_eq!(en.len(), N);
+    for e in &en {
+        assert_eq!(e.sock.family(), 6);
+        assert!(clients.contains(&addr(&e.sock, true)), "{e:?}");
+        assert_eq!(addr(&e.sock, false), server.addr);
+    }
+}
+
+/// Killed before its timer: deleting the namespace purges its timewait sockets, each one exit
+/// with a lifetime far below 60 s.
+#[test]
+fn namespace_deletion_is_an_early_exit_for_each_socket() {
+    const N: usize = 5;
+    let ns = NetNs::new().unwrap();
+    let tracer = trace(&ns);
+    let locals = {
+        let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+        connect_many(&ns, server.addr, N, FirstCloser::Client).unwrap()
+    };
+    let ev = tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
+    assert_eq!(enters(&ev).len(), N, "{ev:#?}");
+    drop(ns);
+    // Namespace teardown runs asynchronously in a kworker.
+    tracer.wait_for(Duration::from_secs(30), |ev| exits(ev).len() >= N);
+    std::thread::sleep(Duration::from_millis(200));
+    let (ev, _) = tracer.stop().unwrap();
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), N, "exits: {ex:#?}");
+    let locals: HashSet<SocketAddr> = locals.into_iter().collect();
+    for x in &ex {
+        assert_ne!(x.reason, ExitReason::Expired, "{x:?}");
+        assert_ne!(x.reason, ExitReason::Unknown, "{x:?}");
+        assert!(locals.contains(&addr(&x.sock, true)), "{x:?}");
+        let l = x.lifetime_ms.expect("lifetime known from birth");
+        assert!(l < 30_000, "{x:?}");
+    }
+}
+
+/// A real expiry: exactly one `expired` exit and nothing else, after 60 s plus at most the
+/// timer wheel's rounding at that range.
+#[test]
+fn one_real_expiry_after_sixty_seconds() {
+    let ns = NetNs::new().unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+    let local = connect_many(&ns, server.addr, 1, FirstCloser::Client).unwrap()[0];
+    tracer.wait_for(Duration::from_secs(75), |ev| !exits(ev).is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let (ev, _) = tracer.stop().unwrap();
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), 1, "{ex:#?}");
+    let x = &ex[0];
+    assert_eq!(x.reason, ExitReason::Expired);
+    assert_eq!(addr(&x.sock, true), local);
+    // TCP_TIMEWAIT_LEN is 60 s = 60*HZ jiffies, which the timer wheel files in level 3, whose
+    // buckets are 512 jiffies wide; the expiry is rounded up to a bucket boundary, so the
+    // socket lives 60 s to 60 s + 511 jiffies (2.044 s at HZ=250). Allow 500 ms on top for
+    // the FIN_WAIT2 → TIME_WAIT promotion (the 60 s are re-armed when the server's FIN lands,
+    // milliseconds after birth here) and timer softirq latency.
+    let hz = sysinfo::config_hz().unwrap_or(250);
+    let slack_ms = 511 * 1000 / hz;
+    let l = x.lifetime_ms.unwrap();
+    assert!(l >= 60_000, "lifetime {l} ms < 60 s");
+    assert!(
+        l <= 60_000 + slack_ms + 500,
+        "lifetime {l} ms > 60 s + {slack_ms} ms wheel slack + 500 ms"
+    );
+}
+
+/// A FIN_WAIT2-substate timewait socket whose peer sends its FIN seconds later is re-armed
+/// (detach + start on another wheel bucket): no exit then, a promote instead, and later one
+/// death for the one socket.
+#[test]
+fn fin_wait2_rearm_is_not_a_death() {
+    let ns = NetNs::new().unwrap();
+    // A short FIN_WAIT2 timeout makes the 60 s re-arm land in a different wheel bucket for sure.
+    ns.sysctl("net.ipv4.tcp_fin_timeout", "10").unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, lo4(), FirstCloser::Client, Duration::from_secs(3)).unwrap();
+    let local = connect_many(&ns, server.addr, 1, FirstCloser::Client).unwrap()[0];
+    let ev = tracer.wait_for(SOON, |ev| count_kind(ev, "promote") >= 1);
+    let en = enters(&ev);
+    assert_eq!(en.len(), 1, "{ev:#?}");
+    assert_eq!(en[0].substate, Substate::FinWait2);
+    assert_eq!(en[0].timeout_ms, 10_000, "tcp_fin_timeout=10 arms 10 s");
+    assert_eq!(addr(&en[0].sock, true), local);
+    assert_eq!(count_kind(&ev, "promote"), 1, "{ev:#?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        exits(&tracer.events()).is_empty(),
+        "the re-arm was taken for a death"
+    );
+    drop(server);
+    drop(ns);
+    tracer.wait_for(Duration::from_secs(30), |ev| !exits(ev).is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    let (ev, _) = tracer.stop().unwrap();
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), 1, "{ex:#?}");
+    assert_eq!(enters(&ev).len(), 1, "{ev:#?}");
+    assert_eq!(ex[0].sock.tw, en[0].sock.tw);
+    assert!(ex[0].lifetime_ms.unwrap() >= 3_000);
+}
+
+/// Timewait sockets that existed before start-up are listed by the snapshot, with their age
+/// and remaining time.
+#[test]
+fn snapshot_lists_preexisting_sockets() {
+    const N: usize = 5;
+    let ns = NetNs::new().unwrap();
+    let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+    let locals: HashSet<SocketAddr> = connect_many(&ns, server.addr, N, FirstCloser::Client)
+        .unwrap()
+        .into_iter()
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    let tracer = trace(&ns);
+    let ev = tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
+    let en = enters(&ev);
+    assert_eq!(en.len(), N, "{en:#?}");
+    for e in &en {
+        assert!(e.snapshot, "{e:?}");
+        assert!(locals.contains(&addr(&e.sock, true)), "{e:?}");
+        let age = e.age_ms.expect("tw_entry_stamp age");
+        assert!((1000..10_000).contains(&age), "age {age} ms: {e:?}");
+        assert!(
+            e.timeout_ms <= 60_000 - 1000 && e.timeout_ms > 40_000,
+            "{e:?}"
+        );
+    }
+}
