@@ -166,6 +166,17 @@ pub mod counter {
     pub const COUNT: u32 = 2;
 }
 
+/// The iterator's census mode: socket counts per TCP state in the `CENSUS` array.
+pub mod census {
+    /// `ITER_MODE[0]` values.
+    pub const MODE_SNAPSHOT: u32 = 0;
+    pub const MODE_COUNT: u32 = 1;
+    /// Slots: the kernel's TCP state numbers (1..=12), plus this one for timewait sockets
+    /// still in their FIN_WAIT2 substate (slot 6 then counts the TIME_WAIT substate only).
+    pub const TW_FIN_WAIT2: u32 = 15;
+    pub const SLOTS: u32 = 16;
+}
+
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 pub const TCP_ESTABLISHED: i32 = 1;

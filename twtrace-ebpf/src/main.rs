@@ -17,13 +17,13 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_seq_write,
     },
     macros::{btf_tracepoint, map},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
     Global,
 };
 use twtrace_common::{
-    counter, flags, kind, Closer, Config, FlowKey, TwRecord, AF_INET6, NO_FIELD,
-    TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_TIME_WAIT,
+    census, counter, flags, kind, Closer, Config, FlowKey, TwRecord, AF_INET6, NO_FIELD,
+    TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_TIME_WAIT,
 };
 
 #[no_mangle]
@@ -41,6 +41,14 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// LRU: connections that never reach TIME_WAIT (the peer closed first) age out by themselves.
 #[map]
 static CLOSERS: LruHashMap<FlowKey, Closer> = LruHashMap::with_max_entries(65536, 0);
+
+/// Socket counts per TCP state for one iterator run (userspace zeroes it before each run).
+#[map]
+static CENSUS: Array<u64> = Array::with_max_entries(census::SLOTS, 0);
+
+/// What the iterator does: `census::MODE_SNAPSHOT` or `census::MODE_COUNT` (slot 0).
+#[map]
+static ITER_MODE: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -267,6 +275,19 @@ pub fn snapshot_tcp(ctx: *mut BpfIterTcp) -> i32 {
             r.kind = kind::SNAPSHOT_END;
         } else {
             let state: u8 = read(skc, cfg.skc_state).unwrap_or(0);
+            if ITER_MODE.get(0).copied().unwrap_or(0) == census::MODE_COUNT {
+                let mut slot = state as u32;
+                if state == TCP_TIME_WAIT {
+                    let sub: u8 = read(skc, cfg.tw_substate).unwrap_or(0);
+                    if sub == TCP_FIN_WAIT2 {
+                        slot = census::TW_FIN_WAIT2;
+                    }
+                }
+                if let Some(c) = CENSUS.get_ptr_mut(slot) {
+                    *c += 1; // one iterator runs at a time: no concurrent writer
+                }
+                return 0;
+            }
             if state != TCP_TIME_WAIT {
                 return 0;
             }

@@ -8,13 +8,14 @@
 use crate::decode::decode;
 use crate::netns;
 use anyhow::{Context, Result};
+use aya::maps::{Array, MapData};
 use aya::programs::Iter;
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
-use twtrace_common::{kind, TwRecord};
+use twtrace_common::{census, kind, TwRecord};
 
 #[derive(Default, Debug)]
 pub struct Snapshot {
@@ -27,13 +28,14 @@ pub struct Snapshot {
     pub marks: Vec<(u64, u64)>,
 }
 
-/// Runs the iterator once in the namespace at `ns_path` (or in the caller's namespace).
-fn run_once(prog: &mut Iter, ns_path: Option<&Path>, out: &mut Snapshot) -> Result<()> {
+/// Runs the iterator once in the namespace at `ns_path` (or in the caller's namespace) and
+/// returns what it wrote.
+fn iterate(prog: &mut Iter, ns_path: Option<&Path>) -> Result<Vec<u8>> {
     let ns_file = match ns_path {
         Some(p) => Some(File::open(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
-    let bytes = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| -> Result<Vec<u8>> {
             if let Some(f) = &ns_file {
                 setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
@@ -47,7 +49,11 @@ fn run_once(prog: &mut Iter, ns_path: Option<&Path>, out: &mut Snapshot) -> Resu
         })
         .join()
         .map_err(|_| anyhow::anyhow!("snapshot thread panicked"))?
-    })?;
+    })
+}
+
+fn run_once(prog: &mut Iter, ns_path: Option<&Path>, out: &mut Snapshot) -> Result<()> {
+    let bytes = iterate(prog, ns_path)?;
     for chunk in bytes.chunks(TwRecord::SIZE) {
         let r = decode(chunk).context("decoding an iterator record")?;
         match r.kind {
@@ -76,6 +82,73 @@ pub fn take(prog: &mut Iter) -> Snapshot {
         }
     }
     snap
+}
+
+/// Socket counts per TCP state in one network namespace (the `netstat | awk` census).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsCensus {
+    pub netns: u64,
+    /// Indexed by the kernel's TCP state number; slot [`census::TW_FIN_WAIT2`] holds timewait
+    /// sockets in their FIN_WAIT2 substate (slot 6 then counts only the TIME_WAIT substate).
+    pub counts: [u64; census::SLOTS as usize],
+}
+
+impl NetnsCensus {
+    /// Display name of a slot, `None` for unused slots.
+    pub fn slot_name(slot: usize) -> Option<&'static str> {
+        Some(match slot {
+            1 => "ESTABLISHED",
+            2 => "SYN_SENT",
+            3 => "SYN_RECV",
+            4 => "FIN_WAIT1",
+            5 => "FIN_WAIT2",
+            6 => "TIME_WAIT",
+            7 => "CLOSE",
+            8 => "CLOSE_WAIT",
+            9 => "LAST_ACK",
+            10 => "LISTEN",
+            11 => "CLOSING",
+            12 => "NEW_SYN_RECV",
+            s if s == census::TW_FIN_WAIT2 as usize => "TIME_WAIT(FIN_WAIT2)",
+            _ => return None,
+        })
+    }
+}
+
+/// Counts sockets per state in every namespace found, with the iterator in count mode.
+pub fn census(
+    prog: &mut Iter,
+    mode: &mut Array<MapData, u32>,
+    counts: &mut Array<MapData, u64>,
+) -> Result<Vec<NetnsCensus>> {
+    mode.set(0, census::MODE_COUNT, 0)
+        .context("setting iterator mode")?;
+    let own = netns::current_inode().ok();
+    let mut out = Vec::new();
+    let mut result = Ok(());
+    for (ino, path) in netns::all_namespaces() {
+        for i in 0..census::SLOTS {
+            counts.set(i, 0, 0)?;
+        }
+        let path = (Some(ino) != own).then_some(path.as_path());
+        if let Err(e) = iterate(prog, path) {
+            // A namespace that vanished between listing and entering is not an error.
+            log::debug!("census of netns {ino}: {e:#}");
+            continue;
+        }
+        let mut c = NetnsCensus {
+            netns: ino,
+            counts: [0; census::SLOTS as usize],
+        };
+        for (i, slot) in c.counts.iter_mut().enumerate() {
+            *slot = counts.get(&(i as u32), 0).unwrap_or(0);
+        }
+        out.push(c);
+    }
+    if let Err(e) = mode.set(0, census::MODE_SNAPSHOT, 0) {
+        result = Err(anyhow::Error::from(e).context("resetting iterator mode"));
+    }
+    result.map(|_| out)
 }
 
 /// Two iterator runs `gap` apart in our own namespace give a (ktime, jiffies) rate: HZ where

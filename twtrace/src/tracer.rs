@@ -11,7 +11,7 @@ use crate::loader::{self, HookStatus};
 use crate::snapshot;
 use crate::sysinfo::{self, Clock};
 use anyhow::{Context, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::Iter;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +43,8 @@ pub struct Tracer {
     // Field order matters for Drop: maps and the ring go before the object that owns them.
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    iter_mode: Array<MapData, u32>,
+    census_counts: Array<MapData, u64>,
     ebpf: aya::Ebpf,
     lifecycle: Lifecycle,
     pub clock: Clock,
@@ -65,6 +67,12 @@ impl Tracer {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+        let iter_mode = Array::try_from(
+            ebpf.take_map("ITER_MODE")
+                .context("ITER_MODE map missing")?,
+        )?;
+        let census_counts =
+            Array::try_from(ebpf.take_map("CENSUS").context("CENSUS map missing")?)?;
         let mut warnings = Vec::new();
         let iter_ok = hooks
             .iter()
@@ -104,6 +112,8 @@ impl Tracer {
         Ok(Tracer {
             ring,
             counters,
+            iter_mode,
+            census_counts,
             ebpf,
             lifecycle,
             clock: Clock::now(),
@@ -194,6 +204,21 @@ impl Tracer {
         self.poll(out);
         let now = sysinfo::monotonic_ns();
         self.report_lost(now, out);
+    }
+
+    /// Socket counts per TCP state in every network namespace, straight from the kernel's
+    /// socket tables (the `iter/tcp` program in count mode). Costs one iterator run per
+    /// namespace: call it for a periodic re-sync, not per event.
+    pub fn census(&mut self) -> Result<Vec<snapshot::NetnsCensus>> {
+        let prog: &mut Iter = self
+            .ebpf
+            .program_mut("snapshot_tcp")
+            .context("iter program missing")?
+            .try_into()?;
+        if prog.fd().is_err() {
+            anyhow::bail!("the iter/tcp program is not loaded on this kernel");
+        }
+        snapshot::census(prog, &mut self.iter_mode, &mut self.census_counts)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut aya::Ebpf {
