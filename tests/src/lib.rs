@@ -13,8 +13,12 @@ pub fn trace(ns: &NetNs) -> Background {
 }
 
 pub fn trace_opts(ns: &NetNs, opts: TracerOptions) -> Background {
-    let ino = ns.inode() as u32;
-    Background::start(opts, move |e| e.sock().is_none_or(|s| s.netns == ino))
+    let ino = ns.inode();
+    let filter = twtrace::filter::Filter {
+        netns: vec![ino as u64],
+        ..Default::default()
+    };
+    Background::start(opts, move |e| filter.matches(e))
         .expect("starting the tracer (are you root, on a kernel with BTF?)")
 }
 

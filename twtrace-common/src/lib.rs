@@ -22,6 +22,27 @@ pub mod kind {
     pub const SNAPSHOT: u8 = 5;
     /// Emitted once at the end of each iterator run: carries `ts_ns` and `jiffies` only.
     pub const SNAPSHOT_END: u8 = 6;
+    /// `skb:kfree_skb` of a segment received by a timewait socket (`tw` = `rx_sk`), sent only
+    /// for PAWS drops or right after that socket's timer was detached on this CPU (a segment
+    /// that killed it). `aux` = drop reason, `aux2` = the segment's TCP flags byte.
+    pub const TW_DROP: u8 = 7;
+    /// `tcp:tcp_send_reset` from a timewait socket (it answers a segment with RST and dies).
+    /// `aux` = `enum sk_rst_reason`.
+    pub const TW_RST_SENT: u8 = 8;
+    /// A request socket's timer armed right after a timewait timer detach on this CPU: a SYN
+    /// accepted into TIME_WAIT opens the new incarnation. `tw` = the request socket, tuple its.
+    pub const REQSK_START: u8 = 9;
+    /// `tcp:tcp_send_reset` with no segment: the connection was reset by its owner (SO_LINGER
+    /// {1,0}, unread data at close, abort). `tw` = the socket; `aux` = `enum sk_rst_reason`.
+    pub const ABORT: u8 = 10;
+    /// SYN_SENT → CLOSE before any segment went out: connect() found no usable local port.
+    /// `tw` = the socket; tuple = what the socket had (source port 0 unless bound).
+    pub const CONNECT_FAIL: u8 = 11;
+    /// FIN_WAIT2/CLOSING → CLOSE with no timewait socket born for it while the namespace's
+    /// timewait count was at `tcp_max_tw_buckets`. `aux` = count, `expires` = the limit.
+    pub const OVERFLOW: u8 = 12;
+    /// The highest kind this build knows (decoders reject anything above).
+    pub const LAST: u8 = OVERFLOW;
 }
 
 /// `TwRecord::flags` bits.
@@ -31,6 +52,14 @@ pub mod flags {
     pub const CLOSER: u8 = 1;
     /// `tw_entry_stamp` exists on this kernel and `entry_stamp` holds it.
     pub const ENTRY_STAMP: u8 = 2;
+    /// TIMER_CANCEL: `current` is inside connect() toward this socket's remote address and
+    /// port, in its namespace (CLOSE → SYN_SENT seen moments ago): a reuse.
+    pub const IN_CONNECT: u8 = 4;
+    /// TIMER_CANCEL: the socket's network namespace has no references left: it is being
+    /// dismantled (purge).
+    pub const NETNS_DYING: u8 = 8;
+    /// TW_DROP: the drop reason is the timewait PAWS check (SKB_DROP_REASON_TCP_RFC7323_TW_PAWS).
+    pub const PAWS: u8 = 16;
 }
 
 pub const TASK_COMM_LEN: usize = 16;
@@ -67,7 +96,9 @@ pub struct TwRecord {
     pub cpu: u16,
     pub lport: u16,
     pub rport: u16,
-    pub _pad: [u8; 6],
+    /// Kind-specific (see [`kind`]).
+    pub aux2: u16,
+    pub aux: u32,
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
     pub comm: [u8; TASK_COMM_LEN],
@@ -75,6 +106,29 @@ pub struct TwRecord {
 
 impl TwRecord {
     pub const SIZE: usize = core::mem::size_of::<TwRecord>();
+}
+
+/// Value of the "who is connecting" map (keyed by pid_tgid): the destination of the connect()
+/// in progress, to recognise the timewait socket it reuses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connecting {
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub rport: u16,
+    pub _pad: u16,
+    pub raddr: [u8; 16],
+}
+
+/// Per-CPU memory of the last timewait birth or detach, to correlate the records that follow
+/// on the same CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastTw {
+    pub ts_ns: u64,
+    pub tw: u64,
+    pub key: FlowKey,
+    pub _pad: u32,
 }
 
 /// Key of the "who closed this connection" map: the connection's tuple in its netns.
@@ -109,6 +163,22 @@ pub const NO_FIELD: u32 = u32::MAX;
 pub struct Config {
     /// Address of `tw_timer_handler`.
     pub tw_timer_handler: u64,
+    /// Address of `reqsk_timer_handler` (0: not found, SYN evidence off).
+    pub reqsk_timer_handler: u64,
+    /// `struct request_sock.rsk_timer`.
+    pub rsk_timer: u32,
+    /// `struct net.ns` reference count (`__ns_ref`, or `count` on older kernels).
+    pub net_ns_ref: u32,
+    /// `struct net.ipv4.tcp_death_row.tw_refcount` and `.sysctl_max_tw_buckets`.
+    pub net_tw_refcount: u32,
+    pub net_max_tw_buckets: u32,
+    /// `struct tcp_sock.segs_out`.
+    pub tcp_segs_out: u32,
+    /// `struct sk_buff.head` and `.transport_header`.
+    pub skb_head: u32,
+    pub skb_transport_header: u32,
+    /// `enum skb_drop_reason` value of SKB_DROP_REASON_TCP_RFC7323_TW_PAWS (NO_FIELD: none).
+    pub drop_tw_paws: u32,
     // struct timer_list
     pub timer_expires: u32,
     pub timer_function: u32,
@@ -137,6 +207,15 @@ impl Config {
     /// All-zero configuration: the kernel programs' initial value until userspace sets it.
     pub const ZERO: Config = Config {
         tw_timer_handler: 0,
+        reqsk_timer_handler: 0,
+        rsk_timer: 0,
+        net_ns_ref: NO_FIELD,
+        net_tw_refcount: NO_FIELD,
+        net_max_tw_buckets: NO_FIELD,
+        tcp_segs_out: NO_FIELD,
+        skb_head: 0,
+        skb_transport_header: 0,
+        drop_tw_paws: NO_FIELD,
         timer_expires: 0,
         timer_function: 0,
         tw_timer: 0,
@@ -180,7 +259,14 @@ pub mod census {
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
 pub const TCP_FIN_WAIT1: i32 = 4;
+pub const TCP_CLOSE: i32 = 7;
+pub const TCP_CLOSING: i32 = 11;
+/// TCP header flag bits (byte 13).
+pub const TCPF_FIN: u16 = 0x01;
+pub const TCPF_SYN: u16 = 0x02;
+pub const TCPF_RST: u16 = 0x04;
 pub const TCP_FIN_WAIT2: u8 = 5;
 pub const TCP_TIME_WAIT: u8 = 6;
 
@@ -192,6 +278,8 @@ mod user {
     unsafe impl aya::Pod for super::TwRecord {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Closer {}
+    unsafe impl aya::Pod for super::Connecting {}
+    unsafe impl aya::Pod for super::LastTw {}
 }
 
 #[cfg(test)]
@@ -205,6 +293,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<TwRecord>(), 112);
         assert_eq!(core::mem::align_of::<TwRecord>(), 8);
         assert_eq!(core::mem::size_of::<FlowKey>(), 44);
-        assert_eq!(core::mem::size_of::<Config>(), 80);
+        assert_eq!(core::mem::size_of::<Config>(), 120);
     }
 }

@@ -22,8 +22,9 @@ use aya_ebpf::{
     Global,
 };
 use twtrace_common::{
-    census, counter, flags, kind, Closer, Config, FlowKey, TwRecord, AF_INET6, NO_FIELD,
-    TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_TIME_WAIT,
+    census, counter, flags, kind, Closer, Config, Connecting, FlowKey, LastTw, TwRecord, AF_INET6,
+    NO_FIELD, TCPF_FIN, TCP_CLOSE, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
+    TCP_SYN_SENT, TCP_TIME_WAIT,
 };
 
 #[no_mangle]
@@ -85,7 +86,11 @@ unsafe fn fill_tuple(cfg: &Config, skc: u64, r: *mut TwRecord) -> bool {
     (*r).family = family as u8;
     (*r).lport = num;
     (*r).rport = u16::from_be(dport);
-    (*r).netns = if net != 0 { read(net, cfg.net_ns_inum).unwrap_or(0) } else { 0 };
+    (*r).netns = if net != 0 {
+        read(net, cfg.net_ns_inum).unwrap_or(0)
+    } else {
+        0
+    };
     (*r).laddr = [0; 16];
     (*r).raddr = [0; 16];
     if family as u8 == AF_INET6 {
@@ -106,6 +111,16 @@ unsafe fn fill_tuple(cfg: &Config, skc: u64, r: *mut TwRecord) -> bool {
         ((&raw mut (*r).raddr) as *mut [u8; 4]).write(d);
     }
     ok && family != 0 && net != 0
+}
+
+/// A full socket on its way to CLOSE may already have left the bind hash (skc_num = 0, e.g.
+/// after its timewait socket took the port over); its inet_sport still holds the port.
+/// Only for full sockets: request and timewait sockets have no inet_sport.
+#[inline(always)]
+unsafe fn full_sock_port(cfg: &Config, sk: u64, r: *mut TwRecord) {
+    if (*r).lport == 0 {
+        (*r).lport = u16::from_be(read(sk, cfg.inet_sport).unwrap_or(0));
+    }
 }
 
 /// Fills every field of `r` from the timewait socket `tw`. Every byte is written: ring buffer
@@ -130,7 +145,8 @@ unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) {
         (*r).entry_stamp = read(tw, cfg.tw_entry_stamp).unwrap_or(0);
         (*r).flags = flags::ENTRY_STAMP;
     }
-    (*r)._pad = [0; 6];
+    (*r).aux = 0;
+    (*r).aux2 = 0;
     if !ok {
         bump(counter::READ_ERRORS);
     }
@@ -155,6 +171,90 @@ fn flow_key(r: &TwRecord) -> FlowKey {
     }
 }
 
+/// Per CPU: the last timewait birth (slot 0) and the last timewait timer detach (slot 1), so
+/// records that follow on the same CPU can be correlated in the kernel (and only the useful
+/// ones sent).
+#[map]
+static LAST_TW: PerCpuArray<LastTw> = PerCpuArray::with_max_entries(2, 0);
+const LAST_BIRTH: u32 = 0;
+const LAST_CANCEL: u32 = 1;
+/// How close in time correlated records on one CPU must be. The kernel paths involved run
+/// back to back (microseconds); this is generous.
+const CORRELATE_NS: u64 = 2_000_000;
+
+/// connect() in progress per task (pid_tgid): CLOSE → SYN_SENT runs in connect() before the
+/// local port is chosen, and a timewait socket reused for it is detached moments later in the
+/// same task.
+#[map]
+static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(16384, 0);
+
+/// Timewait sockets born in their FIN_WAIT2 substate and not yet seen promoted (LRU: a
+/// socket that dies unpromoted ages out).
+#[map]
+static FIN_WAIT2_TWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Timewait sockets whose timer was detached and not (yet) re-armed or expired: keyed by
+/// address, so that `timer_init` on the same memory proves the death. LRU: entries of
+/// sockets whose memory is never reused age out.
+#[map]
+static DETACHED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+#[inline(always)]
+fn remember(slot: u32, tw: u64, r: &TwRecord) {
+    if let Some(p) = LAST_TW.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, exclusive while we run.
+        unsafe {
+            (*p).ts_ns = r.ts_ns;
+            (*p).tw = tw;
+            (*p).key = flow_key(r);
+        }
+    }
+}
+
+/// The per-CPU memory of `slot` if it is recent.
+#[inline(always)]
+fn recent(slot: u32, now: u64) -> Option<LastTw> {
+    let l = *LAST_TW.get(slot)?;
+    (l.ts_ns != 0 && now.wrapping_sub(l.ts_ns) < CORRELATE_NS).then_some(l)
+}
+
+/// Whether the per-CPU memory of `slot` is socket `tw`, recently. (Kept free of `Option`s of
+/// large structs: LLVM can leave a register uninitialised on the `None` path, which the
+/// verifier rejects.)
+#[inline(always)]
+fn last_is(slot: u32, tw: u64, now: u64) -> bool {
+    match LAST_TW.get_ptr(slot) {
+        // SAFETY: per-CPU slot pointer from the map.
+        Some(p) => unsafe {
+            (*p).tw == tw && (*p).ts_ns != 0 && now.wrapping_sub((*p).ts_ns) < CORRELATE_NS
+        },
+        None => false,
+    }
+}
+
+/// Flags for a detach: is `current` connecting to this socket's peer (a reuse), or is the
+/// socket's namespace being dismantled (a purge)?
+#[inline(always)]
+unsafe fn cancel_flags(cfg: &Config, tw: u64, r: &TwRecord) -> u8 {
+    let mut f = 0;
+    if let Some(c) = CONNECTING.get(&bpf_get_current_pid_tgid()) {
+        if r.ts_ns.wrapping_sub(c.ts_ns) < 10 * CORRELATE_NS
+            && c.netns == r.netns
+            && c.rport == r.rport
+            && c.raddr == r.raddr
+        {
+            f |= flags::IN_CONNECT;
+        }
+    }
+    if cfg.net_ns_ref != NO_FIELD {
+        let net: u64 = read(tw, cfg.skc_net).unwrap_or(0);
+        if net != 0 && read::<u32>(net, cfg.net_ns_ref).unwrap_or(1) == 0 {
+            f |= flags::NETNS_DYING;
+        }
+    }
+    f
+}
+
 #[inline(always)]
 fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
     let cfg = CONFIG.load();
@@ -163,6 +263,11 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
     // ring-buffer reservation of size_of::<TwRecord>() bytes.
     unsafe {
         let Some(tw) = tw_of_timer(&cfg, timer) else {
+            if k == kind::TIMER_START {
+                on_reqsk_timer(&cfg, timer);
+            } else if k == kind::TIMER_INIT {
+                on_timer_init(&cfg, timer);
+            }
             return 0;
         };
         let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
@@ -181,10 +286,92 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
                 (*r).flags |= flags::CLOSER;
                 let _ = CLOSERS.remove(&key);
             }
+            remember(LAST_BIRTH, tw, &*r);
+            if (*r).substate == TCP_FIN_WAIT2 {
+                let _ = FIN_WAIT2_TWS.insert(&tw, &0, 0);
+            }
+            let _ = DETACHED.remove(&tw);
+        } else if k == kind::TIMER_EXPIRE {
+            let _ = DETACHED.remove(&tw);
+        } else if k == kind::TIMER_CANCEL {
+            (*r).flags |= cancel_flags(&cfg, tw, &*r);
+            remember(LAST_CANCEL, tw, &*r);
+            let _ = DETACHED.insert(&tw, &(*r).ts_ns, 0);
         }
         entry.submit(0);
     }
     0
+}
+
+/// `timer_init` of a timer inside a timewait socket whose timer was detached and neither
+/// re-armed nor expired: the memory is being reused for a new timewait socket, so the old
+/// one is dead. (An early death's `timer_shutdown_sync` clears `function`, so the stale
+/// function test in `tw_of_timer` cannot see these.)
+#[inline(always)]
+unsafe fn on_timer_init(cfg: &Config, timer: u64) {
+    let tw = timer - cfg.tw_timer as u64;
+    if DETACHED.get(&tw).is_none() {
+        return;
+    }
+    let _ = DETACHED.remove(&tw);
+    let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
+        bump(counter::LOST);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // The memory is mid-initialisation: only the address and time mean anything.
+    core::ptr::write_bytes(r as *mut u8, 0, TwRecord::SIZE);
+    (*r).ts_ns = bpf_ktime_get_ns();
+    (*r).tw = tw;
+    (*r).kind = kind::TIMER_INIT;
+    (*r).cpu = bpf_get_smp_processor_id() as u16;
+    entry.submit(0);
+}
+
+/// A request socket's timer armed (a SYN became a request socket) right after a timewait
+/// detach on this CPU: evidence that the SYN was accepted into TIME_WAIT (TCP_TW_SYN).
+/// Userspace checks that the tuples match.
+#[inline(always)]
+unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
+    if cfg.reqsk_timer_handler == 0 {
+        return;
+    }
+    let function: u64 = read(timer, cfg.timer_function).unwrap_or(0);
+    if function != cfg.reqsk_timer_handler || recent(LAST_CANCEL, bpf_ktime_get_ns()).is_none() {
+        return;
+    }
+    let req = timer - cfg.rsk_timer as u64;
+    emit_sock(cfg, req, kind::REQSK_START, 0, 0);
+}
+
+/// Writes a record for a full or request socket (not a timewait one): tuple, netns, current.
+#[inline(always)]
+unsafe fn emit_sock(cfg: &Config, sk: u64, k: u8, aux: u32, expires: u64) {
+    let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
+        bump(counter::LOST);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    if !fill_tuple(cfg, sk, r) {
+        bump(counter::READ_ERRORS);
+    }
+    if k != kind::REQSK_START {
+        full_sock_port(cfg, sk, r);
+    }
+    (*r).ts_ns = bpf_ktime_get_ns();
+    (*r).tw = sk;
+    (*r).expires = expires;
+    (*r).jiffies = bpf_jiffies64();
+    (*r).entry_stamp = 0;
+    (*r).ts_recent_stamp = 0;
+    (*r).kind = k;
+    (*r).substate = read(sk, cfg.skc_state).unwrap_or(0);
+    (*r).flags = 0;
+    (*r).cpu = bpf_get_smp_processor_id() as u16;
+    (*r).aux2 = 0;
+    (*r).aux = aux;
+    set_current(r);
+    entry.submit(0);
 }
 
 #[btf_tracepoint(function = "timer_start")]
@@ -211,42 +398,197 @@ pub fn timer_init(ctx: BtfTracePointContext) -> u32 {
     on_tw_timer(&ctx, kind::TIMER_INIT)
 }
 
-/// Remembers who closed each connection: ESTABLISHED → FIN_WAIT1 runs in the closing task
-/// (close() or shutdown()), while the timewait socket is born later in softirq context.
+/// TCP state changes that matter to TIME_WAIT:
+/// - ESTABLISHED → FIN_WAIT1: who closed (runs in the closing task; the timewait socket is
+///   born later in softirq context);
+/// - CLOSE → SYN_SENT: a connect() in progress (its reuse of a timewait socket follows);
+/// - SYN_SENT → CLOSE before any segment left: connect() found no local port;
+/// - FIN_WAIT2/CLOSING → CLOSE with no timewait birth just before on this CPU, while the
+///   namespace's timewait count is at tcp_max_tw_buckets: the overflow drop.
+const FIN_WAIT2: i32 = TCP_FIN_WAIT2 as i32;
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
-    if oldstate != TCP_ESTABLISHED || newstate != TCP_FIN_WAIT1 {
-        return 0;
-    }
     let cfg = CONFIG.load();
     let sk: u64 = ctx.arg(0);
     // SAFETY: kernel reads go through bpf_probe_read_kernel.
     unsafe {
-        let mut r: TwRecord = core::mem::zeroed();
-        if !fill_tuple(&cfg, sk, &mut r) {
-            bump(counter::READ_ERRORS);
+        match (oldstate, newstate) {
+            (TCP_ESTABLISHED, TCP_FIN_WAIT1) => on_close(&cfg, sk),
+            (TCP_CLOSE, TCP_SYN_SENT) => on_connect(&cfg, sk),
+            (TCP_SYN_SENT, TCP_CLOSE) => on_connect_end(&cfg, sk),
+            (FIN_WAIT2, TCP_CLOSE) | (TCP_CLOSING, TCP_CLOSE) => on_done(&cfg, sk),
+            _ => {}
+        }
+    }
+    0
+}
+
+#[inline(always)]
+unsafe fn on_close(cfg: &Config, sk: u64) {
+    let mut r: TwRecord = core::mem::zeroed();
+    if !fill_tuple(cfg, sk, &mut r) {
+        bump(counter::READ_ERRORS);
+        return;
+    }
+    let closer = Closer {
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let _ = CLOSERS.insert(&flow_key(&r), &closer, 0);
+}
+
+#[inline(always)]
+unsafe fn on_connect(cfg: &Config, sk: u64) {
+    let mut r: TwRecord = core::mem::zeroed();
+    fill_tuple(cfg, sk, &mut r);
+    let c = Connecting {
+        ts_ns: bpf_ktime_get_ns(),
+        netns: r.netns,
+        rport: r.rport,
+        _pad: 0,
+        raddr: r.raddr,
+    };
+    let _ = CONNECTING.insert(&bpf_get_current_pid_tgid(), &c, 0);
+}
+
+#[inline(always)]
+unsafe fn on_connect_end(cfg: &Config, sk: u64) {
+    let _ = CONNECTING.remove(&bpf_get_current_pid_tgid());
+    if cfg.tcp_segs_out == NO_FIELD {
+        return;
+    }
+    // A refused or timed-out connect sent its SYN; one that never found a port sent nothing.
+    if read::<u32>(sk, cfg.tcp_segs_out).unwrap_or(1) == 0 {
+        emit_sock(cfg, sk, kind::CONNECT_FAIL, 0, 0);
+    }
+}
+
+#[inline(always)]
+unsafe fn on_done(cfg: &Config, sk: u64) {
+    if cfg.net_tw_refcount == NO_FIELD || cfg.net_max_tw_buckets == NO_FIELD {
+        return;
+    }
+    let mut r: TwRecord = core::mem::zeroed();
+    fill_tuple(cfg, sk, &mut r);
+    full_sock_port(cfg, sk, &mut r);
+    r.ts_ns = bpf_ktime_get_ns();
+    if let Some(b) = recent(LAST_BIRTH, r.ts_ns) {
+        if b.key == flow_key(&r) {
+            return; // the normal path: its timewait socket was born just now
+        }
+    }
+    let net: u64 = read(sk, cfg.skc_net).unwrap_or(0);
+    if net == 0 {
+        return;
+    }
+    // The same test inet_twsk_alloc() makes before refusing to allocate.
+    let count = read::<u32>(net, cfg.net_tw_refcount)
+        .unwrap_or(0)
+        .wrapping_sub(1);
+    let max = read::<i32>(net, cfg.net_max_tw_buckets).unwrap_or(i32::MAX);
+    if max >= 0 && count as i64 >= max as i64 {
+        emit_sock(cfg, sk, kind::OVERFLOW, count, max as u64);
+    }
+}
+
+/// `skb:kfree_skb` with a timewait receiver: a PAWS rejection (the NAT symptom), or the
+/// segment that just killed the socket detached on this CPU (an RST assassination, or a
+/// segment it answered with RST). Other drops by timewait sockets (old duplicates, ACKed
+/// FINs) are not sent.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
+    let rx_sk: u64 = ctx.arg(3);
+    if rx_sk == 0 {
+        return 0;
+    }
+    let cfg = CONFIG.load();
+    // SAFETY: kernel reads go through bpf_probe_read_kernel.
+    unsafe {
+        if read::<u8>(rx_sk, cfg.skc_state).unwrap_or(0) != TCP_TIME_WAIT {
             return 0;
         }
-        let closer = Closer {
-            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        let reason: u32 = ctx.arg(2);
+        let killed = last_is(LAST_CANCEL, rx_sk, bpf_ktime_get_ns());
+        let skb: u64 = ctx.arg(0);
+        let head: u64 = read(skb, cfg.skb_head).unwrap_or(0);
+        let th: u16 = read(skb, cfg.skb_transport_header).unwrap_or(0);
+        let tcp_flags: u8 = if head != 0 {
+            read(head + th as u64, 13).unwrap_or(0)
+        } else {
+            0
         };
-        let _ = CLOSERS.insert(&flow_key(&r), &closer, 0);
+        // The peer's FIN promoting a FIN_WAIT2-substate socket to TIME_WAIT: the re-arm that
+        // goes with it is invisible when the new expiry lands in the same timer-wheel bucket.
+        let promoted = tcp_flags as u16 & TCPF_FIN != 0
+            && FIN_WAIT2_TWS.get(&rx_sk).is_some()
+            && read::<u8>(rx_sk, cfg.tw_substate).unwrap_or(0) == TCP_TIME_WAIT;
+        if promoted {
+            let _ = FIN_WAIT2_TWS.remove(&rx_sk);
+        }
+        if reason != cfg.drop_tw_paws && !killed && !promoted {
+            return 0;
+        }
+        let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
+            bump(counter::LOST);
+            return 0;
+        };
+        let r = entry.as_mut_ptr();
+        fill_tw(&cfg, rx_sk, kind::TW_DROP, r);
+        set_current(r);
+        (*r).aux = reason;
+        (*r).aux2 = tcp_flags as u16;
+        if reason == cfg.drop_tw_paws {
+            (*r).flags |= flags::PAWS;
+        }
+        entry.submit(0);
+    }
+    0
+}
+
+/// `tcp:tcp_send_reset`: a timewait socket answering with RST (it dies next), or an active
+/// reset of a full socket with no segment to answer (SO_LINGER {1,0}, data unread at close,
+/// abort): a connection that ends without TIME_WAIT.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    if sk == 0 {
+        return 0;
+    }
+    let skb: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    let cfg = CONFIG.load();
+    // SAFETY: kernel reads go through bpf_probe_read_kernel.
+    unsafe {
+        let state: u8 = read(sk, cfg.skc_state).unwrap_or(0);
+        if state == TCP_TIME_WAIT {
+            let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
+                bump(counter::LOST);
+                return 0;
+            };
+            let r = entry.as_mut_ptr();
+            fill_tw(&cfg, sk, kind::TW_RST_SENT, r);
+            set_current(r);
+            (*r).aux = reason;
+            entry.submit(0);
+        } else if skb == 0 {
+            emit_sock(&cfg, sk, kind::ABORT, reason, 0);
+        }
     }
     0
 }
 
 #[repr(C)]
-struct BpfIterMeta {
+pub struct BpfIterMeta {
     seq: *mut seq_file,
     session_id: u64,
     seq_num: u64,
 }
 
 #[repr(C)]
-struct BpfIterTcp {
+pub struct BpfIterTcp {
     meta: *mut BpfIterMeta,
     sk_common: u64,
     uid: u32,
@@ -293,7 +635,11 @@ pub fn snapshot_tcp(ctx: *mut BpfIterTcp) -> i32 {
             }
             fill_tw(&cfg, skc, kind::SNAPSHOT, &mut r);
         }
-        bpf_seq_write(seq, &r as *const TwRecord as *const _, TwRecord::SIZE as u32);
+        bpf_seq_write(
+            seq,
+            &r as *const TwRecord as *const _,
+            TwRecord::SIZE as u32,
+        );
     }
     0
 }
@@ -307,4 +653,3 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[link_section = "license"]
 #[no_mangle]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
-

@@ -117,6 +117,48 @@ impl KernelBtf {
         Ok(Some(bits / 8))
     }
 
+    /// Value of enumerator `name` in `enum enum_name` (e.g. a drop reason), if present.
+    pub fn enum_value(&self, enum_name: &str, name: &str) -> Option<i64> {
+        self.enum_members(enum_name)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Every enumerator of `enum enum_name` with its value (empty if there is no such enum).
+    pub fn enum_members(&self, enum_name: &str) -> Vec<(String, i64)> {
+        let Ok(types) = self.btf.resolve_types_by_name(enum_name) else {
+            return Vec::new();
+        };
+        for t in types {
+            match t {
+                Type::Enum(e) => {
+                    return e
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let v = if e.is_signed() {
+                                m.val() as i32 as i64
+                            } else {
+                                m.val() as i64
+                            };
+                            (self.btf.resolve_name(m).unwrap_or_default(), v)
+                        })
+                        .collect()
+                }
+                Type::Enum64(e) => {
+                    return e
+                        .members
+                        .iter()
+                        .map(|m| (self.btf.resolve_name(m).unwrap_or_default(), m.val() as i64))
+                        .collect()
+                }
+                _ => {}
+            }
+        }
+        Vec::new()
+    }
+
     /// Whether the kernel's BTF names a type or function `name` (e.g. `btf_trace_timer_start`).
     pub fn has_type(&self, name: &str) -> bool {
         self.btf
@@ -229,5 +271,9 @@ pub(crate) mod tests {
         assert_eq!(btf.offset("sock_common", "skc_num").unwrap(), 14);
         assert_eq!(btf.offset("timer_list", "expires").unwrap(), 16);
         assert_eq!(btf.offset("inet_timewait_sock", "__tw_common").unwrap(), 0);
+        // Values fixed by the kernel ABI (linux/tcp.h); an unknown name is None.
+        assert_eq!(btf.enum_value("tcp_ca_state", "TCP_CA_Open"), Some(0));
+        assert_eq!(btf.enum_value("tcp_ca_state", "TCP_CA_Loss"), Some(4));
+        assert_eq!(btf.enum_value("tcp_ca_state", "nope"), None);
     }
 }

@@ -31,7 +31,7 @@ pub fn decode(bytes: &[u8]) -> Result<TwRecord, DecodeError> {
     // SAFETY: length checked; TwRecord is plain old data valid for any bit pattern; the read
     // is unaligned-safe.
     let r: TwRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if !(kind::TIMER_START..=kind::SNAPSHOT_END).contains(&r.kind) {
+    if !(kind::TIMER_START..=kind::LAST).contains(&r.kind) {
         return Err(DecodeError::UnknownKind(r.kind));
     }
     Ok(r)
@@ -61,7 +61,8 @@ pub(crate) fn blank(k: u8) -> TwRecord {
         cpu: 0,
         lport: 0,
         rport: 0,
-        _pad: [0; 6],
+        aux2: 0,
+        aux: 0,
         laddr: [0; 16],
         raddr: [0; 16],
         comm: [0; 16],

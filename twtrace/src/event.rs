@@ -234,6 +234,11 @@ pub enum Body {
     /// A segment was dropped by a timewait socket's PAWS check (typically a SYN from behind
     /// NAT carrying an older timestamp).
     PawsReject { sock: Sock },
+    /// A network namespace's TIME_WAIT sysctls, when it first shows up and when they change.
+    Netns {
+        netns: u32,
+        sysctls: crate::sysctls::Sysctls,
+    },
     /// Events the kernel could not queue (ring buffer full): `count` more since the last one.
     Lost { count: u64 },
 }
@@ -255,6 +260,7 @@ impl Event {
             Body::Abort { .. } => "abort",
             Body::ConnectFail { .. } => "connect_fail",
             Body::PawsReject { .. } => "paws_reject",
+            Body::Netns { .. } => "netns",
             Body::Lost { .. } => "lost",
         }
     }
@@ -268,7 +274,7 @@ impl Event {
             | Body::Abort { sock, .. }
             | Body::ConnectFail { sock, .. }
             | Body::PawsReject { sock } => Some(sock),
-            Body::Lost { .. } => None,
+            Body::Netns { .. } | Body::Lost { .. } => None,
         }
     }
 
@@ -365,6 +371,10 @@ impl Event {
                 );
                 task(out, t);
             }
+            Body::Netns { netns, sysctls } => {
+                let _ = write!(out, ",\"netns\":{netns}");
+                sysctls.write_json(out);
+            }
             Body::Lost { count } => {
                 let _ = write!(out, ",\"count\":{count}");
             }
@@ -378,11 +388,17 @@ impl Event {
         // "YYYY-MM-DDTHH:MM:SS.uuuuuuZ" → "HH:MM:SS.uuuuuu"
         let hms = time.get(11..26).unwrap_or(&time);
         let Some(s) = self.sock() else {
-            if let Body::Lost { count } = self.body {
-                let _ = write!(
-                    out,
-                    "{hms:<15} LOST {count} events: the kernel's ring buffer was full"
-                );
+            match &self.body {
+                Body::Lost { count } => {
+                    let _ = write!(
+                        out,
+                        "{hms:<15} LOST {count} events: the kernel's ring buffer was full"
+                    );
+                }
+                Body::Netns { netns, sysctls } => {
+                    let _ = write!(out, "{hms:<15} {netns:<10} netns   {}", sysctls.summary());
+                }
+                _ => {}
             }
             return;
         };
@@ -446,7 +462,7 @@ impl Event {
                 task.as_ref(),
             ),
             Body::PawsReject { .. } => ("TIME_WAIT", "segment dropped by PAWS".to_string(), None),
-            Body::Lost { .. } => unreachable!("handled above"),
+            Body::Netns { .. } | Body::Lost { .. } => unreachable!("handled above"),
         };
         let (pid, comm) = match t {
             Some(t) => (t.pid.to_string(), t.comm.as_str()),

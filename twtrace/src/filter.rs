@@ -20,6 +20,9 @@ impl Filter {
 
     /// Events without a socket (lost-event reports) always pass: they must never be hidden.
     pub fn matches(&self, e: &Event) -> bool {
+        if let crate::event::Body::Netns { netns, .. } = &e.body {
+            return self.netns.is_empty() || self.netns.contains(&(*netns as u64));
+        }
         let Some(s) = e.sock() else { return true };
         (self.ports.is_empty() || self.ports.contains(&s.lport) || self.ports.contains(&s.rport))
             && (self.netns.is_empty() || self.netns.contains(&(s.netns as u64)))

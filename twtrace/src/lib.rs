@@ -14,6 +14,7 @@ pub mod loader;
 pub mod netns;
 pub mod output;
 pub mod snapshot;
+pub mod sysctls;
 pub mod sysinfo;
 pub mod tracer;
 pub mod workload;

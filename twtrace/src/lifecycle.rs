@@ -18,18 +18,28 @@
 //! `settle_ns` is an early death, timed at the cancel. The ring buffer keeps each CPU's records
 //! in the order they were made, which is all this needs.
 
-use crate::event::{Body, Event, ExitReason, Sock, Substate, Task};
-use std::collections::HashMap;
+use crate::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
+use crate::sysctls::Sysctls;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use twtrace_common::{flags, kind, TwRecord};
 
 /// Default window after which an unsettled cancel is an early death. Expiries and re-arms
 /// settle within microseconds.
 pub const SETTLE_NS: u64 = 20_000_000;
 
+/// Longest gap between a re-arm's detach and its start (both inside one `__mod_timer` call,
+/// IRQs off; the gap is our own programs' run time).
+const REARM_MAX_GAP_NS: u64 = 1_000_000;
+
 #[derive(Clone, Debug)]
 struct Live {
     sock: Sock,
     substate: Substate,
+    /// The peer sent timestamps (`tw_ts_recent_stamp` != 0): a condition of reuse.
+    peer_timestamps: bool,
+    /// Last `tw_entry_stamp` seen (ms of the TCP clock), the reuse delay's reference.
+    entry_stamp: Option<u32>,
     /// Monotonic ns of birth, when seen.
     birth_ns: Option<u64>,
     /// Set for sockets found by the snapshot: records older than this are history.
@@ -45,10 +55,27 @@ pub struct Stats {
     pub rearms: u64,
     pub promotes: u64,
     pub snapshot: u64,
+    pub overflows: u64,
+    pub aborts: u64,
+    pub connect_fails: u64,
+    pub paws_rejects: u64,
+}
+
+/// A destination in a namespace: what connect() competes for ports toward.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dest {
+    pub netns: u32,
+    pub raddr: IpAddr,
+    pub rport: u16,
 }
 
 pub struct Lifecycle {
     hz: u64,
+    /// Timewait sockets per destination, for connect() failure analysis.
+    by_dest: HashMap<Dest, HashSet<u64>>,
+    /// Timewait sockets that just answered a segment with RST (they die next).
+    rst_sent: HashMap<u64, u64>,
+    sysctls: HashMap<u32, Sysctls>,
     settle_ns: u64,
     live: HashMap<u64, Live>,
     /// Per CPU: a cancel not yet explained by the next record on that CPU.
@@ -73,6 +100,9 @@ impl Lifecycle {
             settle_ns,
             live: HashMap::new(),
             pending: HashMap::new(),
+            by_dest: HashMap::new(),
+            rst_sent: HashMap::new(),
+            sysctls: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -110,14 +140,14 @@ impl Lifecycle {
             kind::TIMER_START => self.on_start(r, out),
             kind::TIMER_CANCEL => {
                 if let Some(p) = self.pending.remove(&r.cpu) {
-                    self.die(&p, ExitReason::Early, out);
+                    self.settle(&p, out);
                 }
                 self.pending.insert(r.cpu, *r);
             }
             kind::TIMER_EXPIRE => {
                 match self.pending.remove(&r.cpu) {
                     Some(p) if p.tw == r.tw => {}
-                    Some(p) => self.die(&p, ExitReason::Early, out),
+                    Some(p) => self.settle(&p, out),
                     None => {}
                 }
                 self.die(r, ExitReason::Expired, out);
@@ -127,21 +157,183 @@ impl Lifecycle {
                 // is pending was its death, and if none was seen, its death was missed.
                 self.settle_other_cpus(r.tw, out);
                 if let Some(p) = self.pending.remove(&r.cpu) {
-                    self.die(&p, ExitReason::Early, out);
+                    self.settle(&p, out);
                 }
                 if self.live.contains_key(&r.tw) {
                     self.die(r, ExitReason::Unknown, out);
                 }
             }
             kind::SNAPSHOT => self.on_snapshot(r, out),
+            kind::TW_DROP => self.on_tw_drop(r, out),
+            kind::TW_RST_SENT => {
+                self.rst_sent.insert(r.tw, r.ts_ns);
+            }
+            kind::REQSK_START => {
+                // The SYN that opened this request socket was accepted into the timewait socket
+                // detached just before on this CPU, if their tuples match.
+                let syn = self.pending.get(&r.cpu).is_some_and(|p| same_tuple(p, r));
+                if syn {
+                    if let Some(p) = self.pending.remove(&r.cpu) {
+                        self.die(&p, ExitReason::Syn, out);
+                    }
+                }
+            }
+            kind::ABORT => {
+                self.stats.aborts += 1;
+                out.push(Event {
+                    ts_ns: r.ts_ns,
+                    body: Body::Abort {
+                        sock: Self::sock_of(r),
+                        task: Some(Task::from_raw(r.pid, &r.comm)),
+                    },
+                });
+            }
+            kind::OVERFLOW => {
+                self.stats.overflows += 1;
+                out.push(Event {
+                    ts_ns: r.ts_ns,
+                    body: Body::Overflow {
+                        sock: Self::sock_of(r),
+                    },
+                });
+            }
+            kind::CONNECT_FAIL => self.on_connect_fail(r, out),
             _ => {}
         }
     }
 
+    /// Sets the sysctls of a namespace (they decide connect() refusals).
+    pub fn set_sysctls(&mut self, netns: u32, s: Sysctls) {
+        self.sysctls.insert(netns, s);
+    }
+
+    /// A segment dropped by a timewait socket: a PAWS rejection, or the one that killed it.
+    fn on_tw_drop(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
+        if r.flags & flags::PAWS != 0 {
+            self.stats.paws_rejects += 1;
+            let sock = self
+                .live
+                .get(&r.tw)
+                .map(|l| l.sock.clone())
+                .unwrap_or_else(|| Self::sock_of(r));
+            out.push(Event {
+                ts_ns: r.ts_ns,
+                body: Body::PawsReject { sock },
+            });
+            return;
+        }
+        if self.pending.get(&r.cpu).is_some_and(|p| p.tw == r.tw) {
+            // An in-window RST (RFC 1337 assassination), or a segment it answered with RST.
+            if let Some(p) = self.pending.remove(&r.cpu) {
+                self.die(&p, ExitReason::Rst, out);
+            }
+            return;
+        }
+        if r.aux2 & twtrace_common::TCPF_FIN != 0 {
+            // The peer's FIN reached a FIN_WAIT2-substate socket (its re-arm may have been
+            // invisible: same timer-wheel bucket).
+            self.update_substate(r, out);
+        }
+    }
+
+    fn on_connect_fail(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
+        self.stats.connect_fails += 1;
+        let sock = Self::sock_of(r);
+        let dest = Dest {
+            netns: r.netns,
+            raddr: sock.raddr,
+            rport: sock.rport,
+        };
+        let (timewait, refusal) = self.refusal(&dest, sock.lport != 0, r.ts_ns);
+        out.push(Event {
+            ts_ns: r.ts_ns,
+            body: Body::ConnectFail {
+                sock,
+                errno: libc::EADDRNOTAVAIL,
+                refusal,
+                timewait,
+                task: Some(Task::from_raw(r.pid, &r.comm)),
+            },
+        });
+    }
+
+    /// Why no timewait socket toward `dest` could be reused, by the rule of
+    /// `tcp_twsk_unique` (6.18): timestamps from the peer; then, for an ephemeral port,
+    /// `tcp_tw_reuse` (2 = loopback only), the TIME_WAIT substate, and an age past
+    /// `tcp_tw_reuse_delay`. Returns the count of timewait sockets toward `dest` too.
+    fn refusal(&self, dest: &Dest, bound: bool, now_ns: u64) -> (u32, Refusal) {
+        let tws: Vec<&Live> = self
+            .by_dest
+            .get(dest)
+            .map(|set| set.iter().filter_map(|tw| self.live.get(tw)).collect())
+            .unwrap_or_default();
+        let n = tws.len() as u32;
+        if tws.is_empty() {
+            return (0, Refusal::NoTimewait);
+        }
+        if tws.iter().all(|l| !l.peer_timestamps) {
+            return (n, Refusal::NoTimestamps);
+        }
+        if bound {
+            // bind() + connect(): the sysctl and the delay do not apply.
+            return (n, Refusal::Unknown);
+        }
+        let sys = self.sysctls.get(&dest.netns);
+        let reuse = sys.and_then(|s| s.tw_reuse);
+        if reuse == Some(0) {
+            return (n, Refusal::ReuseOff);
+        }
+        if reuse == Some(2)
+            && !tws
+                .iter()
+                .any(|l| is_loopback(&l.sock.laddr) || is_loopback(&l.sock.raddr))
+        {
+            return (n, Refusal::LoopbackOnly);
+        }
+        let eligible: Vec<&&Live> = tws.iter().filter(|l| l.peer_timestamps).collect();
+        if eligible.iter().all(|l| l.substate == Substate::FinWait2) {
+            return (n, Refusal::FinWait2);
+        }
+        let delay_ms = sys.and_then(|s| s.tw_reuse_delay_ms).unwrap_or(1000) as u64;
+        let now_ms = (now_ns / 1_000_000) as u32;
+        let oldest_ms = eligible
+            .iter()
+            .filter(|l| l.substate == Substate::TimeWait)
+            .filter_map(|l| match (l.entry_stamp, l.birth_ns) {
+                (Some(st), _) => Some(now_ms.wrapping_sub(st) as u64),
+                (None, Some(b)) => Some(now_ns.saturating_sub(b) / 1_000_000),
+                _ => None,
+            })
+            .max();
+        match oldest_ms {
+            Some(age) if age <= delay_ms => (n, Refusal::TooYoung),
+            _ => (n, Refusal::Unknown),
+        }
+    }
+
+    /// Settles a detach that neither expired nor re-armed: an early death, for the reason
+    /// its evidence gives.
+    fn settle(&mut self, p: &TwRecord, out: &mut Vec<Event>) {
+        let reason = if p.flags & flags::NETNS_DYING != 0 {
+            ExitReason::Purged
+        } else if p.flags & flags::IN_CONNECT != 0 {
+            ExitReason::Reused
+        } else if self.rst_sent.remove(&p.tw).is_some() {
+            ExitReason::Rst
+        } else {
+            ExitReason::Unknown
+        };
+        self.die(p, reason, out);
+    }
+
     fn on_start(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
         match self.pending.remove(&r.cpu) {
-            Some(p) if p.tw == r.tw => return self.rearm(r, out),
-            Some(p) => self.die(&p, ExitReason::Early, out),
+            // A re-arm's detach and start run back to back under the timer base lock; a new
+            // socket on the same memory needs a whole connection in between.
+            Some(p) if p.tw == r.tw && r.ts_ns.saturating_sub(p.ts_ns) < REARM_MAX_GAP_NS => {
+                return self.rearm(r, out)
+            }
+            Some(p) => self.settle(&p, out),
             None => {}
         }
         self.settle_other_cpus(r.tw, out);
@@ -162,10 +354,13 @@ impl Lifecycle {
             Live {
                 sock: sock.clone(),
                 substate,
+                peer_timestamps: r.ts_recent_stamp != 0,
+                entry_stamp: Self::entry_stamp(r),
                 birth_ns: Some(r.ts_ns),
                 snapshot_ns: None,
             },
         );
+        self.index(&sock);
         self.stats.enters += 1;
         out.push(Event {
             ts_ns: r.ts_ns,
@@ -182,6 +377,11 @@ impl Lifecycle {
 
     fn rearm(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
         self.stats.rearms += 1;
+        self.update_substate(r, out);
+    }
+
+    /// Learns a live socket's current substate and timer from `r`; reports a promotion.
+    fn update_substate(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
         let new = Substate::from_raw(r.substate);
         let timeout_ms = self.timeout_ms(r);
         let Some(l) = self.live.get_mut(&r.tw) else {
@@ -200,6 +400,37 @@ impl Lifecycle {
             });
         }
         l.substate = new;
+        l.peer_timestamps |= r.ts_recent_stamp != 0;
+        if let Some(st) = Self::entry_stamp(r) {
+            l.entry_stamp = Some(st);
+        }
+    }
+
+    fn entry_stamp(r: &TwRecord) -> Option<u32> {
+        (r.flags & flags::ENTRY_STAMP != 0 && r.entry_stamp != 0).then_some(r.entry_stamp)
+    }
+
+    fn index(&mut self, sock: &Sock) {
+        let d = Dest {
+            netns: sock.netns,
+            raddr: sock.raddr,
+            rport: sock.rport,
+        };
+        self.by_dest.entry(d).or_default().insert(sock.tw);
+    }
+
+    fn unindex(&mut self, sock: &Sock) {
+        let d = Dest {
+            netns: sock.netns,
+            raddr: sock.raddr,
+            rport: sock.rport,
+        };
+        if let Some(set) = self.by_dest.get_mut(&d) {
+            set.remove(&sock.tw);
+            if set.is_empty() {
+                self.by_dest.remove(&d);
+            }
+        }
     }
 
     fn on_snapshot(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
@@ -214,10 +445,13 @@ impl Lifecycle {
             Live {
                 sock: sock.clone(),
                 substate,
+                peer_timestamps: r.ts_recent_stamp != 0,
+                entry_stamp: Self::entry_stamp(r),
                 birth_ns: None,
                 snapshot_ns: Some(r.ts_ns),
             },
         );
+        self.index(&sock);
         self.stats.snapshot += 1;
         out.push(Event {
             ts_ns: r.ts_ns,
@@ -242,7 +476,7 @@ impl Lifecycle {
             .collect();
         for c in cpus {
             if let Some(p) = self.pending.remove(&c) {
-                self.die(&p, ExitReason::Early, out);
+                self.settle(&p, out);
             }
         }
     }
@@ -250,22 +484,33 @@ impl Lifecycle {
     /// Emits the exit of the socket `r` describes (at `r`'s time) and forgets it.
     fn die(&mut self, r: &TwRecord, reason: ExitReason, out: &mut Vec<Event>) {
         let live = self.live.remove(&r.tw);
-        if live.is_none() && reason == ExitReason::Unknown {
-            return;
+        if let Some(l) = &live {
+            self.unindex(&l.sock.clone());
+        }
+        self.rst_sent.remove(&r.tw);
+        if live.is_none() && r.kind == kind::TIMER_START {
+            return; // a start on an address we did not know: nothing died that we saw born
         }
         let lifetime_ms = match live.as_ref().and_then(|l| l.birth_ns) {
             Some(b) => Some(r.ts_ns.saturating_sub(b) / 1_000_000),
             None => Self::stamp_age_ms(r),
         };
-        let (sock, substate) = match (live, reason) {
-            // For Unknown the record is a *new* socket's: report what we knew of the old one.
-            (Some(l), ExitReason::Unknown) => (l.sock, l.substate),
-            (Some(l), _) => (l.sock, Substate::from_raw(r.substate)),
-            (None, _) => (Self::sock_of(r), Substate::from_raw(r.substate)),
+        // A start or init record that reveals a missed death belongs to the *new* socket on
+        // that memory: report what we knew of the old one. Any other record is the dying
+        // socket's own, read at its death (the substate may have changed unseen).
+        let own_record = !matches!(r.kind, kind::TIMER_START | kind::TIMER_INIT);
+        let (sock, substate) = match live {
+            Some(l) if !own_record => (l.sock, l.substate),
+            Some(l) => (l.sock, Substate::from_raw(r.substate)),
+            None => (Self::sock_of(r), Substate::from_raw(r.substate)),
         };
+        // The task the socket died in: the connecting process for a reuse, a kworker for a
+        // purge, whatever the softirq interrupted for syn/rst. Expiries run in the timer
+        // softirq (meaningless task), and an unknown death's record is a newer socket's.
         let task = match reason {
-            ExitReason::Early => Some(Task::from_raw(r.pid, &r.comm)),
-            _ => None,
+            ExitReason::Expired => None,
+            ExitReason::Unknown if r.kind != kind::TIMER_CANCEL => None,
+            _ => Some(Task::from_raw(r.pid, &r.comm)),
         };
         self.stats.exits += 1;
         self.stats.by_reason[reason.index()] += 1;
@@ -292,9 +537,32 @@ impl Lifecycle {
         let mut recs: Vec<TwRecord> = due.iter().filter_map(|c| self.pending.remove(c)).collect();
         recs.sort_by_key(|r| r.ts_ns);
         for p in recs {
-            self.die(&p, ExitReason::Early, out);
+            self.settle(&p, out);
+        }
+        // RST answers whose detach never came (the socket was not killed after all).
+        self.rst_sent
+            .retain(|_, ts| now_ns.saturating_sub(*ts) < 1_000_000_000);
+    }
+}
+
+fn is_loopback(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
+}
+
+/// Same 4-tuple and namespace (a request socket and the timewait socket it replaces are seen
+/// from the same, listening, side).
+fn same_tuple(a: &TwRecord, b: &TwRecord) -> bool {
+    a.netns == b.netns
+        && a.family == b.family
+        && a.lport == b.lport
+        && a.rport == b.rport
+        && a.laddr == b.laddr
+        && a.raddr == b.raddr
 }
 
 #[cfg(test)]
@@ -409,7 +677,7 @@ mod tests {
         lc.tick(1505 * MS, &mut out);
         assert!(exits(&out).is_empty(), "settled too early");
         lc.tick(1521 * MS, &mut out);
-        assert_eq!(exits(&out), vec![(0xA, ExitReason::Early, Some(500))]);
+        assert_eq!(exits(&out), vec![(0xA, ExitReason::Unknown, Some(500))]);
     }
 
     #[test]
@@ -423,7 +691,7 @@ mod tests {
                 rec(kind::TIMER_START, 0xB, 0, 2001),
             ],
         );
-        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Early, Some(1000))]);
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Unknown, Some(1000))]);
         assert_eq!(lc.live_count(), 1);
     }
 
@@ -441,7 +709,7 @@ mod tests {
                 rec(kind::TIMER_START, 0xA, 0, 2001),
             ],
         );
-        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Early, Some(1000))]);
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Unknown, Some(1000))]);
         assert_eq!(ev.iter().filter(|e| e.kind() == "enter").count(), 2);
         assert_eq!(lc.live_count(), 1);
     }
@@ -514,5 +782,201 @@ mod tests {
             Body::Exit { substate, .. } => assert_eq!(*substate, Substate::TimeWait),
             b => panic!("{b:?}"),
         }
+    }
+
+    #[test]
+    fn detach_flags_give_the_reason() {
+        let mut lc = Lifecycle::new(250);
+        let mut c1 = rec(kind::TIMER_CANCEL, 0xA, 0, 2000);
+        c1.flags = flags::IN_CONNECT;
+        let mut c2 = rec(kind::TIMER_CANCEL, 0xB, 0, 2001);
+        c2.flags = flags::NETNS_DYING;
+        let mut out = run(
+            &mut lc,
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                rec(kind::TIMER_START, 0xB, 1, 1000),
+                c1,
+                c2,
+            ],
+        );
+        lc.tick(3000 * MS, &mut out);
+        let ex = exits(&out);
+        assert_eq!(
+            ex,
+            vec![
+                (0xA, ExitReason::Reused, Some(1000)),
+                (0xB, ExitReason::Purged, Some(1001))
+            ]
+        );
+        // A reuse names the connecting task.
+        assert!(out.iter().any(|e| matches!(
+            &e.body,
+            Body::Exit {
+                reason: ExitReason::Reused,
+                task: Some(_),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn an_in_connect_flag_on_a_real_expiry_stays_an_expiry() {
+        // The timer softirq can run on the way out of an interrupt during connect().
+        let mut lc = Lifecycle::new(250);
+        let mut c = rec(kind::TIMER_CANCEL, 0xA, 0, 61_000);
+        c.flags = flags::IN_CONNECT;
+        let ev = run(
+            &mut lc,
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                c,
+                rec(kind::TIMER_EXPIRE, 0xA, 0, 61_000),
+            ],
+        );
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Expired, Some(60_000))]);
+    }
+
+    #[test]
+    fn killing_segment_and_rst_answer_mean_rst() {
+        let mut lc = Lifecycle::new(250);
+        let mut drop = rec(kind::TW_DROP, 0xA, 0, 2000);
+        drop.aux2 = twtrace_common::TCPF_RST;
+        let mut out = run(
+            &mut lc,
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                rec(kind::TIMER_START, 0xB, 1, 1000),
+                rec(kind::TIMER_CANCEL, 0xA, 0, 2000),
+                drop,
+                rec(kind::TW_RST_SENT, 0xB, 1, 3000),
+                rec(kind::TIMER_CANCEL, 0xB, 1, 3000),
+            ],
+        );
+        lc.tick(4000 * MS, &mut out);
+        assert_eq!(
+            exits(&out),
+            vec![
+                (0xA, ExitReason::Rst, Some(1000)),
+                (0xB, ExitReason::Rst, Some(2000))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_drop_without_a_detach_kills_nothing_and_paws_is_reported() {
+        let mut lc = Lifecycle::new(250);
+        let mut paws = rec(kind::TW_DROP, 0xA, 0, 1500);
+        paws.flags = flags::PAWS;
+        let ev = run(
+            &mut lc,
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                rec(kind::TW_DROP, 0xA, 0, 1400),
+                paws,
+            ],
+        );
+        assert!(exits(&ev).is_empty());
+        assert_eq!(ev.iter().filter(|e| e.kind() == "paws_reject").count(), 1);
+        assert_eq!(lc.stats.paws_rejects, 1);
+    }
+
+    #[test]
+    fn syn_into_timewait_needs_the_same_tuple() {
+        let mut lc = Lifecycle::new(250);
+        let mut other = rec(kind::REQSK_START, 0x99, 0, 2000);
+        other.rport = 81;
+        let ev = run(
+            &mut lc,
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                rec(kind::TIMER_CANCEL, 0xA, 0, 2000),
+                other,
+            ],
+        );
+        assert!(
+            exits(&ev).is_empty(),
+            "another connection's SYN is no evidence"
+        );
+        let ev = run(&mut lc, &[rec(kind::REQSK_START, 0x98, 0, 2000)]);
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Syn, Some(1000))]);
+    }
+
+    #[test]
+    fn connect_failure_refusals() {
+        let lo = |lc: &mut Lifecycle, tw: u64, ts_ms: u64, tsr: u32, sub: u8| {
+            let mut r = rec(kind::TIMER_START, tw, 0, ts_ms);
+            r.ts_recent_stamp = tsr;
+            r.substate = sub;
+            r.lport = 40000 + tw as u16;
+            let mut out = Vec::new();
+            lc.on_record(&r, &mut out);
+        };
+        let fail = |lc: &mut Lifecycle, ts_ms: u64| -> (u32, Refusal) {
+            let mut r = rec(kind::CONNECT_FAIL, 0xF, 1, ts_ms);
+            r.lport = 0;
+            let mut out = Vec::new();
+            lc.on_record(&r, &mut out);
+            match &out[0].body {
+                Body::ConnectFail {
+                    timewait,
+                    refusal,
+                    errno,
+                    ..
+                } => {
+                    assert_eq!(*errno, libc::EADDRNOTAVAIL);
+                    (*timewait, *refusal)
+                }
+                b => panic!("{b:?}"),
+            }
+        };
+        let sys = |reuse: u8| Sysctls {
+            tw_reuse: Some(reuse),
+            tw_reuse_delay_ms: Some(1000),
+            ..Default::default()
+        };
+        let mut lc = Lifecycle::new(250);
+        assert_eq!(fail(&mut lc, 1000), (0, Refusal::NoTimewait));
+        lo(&mut lc, 1, 1000, 0, TCP_TIME_WAIT);
+        assert_eq!(fail(&mut lc, 1100), (1, Refusal::NoTimestamps));
+        lo(&mut lc, 2, 1000, 7, TCP_FIN_WAIT2);
+        lc.set_sysctls(0, sys(0));
+        assert_eq!(fail(&mut lc, 1100), (2, Refusal::ReuseOff));
+        lc.set_sysctls(0, sys(1));
+        assert_eq!(fail(&mut lc, 1100), (2, Refusal::FinWait2));
+        lo(&mut lc, 3, 1000, 7, TCP_TIME_WAIT);
+        assert_eq!(fail(&mut lc, 1500), (3, Refusal::TooYoung));
+        assert_eq!(fail(&mut lc, 2500), (3, Refusal::Unknown));
+    }
+
+    #[test]
+    fn loopback_only_refusal_for_other_peers() {
+        let mut lc = Lifecycle::new(250);
+        lc.set_sysctls(
+            0,
+            Sysctls {
+                tw_reuse: Some(2),
+                ..Default::default()
+            },
+        );
+        let mut b = rec(kind::TIMER_START, 0xA, 0, 1000);
+        b.laddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        b.raddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        b.ts_recent_stamp = 5;
+        let mut f = rec(kind::CONNECT_FAIL, 0xF, 0, 5000);
+        f.raddr = b.raddr;
+        f.lport = 0;
+        let ev = run(&mut lc, &[b, f]);
+        assert!(
+            ev.iter().any(|e| matches!(
+                e.body,
+                Body::ConnectFail {
+                    refusal: Refusal::LoopbackOnly,
+                    timewait: 1,
+                    ..
+                }
+            )),
+            "{ev:?}"
+        );
     }
 }

@@ -67,6 +67,18 @@ pub const HOOKS: &[Hook] = &[
         purpose: "the process that closed each connection",
     },
     Hook {
+        program: "kfree_skb",
+        attach: Attach::TpBtf("kfree_skb"),
+        required: false,
+        purpose: "PAWS rejects, and the segment that kills a timewait socket (rst)",
+    },
+    Hook {
+        program: "tcp_send_reset",
+        attach: Attach::TpBtf("tcp_send_reset"),
+        required: false,
+        purpose: "aborts (SO_LINGER 0) and timewait sockets answering with RST",
+    },
+    Hook {
         program: "snapshot_tcp",
         attach: Attach::Iter("tcp"),
         required: false,
@@ -143,8 +155,26 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Resolves every structure offset the programs read, and the timewait timer's handler.
-pub fn resolve_config(btf: &KernelBtf, tw_timer_handler: u64) -> Result<Config> {
+/// Symbols the programs compare against.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Symbols {
+    pub tw_timer_handler: u64,
+    /// Optional: without it, SYN kills are reported as `unknown`.
+    pub reqsk_timer_handler: Option<u64>,
+}
+
+/// First of several member paths that exists (fields renamed across kernel versions).
+fn first_offset(btf: &KernelBtf, strukt: &str, paths: &[&str]) -> Result<u32> {
+    for p in paths {
+        if let Some(off) = btf.try_offset(strukt, p)? {
+            return Ok(off);
+        }
+    }
+    Ok(NO_FIELD)
+}
+
+/// Resolves every structure offset the programs read, and the symbols they compare against.
+pub fn resolve_config(btf: &KernelBtf, syms: Symbols) -> Result<Config> {
     let o = |s: &str, p: &str| btf.offset(s, p);
     let v6 = |p: &str| -> Result<u32> { Ok(btf.try_offset("sock_common", p)?.unwrap_or(0)) };
     // tw_entry_stamp arrived with tcp_tw_reuse_delay (6.13); older kernels lack it.
@@ -156,7 +186,24 @@ pub fn resolve_config(btf: &KernelBtf, tw_timer_handler: u64) -> Result<Config> 
         },
     };
     Ok(Config {
-        tw_timer_handler,
+        tw_timer_handler: syms.tw_timer_handler,
+        reqsk_timer_handler: syms.reqsk_timer_handler.unwrap_or(0),
+        rsk_timer: btf.try_offset("request_sock", "rsk_timer")?.unwrap_or(0),
+        // Evidence fields: where a kernel lacks one, the reason it supports becomes `unknown`.
+        net_ns_ref: first_offset(btf, "net", &["ns.__ns_ref", "ns.count", "count"])?,
+        net_tw_refcount: first_offset(btf, "net", &["ipv4.tcp_death_row.tw_refcount"])?,
+        net_max_tw_buckets: first_offset(
+            btf,
+            "net",
+            &["ipv4.tcp_death_row.sysctl_max_tw_buckets"],
+        )?,
+        tcp_segs_out: first_offset(btf, "tcp_sock", &["segs_out"])?,
+        skb_head: o("sk_buff", "head")?,
+        skb_transport_header: o("sk_buff", "transport_header")?,
+        drop_tw_paws: btf
+            .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_RFC7323_TW_PAWS")
+            .map(|v| v as u32)
+            .unwrap_or(NO_FIELD),
         timer_expires: o("timer_list", "expires")?,
         timer_function: o("timer_list", "function")?,
         tw_timer: o("inet_timewait_sock", "tw_timer")?,
@@ -182,6 +229,8 @@ pub struct Loaded {
     pub btf: Btf,
     pub config: Config,
     pub hooks: Vec<HookStatus>,
+    /// Names of `enum sk_rst_reason` values, for abort events.
+    pub rst_reasons: Vec<(String, i64)>,
 }
 
 /// Pre-flight, resolve, load and attach. `ring_bytes` sizes the event ring buffer (a power of
@@ -189,7 +238,7 @@ pub struct Loaded {
 pub fn load(ring_bytes: u32) -> Result<Loaded> {
     preflight()?;
     let kbtf = KernelBtf::open(Path::new(VMLINUX))?;
-    let syms = kallsyms::lookup_running(&["tw_timer_handler"])?;
+    let syms = kallsyms::lookup_running(&["tw_timer_handler", "reqsk_timer_handler"])?;
     let Some(handler) = syms[0] else {
         bail!(
             "tw_timer_handler is not in /proc/kallsyms.\n\n\
@@ -198,8 +247,12 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
              without CONFIG_KALLSYMS_ALL. Please report the kernel version (uname -r)."
         );
     };
+    let symbols = Symbols {
+        tw_timer_handler: handler,
+        reqsk_timer_handler: syms[1],
+    };
     let config =
-        resolve_config(&kbtf, handler).context("resolving kernel structure offsets from BTF")?;
+        resolve_config(&kbtf, symbols).context("resolving kernel structure offsets from BTF")?;
     let btf = Btf::from_sys_fs().context("loading kernel BTF for tp_btf programs")?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
@@ -224,11 +277,13 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             result,
         });
     }
+    let rst_reasons = kbtf.enum_members("sk_rst_reason");
     Ok(Loaded {
         ebpf,
         btf,
         config,
         hooks,
+        rst_reasons,
     })
 }
 
@@ -258,12 +313,30 @@ mod tests {
     #[test]
     fn offsets_resolve_on_the_running_kernel() {
         let btf = KernelBtf::open(Path::new(VMLINUX)).unwrap();
-        let c = resolve_config(&btf, 1).unwrap();
+        let c = resolve_config(
+            &btf,
+            Symbols {
+                tw_timer_handler: 1,
+                reqsk_timer_handler: None,
+            },
+        )
+        .unwrap();
         // The timer sits inside the timewait socket, after sock_common.
         assert!(c.tw_timer > c.skc_net);
         assert!(c.tw_substate > 0 && c.tw_substate < c.tw_timer);
         assert_eq!(c.timer_function, c.timer_expires + 8);
         assert!(c.tw_ts_recent_stamp > c.tw_timer);
         assert_ne!(c.net_ns_inum, 0);
+        // 6.18 has every evidence field.
+        for (name, off) in [
+            ("net_ns_ref", c.net_ns_ref),
+            ("net_tw_refcount", c.net_tw_refcount),
+            ("net_max_tw_buckets", c.net_max_tw_buckets),
+            ("tcp_segs_out", c.tcp_segs_out),
+            ("drop_tw_paws", c.drop_tw_paws),
+        ] {
+            assert_ne!(off, NO_FIELD, "{name}");
+        }
+        assert!(c.net_max_tw_buckets > c.net_tw_refcount);
     }
 }

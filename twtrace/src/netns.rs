@@ -147,6 +147,46 @@ impl NetNs {
         })?
     }
 
+    /// A path that names this namespace to other programs (`ip … netns PATH`), valid while
+    /// this `NetNs` lives.
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.file.as_raw_fd()
+        ))
+    }
+
+    /// Joins this namespace and `peer` with a veth pair: `here` (address `here_addr`, e.g.
+    /// `198.18.0.1/30`) in this one, `there` (`there_addr`) in `peer`; both up. Nothing
+    /// touches the host's own interfaces.
+    pub fn veth_to(
+        &self,
+        here: &str,
+        here_addr: &str,
+        peer: &NetNs,
+        there: &str,
+        there_addr: &str,
+    ) -> Result<()> {
+        let peer_path = peer.path().to_string_lossy().into_owned();
+        self.ip(&[
+            "link", "add", here, "type", "veth", "peer", "name", there, "netns", &peer_path,
+        ])?;
+        self.ip(&["addr", "add", here_addr, "dev", here])?;
+        self.ip(&["link", "set", here, "up"])?;
+        peer.ip(&["addr", "add", there_addr, "dev", there])?;
+        peer.ip(&["link", "set", there, "up"])?;
+        Ok(())
+    }
+
+    /// A `/proc/net/netstat`-style counter of this namespace (e.g. `TcpExt` `TCPTimeWaitOverflow`).
+    pub fn netstat(&self, group: &str, name: &str) -> Result<u64> {
+        let text = self.run(|| std::fs::read_to_string("/proc/thread-self/net/netstat"))??;
+        parse_netstat(&text, group, name)
+            .ok_or_else(|| anyhow!("no counter {group}:{name} in /proc/net/netstat"))
+    }
+
     /// Runs an `ip` command inside the namespace.
     pub fn ip(&self, args: &[&str]) -> Result<()> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -161,6 +201,16 @@ impl Drop for NetNs {
             let _ = k.join();
         }
     }
+}
+
+/// Finds `group`'s counter `name` in `/proc/net/netstat` text (pairs of header/value lines).
+pub fn parse_netstat(text: &str, group: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
 
 fn sysctl_path(key: &str) -> PathBuf {
@@ -178,4 +228,20 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn netstat_counters() {
+        let t =
+            "TcpExt: SyncookiesSent TW TCPTimeWaitOverflow\nTcpExt: 0 12 45\nIpExt: A\nIpExt: 1\n";
+        assert_eq!(
+            super::parse_netstat(t, "TcpExt", "TCPTimeWaitOverflow"),
+            Some(45)
+        );
+        assert_eq!(super::parse_netstat(t, "TcpExt", "TW"), Some(12));
+        assert_eq!(super::parse_netstat(t, "TcpExt", "Nope"), None);
+        assert_eq!(super::parse_netstat(t, "Nope", "TW"), None);
+    }
 }

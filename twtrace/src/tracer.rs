@@ -9,6 +9,7 @@ use crate::event::{Body, Event};
 use crate::lifecycle::{Lifecycle, Stats, SETTLE_NS};
 use crate::loader::{self, HookStatus};
 use crate::snapshot;
+use crate::sysctls::SysctlWatch;
 use crate::sysinfo::{self, Clock};
 use anyhow::{Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
@@ -57,6 +58,7 @@ pub struct Tracer {
     last_counter_read: Instant,
     pub records: u64,
     pub decode_errors: u64,
+    sysctls: SysctlWatch,
 }
 
 impl Tracer {
@@ -93,6 +95,7 @@ impl Tracer {
             }
         };
         let mut lifecycle = Lifecycle::with_settle(hz, opts.settle_ns);
+        let mut sysctls = SysctlWatch::new();
         let mut initial = Vec::new();
         // The timer programs are attached already, so a socket cannot fall between the
         // snapshot and the live stream; the lifecycle drops the duplicates.
@@ -106,6 +109,16 @@ impl Tracer {
                 warnings.push(format!("snapshot: {f}"));
             }
             for r in &snap.records {
+                if let Some(s) = sysctls.observe(r.netns) {
+                    lifecycle.set_sysctls(r.netns, s.clone());
+                    initial.push(Event {
+                        ts_ns: r.ts_ns,
+                        body: Body::Netns {
+                            netns: r.netns,
+                            sysctls: s,
+                        },
+                    });
+                }
                 lifecycle.on_record(r, &mut initial);
             }
         }
@@ -125,6 +138,7 @@ impl Tracer {
             last_counter_read: Instant::now(),
             records: 0,
             decode_errors: 0,
+            sysctls,
         })
     }
 
@@ -169,15 +183,38 @@ impl Tracer {
     /// call). Also settles overdue detaches and reports newly lost events.
     pub fn poll(&mut self, out: &mut Vec<Event>) {
         out.append(&mut self.initial);
-        while let Some(item) = self.ring.next() {
+        loop {
+            let decoded = match self.ring.next() {
+                Some(item) => decode(&item),
+                None => break,
+            };
             self.records += 1;
-            match decode(&item) {
-                Ok(r) => self.lifecycle.on_record(&r, out),
+            match decoded {
+                Ok(r) => {
+                    if let Some(s) = self.sysctls.observe(r.netns) {
+                        self.lifecycle.set_sysctls(r.netns, s.clone());
+                        out.push(Event {
+                            ts_ns: r.ts_ns,
+                            body: Body::Netns {
+                                netns: r.netns,
+                                sysctls: s,
+                            },
+                        });
+                    }
+                    self.lifecycle.on_record(&r, out)
+                }
                 Err(_) => self.decode_errors += 1,
             }
         }
         let now = sysinfo::monotonic_ns();
         self.lifecycle.tick(now, out);
+        for (netns, s) in self.sysctls.refresh() {
+            self.lifecycle.set_sysctls(netns, s.clone());
+            out.push(Event {
+                ts_ns: now,
+                body: Body::Netns { netns, sysctls: s },
+            });
+        }
         if self.last_counter_read.elapsed() >= Duration::from_millis(200) {
             self.last_counter_read = Instant::now();
             self.report_lost(now, out);

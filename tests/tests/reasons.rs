@@ -1,0 +1,465 @@
+//! Every way out of TIME_WAIT (and the ways a socket never gets one), each driven for real in
+//! its own namespaces with the sysctls it needs, checked for reason, count and tuple.
+
+use socket2::{Domain, Socket, Type};
+use std::io::Read;
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+use twtrace::event::{Body, Event, ExitReason, Refusal};
+use twtrace::netns::NetNs;
+use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace_tests::*;
+
+fn lo4() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A fixed service port outside the narrowed ephemeral ranges the reuse tests set (a server on
+/// port 0 would take one of the few ephemeral ports itself).
+const SERVICE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
+
+fn connect_fails(ev: &[Event]) -> Vec<(SocketAddr, Refusal, u32, u32)> {
+    ev.iter()
+        .filter_map(|e| match &e.body {
+            Body::ConnectFail {
+                sock,
+                refusal,
+                timewait,
+                task,
+                errno,
+            } => {
+                assert_eq!(*errno, libc::EADDRNOTAVAIL);
+                Some((
+                    addr(sock, false),
+                    *refusal,
+                    *timewait,
+                    task.as_ref().map(|t| t.pid).unwrap_or(0),
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Connects from inside `ns` until it succeeds or `limit` passes, sleeping `gap` after each
+/// EADDRNOTAVAIL. Returns the local address of the connection that succeeded and when.
+fn connect_until(
+    ns: &NetNs,
+    dst: SocketAddr,
+    limit: Duration,
+    gap: Duration,
+) -> Option<(SocketAddr, Duration)> {
+    ns.run(move || {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
+                Ok(s) => return Some((s.local_addr().unwrap(), t0.elapsed())),
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => std::thread::sleep(gap),
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+        None
+    })
+    .unwrap()
+}
+
+/// tcp_tw_reuse=1: connect() takes over a timewait socket only once it is older than
+/// tcp_tw_reuse_delay; before that it fails with EADDRNOTAVAIL, "too young".
+fn reuse_after_delay(delay_ms: u64) {
+    let ns = NetNs::new().unwrap();
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
+    ns.sysctl("net.ipv4.tcp_tw_reuse_delay", &delay_ms.to_string())
+        .unwrap();
+    // An even number of ports: __inet_hash_connect rounds an odd range down.
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40003")
+        .unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, SERVICE, FirstCloser::Client, Duration::ZERO).unwrap();
+    connect_many(&ns, server.addr, 4, FirstCloser::Client).unwrap();
+    // Until their timewait sockets exist, the ports are held by closing connections.
+    tracer.wait_for(SOON, |ev| enters(ev).len() >= 4);
+    let (local, _) = connect_until(
+        &ns,
+        server.addr,
+        Duration::from_millis(delay_ms + 3000),
+        Duration::from_millis(20),
+    )
+    .expect("connect() never reused a timewait socket");
+    let ev = tracer.wait_for(SOON, |ev| {
+        exits(ev).iter().any(|x| x.reason == ExitReason::Reused)
+    });
+    let reused: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Exit {
+                sock,
+                reason: ExitReason::Reused,
+                lifetime_ms,
+                task,
+                ..
+            } => Some((sock, lifetime_ms, task)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reused.len(), 1, "{ev:#?}");
+    let (sock, lifetime, task) = reused[0];
+    assert_eq!(
+        addr(sock, true),
+        local,
+        "the reused tuple is the new connection's"
+    );
+    assert_eq!(addr(sock, false), server.addr);
+    let age = lifetime.expect("age at reuse");
+    assert!(age >= delay_ms, "reused at {age} ms, delay {delay_ms} ms");
+    assert_eq!(
+        task.as_ref().map(|t| t.pid),
+        Some(std::process::id()),
+        "the connecting process"
+    );
+    // The tries before the delay were refused as too young, with all 4 ports in TIME_WAIT.
+    let fails = connect_fails(&ev);
+    assert!(
+        !fails.is_empty(),
+        "no connect failure seen before the delay"
+    );
+    for f in &fails {
+        assert_eq!(f.0, server.addr);
+        assert_eq!(f.1, Refusal::TooYoung, "{fails:?}");
+        assert_eq!(f.2, 4, "{fails:?}");
+        assert_eq!(f.3, std::process::id());
+    }
+    assert_eq!(
+        exits(&ev)
+            .iter()
+            .filter(|x| x.reason == ExitReason::Unknown)
+            .count(),
+        0,
+        "{ev:#?}"
+    );
+}
+
+#[test]
+fn reuse_after_200ms_delay() {
+    reuse_after_delay(200);
+}
+
+#[test]
+fn reuse_after_1000ms_delay() {
+    reuse_after_delay(1000);
+}
+
+/// Without timestamps no timewait socket can be reused: EADDRNOTAVAIL, "no timestamps".
+#[test]
+fn no_timestamps_no_reuse() {
+    let ns = NetNs::new().unwrap();
+    ns.sysctl("net.ipv4.tcp_timestamps", "0").unwrap();
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
+    ns.sysctl("net.ipv4.tcp_tw_reuse_delay", "100").unwrap();
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40001")
+        .unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, SERVICE, FirstCloser::Client, Duration::ZERO).unwrap();
+    connect_many(&ns, server.addr, 2, FirstCloser::Client).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(connect_until(
+        &ns,
+        server.addr,
+        Duration::from_millis(300),
+        Duration::from_millis(50)
+    )
+    .is_none());
+    let ev = tracer.wait_for(SOON, |ev| !connect_fails(ev).is_empty());
+    let fails = connect_fails(&ev);
+    assert!(!fails.is_empty());
+    assert!(
+        fails
+            .iter()
+            .all(|f| f.1 == Refusal::NoTimestamps && f.2 == 2),
+        "{fails:?}"
+    );
+    assert!(exits(&ev).is_empty(), "nothing was reused: {ev:#?}");
+}
+
+/// tcp_tw_reuse=2 (the default) reuses only loopback timewait sockets: over a veth it refuses.
+#[test]
+fn reuse_mode_2_refuses_non_loopback() {
+    let cli = NetNs::new().unwrap();
+    let srv = NetNs::new().unwrap();
+    cli.veth_to("twc0", "198.18.0.1/30", &srv, "tws0", "198.18.0.2/30")
+        .unwrap();
+    cli.sysctl("net.ipv4.tcp_tw_reuse", "2").unwrap();
+    cli.sysctl("net.ipv4.tcp_tw_reuse_delay", "100").unwrap();
+    cli.sysctl("net.ipv4.ip_local_port_range", "40000 40001")
+        .unwrap();
+    let tracer = trace(&cli);
+    let server = serve(
+        &srv,
+        "198.18.0.2:8080".parse().unwrap(),
+        FirstCloser::Client,
+        Duration::ZERO,
+    )
+    .unwrap();
+    connect_many(&cli, server.addr, 2, FirstCloser::Client).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(connect_until(
+        &cli,
+        server.addr,
+        Duration::from_millis(300),
+        Duration::from_millis(50)
+    )
+    .is_none());
+    let ev = tracer.wait_for(SOON, |ev| !connect_fails(ev).is_empty());
+    let fails = connect_fails(&ev);
+    assert!(!fails.is_empty());
+    assert!(
+        fails
+            .iter()
+            .all(|f| f.1 == Refusal::LoopbackOnly && f.2 == 2),
+        "{fails:?}"
+    );
+    // The same namespace shows its sysctls with the events.
+    assert!(ev
+        .iter()
+        .any(|e| matches!(&e.body, Body::Netns { sysctls, .. } if sysctls.tw_reuse == Some(2))));
+}
+
+/// tcp_max_tw_buckets=5 and 50 client-first closes: 5 timewait sockets, 45 overflow drops,
+/// matching the namespace's TCPTimeWaitOverflow counter.
+#[test]
+fn max_tw_buckets_overflow_matches_the_counter() {
+    const N: usize = 50;
+    let ns = NetNs::new().unwrap();
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "5").unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+    let locals = connect_many(&ns, server.addr, N, FirstCloser::Client).unwrap();
+    let ev = tracer.wait_for(SOON, |ev| count_kind(ev, "overflow") >= N - 5);
+    std::thread::sleep(Duration::from_millis(300));
+    let ev2 = tracer.events();
+    let counter = ns.netstat("TcpExt", "TCPTimeWaitOverflow").unwrap();
+    let overflows: Vec<SocketAddr> = ev2
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Overflow { sock } => Some(addr(sock, true)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counter, (N - 5) as u64, "kernel counter");
+    assert_eq!(
+        overflows.len() as u64,
+        counter,
+        "events vs TCPTimeWaitOverflow"
+    );
+    assert_eq!(enters(&ev2).len(), 5, "{ev:#?}");
+    for o in &overflows {
+        assert!(locals.contains(o), "{o}");
+    }
+}
+
+/// SO_LINGER {1, 0}: close() resets the connection; no TIME_WAIT on either side.
+#[test]
+fn linger_zero_aborts_without_timewait() {
+    let ns = NetNs::new().unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+    let dst = server.addr;
+    let local = ns
+        .run(move || {
+            let s = TcpStream::connect(dst).unwrap();
+            let local = s.local_addr().unwrap();
+            Socket::from(s).set_linger(Some(Duration::ZERO)).unwrap();
+            local
+        })
+        .unwrap();
+    let ev = tracer.wait_for(SOON, |ev| count_kind(ev, "abort") >= 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let ev = [ev, tracer.events()].concat();
+    let aborts: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Abort { sock, task } => Some((addr(sock, true), task.as_ref().map(|t| t.pid))),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        aborts.contains(&(local, Some(std::process::id()))),
+        "{aborts:?}"
+    );
+    assert!(enters(&ev).is_empty(), "{ev:#?}");
+}
+
+/// A new SYN from the same client port is accepted into the server's timewait socket: that
+/// socket dies with reason `syn` (a new incarnation of the connection).
+#[test]
+fn syn_accepted_into_timewait() {
+    let ns = NetNs::new().unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, lo4(), FirstCloser::Server, Duration::ZERO).unwrap();
+    let first = connect_many(&ns, server.addr, 1, FirstCloser::Server).unwrap()[0];
+    tracer.wait_for(SOON, |ev| enters(ev).len() >= 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let dst = server.addr;
+    ns.run(move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&first.into()).unwrap();
+        s.connect_timeout(&dst.into(), Duration::from_secs(2))
+            .unwrap();
+        let mut t: TcpStream = s.into();
+        let mut b = [0u8; 8];
+        t.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = t.read(&mut b);
+    })
+    .unwrap();
+    let ev = tracer.wait_for(SOON, |ev| !exits(ev).is_empty());
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), 1, "{ev:#?}");
+    assert_eq!(ex[0].reason, ExitReason::Syn);
+    assert_eq!(addr(&ex[0].sock, true), server.addr);
+    assert_eq!(addr(&ex[0].sock, false), first);
+}
+
+/// Reads IPv4 packets on `lo` of the calling thread's namespace (AF_PACKET, link header
+/// stripped) until `until` returns a value or the time runs out.
+fn sniff<T>(sock: i32, limit: Duration, mut until: impl FnMut(&[u8]) -> Option<T>) -> Option<T> {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 2048];
+    while t0.elapsed() < limit {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            continue;
+        }
+        if let Some(v) = until(&buf[..n as usize]) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for c in data.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends a bare RST from `from` to `to` with sequence number `seq`, through a raw socket.
+fn send_rst(from: SocketAddrV4, to: SocketAddrV4, seq: u32) {
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&from.port().to_be_bytes());
+    tcp[2..4].copy_from_slice(&to.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x04; // RST
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&from.ip().octets());
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum(&pseudo, 0);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::TCP)).unwrap();
+    s.send_to(&tcp, &SocketAddr::V4(to).into()).unwrap();
+}
+
+/// An in-window RST into a TIME_WAIT socket kills it when tcp_rfc1337=0 (TIME_WAIT
+/// assassination) and not when tcp_rfc1337=1.
+fn rst_into_timewait(rfc1337: bool) -> Vec<Event> {
+    let ns = NetNs::new().unwrap();
+    ns.sysctl("net.ipv4.tcp_rfc1337", if rfc1337 { "1" } else { "0" })
+        .unwrap();
+    let tracer = trace(&ns);
+    let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+    let sport = server.addr.port();
+    // Capture the server's FIN to learn the timewait socket's next expected sequence number.
+    let sniffer = ns
+        .run(|| {
+            // SAFETY: plain socket calls; the fd is closed below.
+            unsafe {
+                let fd = libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_DGRAM,
+                    (libc::ETH_P_IP as u16).to_be() as i32,
+                );
+                assert!(fd >= 0, "AF_PACKET socket");
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 100_000,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+                fd
+            }
+        })
+        .unwrap();
+    let client = connect_many(&ns, server.addr, 1, FirstCloser::Client).unwrap()[0];
+    let cport = client.port();
+    let fin_seq = sniff(sniffer, Duration::from_secs(3), |p| {
+        let ihl = ((p.first()? & 0x0f) as usize) * 4;
+        let t = p.get(ihl..ihl + 20)?;
+        let (sp, dp) = (
+            u16::from_be_bytes([t[0], t[1]]),
+            u16::from_be_bytes([t[2], t[3]]),
+        );
+        (sp == sport && dp == cport && t[13] & 0x01 != 0)
+            .then(|| u32::from_be_bytes([t[4], t[5], t[6], t[7]]))
+    })
+    .expect("saw the server's FIN");
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(sniffer) };
+    tracer.wait_for(SOON, |ev| enters(ev).len() >= 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let (from, to) = match (server.addr, client) {
+        (SocketAddr::V4(f), SocketAddr::V4(t)) => (f, t),
+        _ => unreachable!(),
+    };
+    ns.run(move || send_rst(from, to, fin_seq.wrapping_add(1)))
+        .unwrap();
+    let ev = tracer.wait_for(Duration::from_secs(2), |ev| !exits(ev).is_empty());
+    assert_eq!(enters(&ev).len(), 1);
+    assert_eq!(addr(&enters(&ev)[0].sock, true), client);
+    ev
+}
+
+#[test]
+fn rst_assassinates_timewait_with_rfc1337_off() {
+    let ev = rst_into_timewait(false);
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), 1, "{ev:#?}");
+    assert_eq!(ex[0].reason, ExitReason::Rst);
+    assert!(ex[0].lifetime_ms.unwrap() < 10_000);
+}
+
+#[test]
+fn rst_does_not_kill_timewait_with_rfc1337_on() {
+    let ev = rst_into_timewait(true);
+    assert!(exits(&ev).is_empty(), "{ev:#?}");
+}
+
+/// Deleting a namespace purges its timewait sockets: reason `purged`, from a kernel worker.
+#[test]
+fn namespace_deletion_purges() {
+    const N: usize = 3;
+    let ns = NetNs::new().unwrap();
+    let tracer = trace(&ns);
+    {
+        let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+        connect_many(&ns, server.addr, N, FirstCloser::Client).unwrap();
+    }
+    let ev = tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
+    assert_eq!(enters(&ev).len(), N);
+    drop(ns);
+    let ev = tracer.wait_for(Duration::from_secs(30), |ev| exits(ev).len() >= N);
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), N, "{ev:#?}");
+    assert!(ex.iter().all(|x| x.reason == ExitReason::Purged), "{ex:#?}");
+}

@@ -1,0 +1,266 @@
+//! The TIME_WAIT-relevant sysctls of a network namespace. `/proc/sys/net` shows the namespace
+//! of the thread that opens it, so reading another namespace's values means entering it on a
+//! short-lived thread.
+
+use anyhow::{Context, Result};
+use nix::sched::{setns, CloneFlags};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sysctls {
+    /// `net.ipv4.tcp_tw_reuse`: 0 never, 1 always, 2 loopback only.
+    pub tw_reuse: Option<u8>,
+    /// `net.ipv4.tcp_tw_reuse_delay` in ms (absent before Linux 6.13: then 1 s, second
+    /// granularity, counted from the last received timestamp).
+    pub tw_reuse_delay_ms: Option<u32>,
+    pub max_tw_buckets: Option<u64>,
+    pub timestamps: Option<u8>,
+    pub fin_timeout_s: Option<u32>,
+    pub rfc1337: Option<u8>,
+    /// `net.ipv4.ip_local_port_range`, inclusive.
+    pub port_range: Option<(u16, u16)>,
+}
+
+fn get<T: std::str::FromStr>(base: &Path, name: &str) -> Option<T> {
+    std::fs::read_to_string(base.join(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Sysctls {
+    /// The calling thread's namespace.
+    pub fn read_current() -> Sysctls {
+        Self::read_from(Path::new("/proc/sys/net/ipv4"))
+    }
+
+    /// From a directory laid out like `/proc/sys/net/ipv4` (tests use a temporary one).
+    pub fn read_from(base: &Path) -> Sysctls {
+        let port_range = std::fs::read_to_string(base.join("ip_local_port_range"))
+            .ok()
+            .and_then(|s| parse_range(&s));
+        Sysctls {
+            tw_reuse: get(base, "tcp_tw_reuse"),
+            tw_reuse_delay_ms: get(base, "tcp_tw_reuse_delay"),
+            max_tw_buckets: get(base, "tcp_max_tw_buckets"),
+            timestamps: get(base, "tcp_timestamps"),
+            fin_timeout_s: get(base, "tcp_fin_timeout"),
+            rfc1337: get(base, "tcp_rfc1337"),
+            port_range,
+        }
+    }
+
+    /// The namespace at `ns_path` (e.g. `/proc/PID/task/TID/ns/net`).
+    pub fn read_in(ns_path: &Path) -> Result<Sysctls> {
+        let f = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+        std::thread::spawn(move || -> Result<Sysctls> {
+            setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+            Ok(Sysctls::read_current())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("sysctl reader thread panicked"))?
+    }
+
+    /// Ephemeral ports connect() can choose from.
+    pub fn ports(&self) -> Option<u32> {
+        self.port_range
+            .map(|(lo, hi)| (hi as u32 + 1).saturating_sub(lo as u32))
+    }
+
+    /// `key=value` pairs for the human line, in a fixed order.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let mut kv = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                let _ = write!(s, "{}{k}={v}", if s.is_empty() { "" } else { " " });
+            }
+        };
+        kv("tw_reuse", self.tw_reuse.map(|v| v.to_string()));
+        kv(
+            "reuse_delay",
+            self.tw_reuse_delay_ms.map(|v| format!("{v}ms")),
+        );
+        kv("max_tw_buckets", self.max_tw_buckets.map(|v| v.to_string()));
+        kv("timestamps", self.timestamps.map(|v| v.to_string()));
+        kv("fin_timeout", self.fin_timeout_s.map(|v| format!("{v}s")));
+        kv("rfc1337", self.rfc1337.map(|v| v.to_string()));
+        kv(
+            "port_range",
+            self.port_range.map(|(a, b)| format!("{a}-{b}")),
+        );
+        s
+    }
+
+    /// NDJSON keys, named after the sysctls (absent ones are left out).
+    pub fn write_json(&self, out: &mut String) {
+        let mut kv = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                let _ = write!(out, ",\"{k}\":{v}");
+            }
+        };
+        kv("tcp_tw_reuse", self.tw_reuse.map(|v| v.to_string()));
+        kv(
+            "tcp_tw_reuse_delay",
+            self.tw_reuse_delay_ms.map(|v| v.to_string()),
+        );
+        kv(
+            "tcp_max_tw_buckets",
+            self.max_tw_buckets.map(|v| v.to_string()),
+        );
+        kv("tcp_timestamps", self.timestamps.map(|v| v.to_string()));
+        kv("tcp_fin_timeout", self.fin_timeout_s.map(|v| v.to_string()));
+        kv("tcp_rfc1337", self.rfc1337.map(|v| v.to_string()));
+        kv(
+            "ip_local_port_range",
+            self.port_range.map(|(a, b)| format!("[{a},{b}]")),
+        );
+    }
+}
+
+fn parse_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_ascii_whitespace().map(|x| x.parse::<u16>());
+    match (it.next()?, it.next()?) {
+        (Ok(a), Ok(b)) if a <= b => Some((a, b)),
+        _ => None,
+    }
+}
+
+/// Knows the sysctls of every namespace that has shown up, reading a new one once and known
+/// ones again every `REFRESH` (to notice changes).
+pub struct SysctlWatch {
+    known: std::collections::HashMap<u32, Option<Sysctls>>,
+    paths: std::collections::BTreeMap<u64, std::path::PathBuf>,
+    last_scan: Option<std::time::Instant>,
+    last_refresh: std::time::Instant,
+}
+
+impl Default for SysctlWatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SysctlWatch {
+    /// Re-read period for namespaces already known.
+    pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Namespaces are listed again (a /proc walk) at most this often when one is not found.
+    const RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new() -> Self {
+        SysctlWatch {
+            known: Default::default(),
+            paths: Default::default(),
+            last_scan: None,
+            last_refresh: std::time::Instant::now(),
+        }
+    }
+
+    fn path_of(&mut self, netns: u32) -> Option<std::path::PathBuf> {
+        if let Some(p) = self.paths.get(&(netns as u64)) {
+            return Some(p.clone());
+        }
+        if self.last_scan.is_some_and(|t| t.elapsed() < Self::RESCAN) {
+            return None;
+        }
+        self.last_scan = Some(std::time::Instant::now());
+        self.paths = crate::netns::all_namespaces();
+        self.paths.get(&(netns as u64)).cloned()
+    }
+
+    /// The sysctls of `netns` if this is the first time it is seen (`None` otherwise, or when
+    /// it cannot be entered: a namespace already gone, e.g. one being purged).
+    pub fn observe(&mut self, netns: u32) -> Option<Sysctls> {
+        if netns == 0 || self.known.contains_key(&netns) {
+            return None;
+        }
+        let s = self.path_of(netns).and_then(|p| Sysctls::read_in(&p).ok());
+        self.known.insert(netns, s.clone());
+        s
+    }
+
+    /// Every `REFRESH`: namespaces whose sysctls changed, with their new values.
+    pub fn refresh(&mut self) -> Vec<(u32, Sysctls)> {
+        if self.last_refresh.elapsed() < Self::REFRESH {
+            return Vec::new();
+        }
+        self.last_refresh = std::time::Instant::now();
+        let mut changed = Vec::new();
+        let ids: Vec<u32> = self.known.keys().copied().collect();
+        for netns in ids {
+            let Some(p) = self.paths.get(&(netns as u64)).cloned() else {
+                continue;
+            };
+            match Sysctls::read_in(&p) {
+                Ok(s) => {
+                    if self
+                        .known
+                        .get(&netns)
+                        .is_some_and(|old| old.as_ref() != Some(&s))
+                    {
+                        self.known.insert(netns, Some(s.clone()));
+                        changed.push((netns, s));
+                    }
+                }
+                // Gone: forget it (its inode may be reused by a new namespace).
+                Err(_) => {
+                    self.known.remove(&netns);
+                    self.paths.remove(&(netns as u64));
+                }
+            }
+        }
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_sysctl_directory() {
+        let d = std::env::temp_dir().join(format!("twtrace-sysctl-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("tcp_tw_reuse"), "2\n").unwrap();
+        std::fs::write(d.join("ip_local_port_range"), "32768\t60999\n").unwrap();
+        std::fs::write(d.join("tcp_fin_timeout"), "garbage\n").unwrap();
+        let s = Sysctls::read_from(&d);
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(s.tw_reuse, Some(2));
+        assert_eq!(s.port_range, Some((32768, 60999)));
+        assert_eq!(s.ports(), Some(28232));
+        assert_eq!(s.fin_timeout_s, None);
+        assert_eq!(s.tw_reuse_delay_ms, None);
+        assert_eq!(s.summary(), "tw_reuse=2 port_range=32768-60999");
+        let mut j = String::new();
+        s.write_json(&mut j);
+        assert_eq!(
+            j,
+            ",\"tcp_tw_reuse\":2,\"ip_local_port_range\":[32768,60999]"
+        );
+    }
+
+    #[test]
+    fn port_range_edge_cases() {
+        assert_eq!(parse_range("5 5"), Some((5, 5)));
+        assert_eq!(parse_range("6 5"), None);
+        assert_eq!(parse_range("x"), None);
+        let one = Sysctls {
+            port_range: Some((5, 5)),
+            ..Default::default()
+        };
+        assert_eq!(one.ports(), Some(1));
+    }
+
+    #[test]
+    fn this_namespace_has_the_timewait_sysctls() {
+        let s = Sysctls::read_current();
+        assert!(
+            s.tw_reuse.is_some() && s.max_tw_buckets.is_some() && s.port_range.is_some(),
+            "{s:?}"
+        );
+    }
+}
