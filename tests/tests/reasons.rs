@@ -251,6 +251,15 @@ fn max_tw_buckets_overflow_matches_the_counter() {
         "events vs TCPTimeWaitOverflow"
     );
     assert_eq!(enters(&ev2).len(), 5, "{ev:#?}");
+    // The tracer's own cross-check agrees: events seen = the kernel's counter.
+    let (_, summary) = tracer.stop().unwrap();
+    let ino = ns.inode() as u32;
+    assert!(
+        summary.overflow_check.contains(&(ino, 45, 45)),
+        "{:?}",
+        summary.overflow_check
+    );
+    assert!(summary.notices.is_empty(), "{:?}", summary.notices);
     for o in &overflows {
         assert!(locals.contains(o), "{o}");
     }

@@ -76,6 +76,8 @@ pub struct Lifecycle {
     /// Timewait sockets that just answered a segment with RST (they die next).
     rst_sent: HashMap<u64, u64>,
     sysctls: HashMap<u32, Sysctls>,
+    /// Overflow drops seen per namespace (to compare with the kernel's counter).
+    overflows: HashMap<u32, u64>,
     settle_ns: u64,
     live: HashMap<u64, Live>,
     /// Per CPU: a cancel not yet explained by the next record on that CPU.
@@ -103,6 +105,7 @@ impl Lifecycle {
             by_dest: HashMap::new(),
             rst_sent: HashMap::new(),
             sysctls: HashMap::new(),
+            overflows: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -190,6 +193,7 @@ impl Lifecycle {
             }
             kind::OVERFLOW => {
                 self.stats.overflows += 1;
+                *self.overflows.entry(r.netns).or_default() += 1;
                 out.push(Event {
                     ts_ns: r.ts_ns,
                     body: Body::Overflow {
@@ -200,6 +204,11 @@ impl Lifecycle {
             kind::CONNECT_FAIL => self.on_connect_fail(r, out),
             _ => {}
         }
+    }
+
+    /// Overflow drops seen per namespace.
+    pub fn overflows_by_netns(&self) -> &HashMap<u32, u64> {
+        &self.overflows
     }
 
     /// Sets the sysctls of a namespace (they decide connect() refusals).

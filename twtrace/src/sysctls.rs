@@ -56,13 +56,7 @@ impl Sysctls {
 
     /// The namespace at `ns_path` (e.g. `/proc/PID/task/TID/ns/net`).
     pub fn read_in(ns_path: &Path) -> Result<Sysctls> {
-        let f = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
-        std::thread::spawn(move || -> Result<Sysctls> {
-            setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
-            Ok(Sysctls::read_current())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("sysctl reader thread panicked"))?
+        Ok(read_ns(ns_path)?.0)
     }
 
     /// Ephemeral ports connect() can choose from.
@@ -121,6 +115,20 @@ impl Sysctls {
     }
 }
 
+/// The sysctls and the `TcpExt: TCPTimeWaitOverflow` counter of the namespace at `ns_path`.
+fn read_ns(ns_path: &Path) -> Result<(Sysctls, Option<u64>)> {
+    let f = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+    std::thread::spawn(move || -> Result<(Sysctls, Option<u64>)> {
+        setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+        let overflow = std::fs::read_to_string("/proc/thread-self/net/netstat")
+            .ok()
+            .and_then(|t| crate::netns::parse_netstat(&t, "TcpExt", "TCPTimeWaitOverflow"));
+        Ok((Sysctls::read_current(), overflow))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("sysctl reader thread panicked"))?
+}
+
 fn parse_range(s: &str) -> Option<(u16, u16)> {
     let mut it = s.split_ascii_whitespace().map(|x| x.parse::<u16>());
     match (it.next()?, it.next()?) {
@@ -133,6 +141,10 @@ fn parse_range(s: &str) -> Option<(u16, u16)> {
 /// ones again every `REFRESH` (to notice changes).
 pub struct SysctlWatch {
     known: std::collections::HashMap<u32, Option<Sysctls>>,
+    /// Per namespace: the kernel's TCPTimeWaitOverflow counter when first seen, and lately.
+    overflow: std::collections::HashMap<u32, (u64, u64)>,
+    /// TCPTimeWaitOverflow of every namespace that existed when tracing started.
+    start_overflow: std::collections::HashMap<u32, u64>,
     paths: std::collections::BTreeMap<u64, std::path::PathBuf>,
     last_scan: Option<std::time::Instant>,
     last_refresh: std::time::Instant,
@@ -153,9 +165,22 @@ impl SysctlWatch {
     pub fn new() -> Self {
         SysctlWatch {
             known: Default::default(),
+            overflow: Default::default(),
+            start_overflow: Default::default(),
             paths: Default::default(),
             last_scan: None,
             last_refresh: std::time::Instant::now(),
+        }
+    }
+
+    /// Records every existing namespace's overflow counter: the baseline of the cross-check.
+    pub fn baseline(&mut self) {
+        self.paths = crate::netns::all_namespaces();
+        self.last_scan = Some(std::time::Instant::now());
+        for (ino, p) in &self.paths {
+            if let Ok((_, Some(c))) = read_ns(p) {
+                self.start_overflow.insert(*ino as u32, c);
+            }
         }
     }
 
@@ -177,9 +202,34 @@ impl SysctlWatch {
         if netns == 0 || self.known.contains_key(&netns) {
             return None;
         }
-        let s = self.path_of(netns).and_then(|p| Sysctls::read_in(&p).ok());
+        let read = self.path_of(netns).and_then(|p| read_ns(&p).ok());
+        let s = read.as_ref().map(|r| r.0.clone());
+        if let Some(c) = read.and_then(|r| r.1) {
+            // Counted from when tracing started: the namespace's value then, or 0 for one
+            // created since (its events are processed a little after they happen).
+            let base = self.start_overflow.get(&netns).copied().unwrap_or(0);
+            self.overflow.insert(netns, (base, c));
+        }
         self.known.insert(netns, s.clone());
         s
+    }
+
+    /// Overflows the kernel counted in `netns` since twtrace first saw it, as of the last
+    /// read (`None` if its counters cannot be read).
+    pub fn kernel_overflows(&self, netns: u32) -> Option<u64> {
+        self.overflow
+            .get(&netns)
+            .map(|(base, now)| now.saturating_sub(*base))
+    }
+
+    /// Makes the next [`refresh`](Self::refresh) re-read now (e.g. for a final report).
+    pub fn force_refresh(&mut self) {
+        self.last_refresh = std::time::Instant::now() - Self::REFRESH;
+    }
+
+    /// Whether the next [`refresh`](Self::refresh) will re-read.
+    pub fn refresh_due(&self) -> bool {
+        self.last_refresh.elapsed() >= Self::REFRESH
     }
 
     /// Every `REFRESH`: namespaces whose sysctls changed, with their new values.
@@ -194,8 +244,11 @@ impl SysctlWatch {
             let Some(p) = self.paths.get(&(netns as u64)).cloned() else {
                 continue;
             };
-            match Sysctls::read_in(&p) {
-                Ok(s) => {
+            match read_ns(&p) {
+                Ok((s, overflow)) => {
+                    if let (Some(c), Some(e)) = (overflow, self.overflow.get_mut(&netns)) {
+                        e.1 = c;
+                    }
                     if self
                         .known
                         .get(&netns)

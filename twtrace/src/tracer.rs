@@ -59,6 +59,8 @@ pub struct Tracer {
     pub records: u64,
     pub decode_errors: u64,
     sysctls: SysctlWatch,
+    notices: Vec<String>,
+    overflow_suspect: Option<(u32, u64, u64)>,
 }
 
 impl Tracer {
@@ -96,6 +98,7 @@ impl Tracer {
         };
         let mut lifecycle = Lifecycle::with_settle(hz, opts.settle_ns);
         let mut sysctls = SysctlWatch::new();
+        sysctls.baseline();
         let mut initial = Vec::new();
         // The timer programs are attached already, so a socket cannot fall between the
         // snapshot and the live stream; the lifecycle drops the duplicates.
@@ -139,6 +142,8 @@ impl Tracer {
             records: 0,
             decode_errors: 0,
             sysctls,
+            notices: Vec::new(),
+            overflow_suspect: None,
         })
     }
 
@@ -208,6 +213,7 @@ impl Tracer {
         }
         let now = sysinfo::monotonic_ns();
         self.lifecycle.tick(now, out);
+        let refreshed = self.sysctls.refresh_due();
         for (netns, s) in self.sysctls.refresh() {
             self.lifecycle.set_sysctls(netns, s.clone());
             out.push(Event {
@@ -215,10 +221,51 @@ impl Tracer {
                 body: Body::Netns { netns, sysctls: s },
             });
         }
+        if refreshed {
+            self.check_overflows();
+        }
         if self.last_counter_read.elapsed() >= Duration::from_millis(200) {
             self.last_counter_read = Instant::now();
             self.report_lost(now, out);
         }
+    }
+
+    /// Compares the overflow events seen per namespace with the kernel's own counter; a
+    /// difference that persists across two reads becomes a notice (never hidden).
+    fn check_overflows(&mut self) {
+        for (netns, kernel, seen) in self.overflow_check() {
+            let key = (netns, kernel, seen);
+            if kernel != seen && self.overflow_suspect.replace(key) == Some(key) {
+                self.notices.push(format!(
+                    "netns {netns}: the kernel counted {kernel} timewait overflows \
+                     (TcpExtTCPTimeWaitOverflow), twtrace saw {seen} overflow events"
+                ));
+            }
+        }
+    }
+
+    /// (netns, kernel's TCPTimeWaitOverflow delta since first seen, overflow events seen) for
+    /// every namespace with any overflow.
+    pub fn overflow_check(&self) -> Vec<(u32, u64, u64)> {
+        let mut v: Vec<(u32, u64, u64)> = self
+            .lifecycle
+            .overflows_by_netns()
+            .iter()
+            .map(|(n, seen)| {
+                (
+                    *n,
+                    self.sysctls.kernel_overflows(*n).unwrap_or(*seen),
+                    *seen,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Messages for the user that arose while tracing (e.g. counter mismatches); drained.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
     }
 
     fn report_lost(&mut self, now: u64, out: &mut Vec<Event>) {
@@ -237,6 +284,8 @@ impl Tracer {
     /// Final drain: waits out the settle window so pending detaches are decided.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         self.poll(out);
+        // A last look at the kernel's counters for the overflow cross-check.
+        self.sysctls.force_refresh();
         std::thread::sleep(Duration::from_nanos(SETTLE_NS + 1_000_000));
         self.poll(out);
         let now = sysinfo::monotonic_ns();
@@ -274,6 +323,9 @@ pub struct Background {
 
 #[derive(Clone, Debug, Default)]
 pub struct TracerSummary {
+    /// (netns, kernel TCPTimeWaitOverflow since first seen, overflow events seen).
+    pub overflow_check: Vec<(u32, u64, u64)>,
+    pub notices: Vec<String>,
     pub stats: Stats,
     pub lost: u64,
     pub decode_errors: u64,
@@ -315,6 +367,8 @@ impl Background {
             t.finish(&mut buf);
             push(&mut buf);
             Ok(TracerSummary {
+                overflow_check: t.overflow_check(),
+                notices: t.take_notices(),
                 stats: t.stats(),
                 lost: t.lost_total(),
                 decode_errors: t.decode_errors,
