@@ -15,7 +15,7 @@ pub fn trace(ns: &NetNs) -> Background {
 pub fn trace_opts(ns: &NetNs, opts: TracerOptions) -> Background {
     let ino = ns.inode();
     let filter = twtrace::filter::Filter {
-        netns: vec![ino as u64],
+        netns: vec![ino],
         ..Default::default()
     };
     Background::start(opts, move |e| filter.matches(e))
