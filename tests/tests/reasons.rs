@@ -305,7 +305,7 @@ fn syn_accepted_into_timewait() {
     let tracer = trace(&ns);
     let server = serve(&ns, lo4(), FirstCloser::Server, Duration::ZERO).unwrap();
     let first = connect_many(&ns, server.addr, 1, FirstCloser::Server).unwrap()[0];
-    tracer.wait_for(SOON, |ev| enters(ev).len() >= 1);
+    tracer.wait_for(SOON, |ev| !enters(ev).is_empty());
     std::thread::sleep(Duration::from_millis(100));
     let dst = server.addr;
     ns.run(move || {
@@ -425,7 +425,7 @@ fn rst_into_timewait(rfc1337: bool) -> Vec<Event> {
     .expect("saw the server's FIN");
     // SAFETY: closing our own fd.
     unsafe { libc::close(sniffer) };
-    tracer.wait_for(SOON, |ev| enters(ev).len() >= 1);
+    tracer.wait_for(SOON, |ev| !enters(ev).is_empty());
     std::thread::sleep(Duration::from_millis(200));
     let (from, to) = match (server.addr, client) {
         (SocketAddr::V4(f), SocketAddr::V4(t)) => (f, t),
