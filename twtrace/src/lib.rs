@@ -4,10 +4,12 @@
 //! → sinks ([`output`]). [`loader`] owns BTF offsets, kallsyms and the hook table; [`netns`] and
 //! [`workload`] are shared by the tests, `verify` and the benchmarks.
 
+pub mod aggregate;
 pub mod btf;
 pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod forecast;
 pub mod kallsyms;
 pub mod lifecycle;
 pub mod loader;
@@ -17,4 +19,5 @@ pub mod snapshot;
 pub mod sysctls;
 pub mod sysinfo;
 pub mod tracer;
+pub mod tui;
 pub mod workload;

@@ -1,16 +1,22 @@
-//! `twtrace` / `twtrace live`: events as lines or NDJSON until Ctrl-C.
+//! `twtrace` / `twtrace live`: the full-screen view on a terminal; elsewhere (or with `--plain`)
+//! events as lines, or NDJSON with `--json`, until Ctrl-C.
 
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use twtrace::aggregate::{self, Aggregator};
 use twtrace::event::ExitReason;
 use twtrace::filter::Filter;
 use twtrace::output::{Format, Printer};
+use twtrace::sysctls::SysctlWatch;
+use twtrace::sysinfo;
 use twtrace::tracer::{Tracer, TracerOptions};
+use twtrace::tui::{HostInfo, Model, Screen, ViewState};
 
 /// What every tracing subcommand takes: filters and tracer settings.
 #[derive(Args, Debug, Clone)]
@@ -69,6 +75,13 @@ pub struct LiveArgs {
     /// Print NDJSON, one object per event (the stable `--json` contract).
     #[arg(long)]
     pub json: bool,
+    /// One line per event even on a terminal (where the default is the full-screen view).
+    #[arg(long, conflicts_with = "json")]
+    pub plain: bool,
+    /// With line output, every SECS seconds a compact summary of the busiest peers (lines
+    /// starting with `#`). Implies line output.
+    #[arg(long, value_name = "SECS", conflicts_with = "json")]
+    pub summary_every: Option<f64>,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
@@ -137,6 +150,17 @@ pub fn summary_line(tracer: &Tracer, shown: u64) -> String {
 }
 
 pub fn run(args: LiveArgs) -> Result<()> {
+    if !args.json && !args.plain && args.summary_every.is_none() && std::io::stdout().is_terminal()
+    {
+        return run_view(&args);
+    }
+    let summary_every = match args.summary_every {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            anyhow::bail!("--summary-every needs a number of seconds above 0")
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
     let filter = args.trace.filter();
     let mut tracer = start_tracer(&args.trace)?;
     let stop = stop_flag()?;
@@ -151,26 +175,169 @@ pub fn run(args: LiveArgs) -> Result<()> {
     let deadline = args.trace.deadline();
     let mut batch = Vec::new();
     let mut shown = 0u64;
-    let mut emit = |batch: &mut Vec<twtrace::event::Event>, printer: &mut Printer<_>| -> bool {
+    // Only with --summary-every: the plain path stays as cheap as it was without.
+    let mut agg = summary_every.map(|_| Aggregator::default());
+    let mut emit = |batch: &mut Vec<twtrace::event::Event>,
+                    printer: &mut Printer<_>,
+                    agg: &mut Option<Aggregator>|
+     -> bool {
         let kept: Vec<_> = batch.drain(..).filter(|e| filter.matches(e)).collect();
         shown += kept.len() as u64;
+        if let Some(agg) = agg.as_mut() {
+            kept.iter().for_each(|e| agg.observe(e));
+        }
         printer.write_batch(kept.iter()).is_ok()
     };
     let mut broken_pipe = false;
+    let mut next_summary = summary_every.map(|d| Instant::now() + d);
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         tracer.wait(Duration::from_millis(if interactive { 50 } else { 100 }));
         tracer.poll(&mut batch);
-        if !emit(&mut batch, &mut printer) {
+        if !emit(&mut batch, &mut printer, &mut agg) {
             broken_pipe = true;
             break;
+        }
+        if let (Some(at), Some(every)) = (next_summary, summary_every) {
+            if Instant::now() >= at {
+                next_summary = Some(at.max(Instant::now() - every) + every);
+                if !print_summary(&mut agg) {
+                    broken_pipe = true;
+                    break;
+                }
+            }
         }
     }
     if !broken_pipe {
         tracer.finish(&mut batch);
-        let _ = emit(&mut batch, &mut printer);
+        let _ = emit(&mut batch, &mut printer, &mut agg);
+        if summary_every.is_some() {
+            print_summary(&mut agg);
+        }
     }
     if !args.trace.quiet {
         eprintln!("{}", summary_line(&tracer, shown));
     }
     Ok(())
+}
+
+/// Peer rows in a periodic summary.
+const SUMMARY_PEERS: usize = 5;
+
+/// Writes the `--summary-every` block; false when stdout is gone.
+fn print_summary(agg: &mut Option<Aggregator>) -> bool {
+    let Some(agg) = agg.as_mut() else {
+        return true;
+    };
+    agg.advance(sysinfo::monotonic_ns());
+    let width = ratatui::crossterm::terminal::size()
+        .ok()
+        .filter(|_| std::io::stdout().is_terminal())
+        .map_or(120, |(w, _)| usize::from(w));
+    let text = aggregate::summary_text(agg, SUMMARY_PEERS, width);
+    // The printer holds the stdout lock; it is re-entrant on this thread and the printer
+    // flushes after every batch, so this lands between two batches.
+    let mut out = std::io::stdout();
+    out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
+}
+
+/// How often the live view takes the kernel's census again (it is kept current from events
+/// in between; the re-sync undoes any drift from lost events).
+const CENSUS_EVERY: Duration = Duration::from_secs(5);
+/// How often the live view redraws when no key is pressed.
+const REDRAW_EVERY: Duration = Duration::from_secs(1);
+
+/// The full-screen view ([`twtrace::tui`]), the default on a terminal.
+fn run_view(args: &LiveArgs) -> Result<()> {
+    let filter = args.trace.filter();
+    // No hook report on stderr: the view's header shows the hooks, and the alternate screen
+    // would hide it anyway. Warnings are printed when the view closes.
+    let mut tracer = Tracer::start(&args.trace.options()?)?;
+    let stop = stop_flag()?;
+    let deadline = args.trace.deadline();
+    let host = HostInfo {
+        host: sysinfo::hostname(),
+        kernel: sysinfo::kernel_release().unwrap_or_default(),
+        hooks: tracer
+            .hooks
+            .iter()
+            .map(|h| (h.label(), h.result.is_ok()))
+            .collect(),
+        start_ns: sysinfo::monotonic_ns(),
+    };
+    let mut agg = Aggregator::default();
+    let mut sysctls = SysctlWatch::new();
+    let mut view = ViewState::default();
+    let mut model = Model::build(&agg, &host);
+    let mut batch = Vec::new();
+    let mut shown = 0u64;
+    let mut census_note = None;
+    let mut next_census = Instant::now();
+    let mut next_draw = Instant::now();
+    let mut screen = Screen::start().context("starting the full-screen view (try --plain)")?;
+    let result = (|| -> Result<()> {
+        while !view.quit
+            && !stop.load(Ordering::Relaxed)
+            && deadline.is_none_or(|d| Instant::now() < d)
+        {
+            tracer.wait(Duration::from_millis(50));
+            tracer.poll(&mut batch);
+            for e in batch.drain(..) {
+                if filter.matches(&e) {
+                    agg.observe(&e);
+                    shown += 1;
+                }
+            }
+            if Instant::now() >= next_census {
+                next_census = Instant::now() + CENSUS_EVERY;
+                // Events polled so far are older than this; later ones update the census.
+                let at = sysinfo::monotonic_ns();
+                match tracer.census() {
+                    Ok(mut c) => {
+                        c.retain(|c| filter.netns.is_empty() || filter.netns.contains(&c.netns));
+                        agg.set_census(at, &c);
+                        for c in &c {
+                            // Namespaces without traffic get their sysctls here; the tracer
+                            // reports them for the others with `netns` events.
+                            let ns = c.netns as u32;
+                            if agg.context(ns).is_none_or(|s| s.port_range.is_none()) {
+                                if let Some(s) = sysctls.observe(ns) {
+                                    agg.set_context(ns, s);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // No iterator on this kernel: the census comes from events only.
+                        census_note = Some(format!("{e:#}"));
+                        next_census = Instant::now() + Duration::from_secs(3600);
+                    }
+                }
+            }
+            let ids = model.netns_ids();
+            let mut redraw = false;
+            for k in screen.keys()? {
+                redraw |= view.on_key(k, &ids);
+            }
+            if redraw || Instant::now() >= next_draw {
+                if !view.paused {
+                    agg.advance(sysinfo::monotonic_ns());
+                    model = Model::build(&agg, &host);
+                }
+                screen.draw(&model, &view)?;
+                next_draw = Instant::now() + REDRAW_EVERY;
+            }
+        }
+        Ok(())
+    })();
+    drop(screen);
+    if !args.trace.quiet {
+        for w in &tracer.warnings {
+            eprintln!("warning: {w}");
+        }
+        if let Some(n) = census_note {
+            eprintln!("warning: no state census ({n}); TIME_WAIT counts came from events only");
+        }
+        eprintln!("{}", summary_line(&tracer, shown));
+    }
+    result
 }
