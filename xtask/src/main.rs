@@ -221,11 +221,94 @@ fn test(args: &[String]) -> Result<()> {
     ]))?;
     // Most integration tests wait on the kernel (timers, namespace teardown) rather than on
     // the CPU, so they run with more threads than cores.
-    sh(cargo()
-        .args(["test", "--workspace", "--no-fail-fast", "--"])
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast", "--"])
         .args(args)
         .env(
             "RUST_TEST_THREADS",
             std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "8".into()),
-        ))
+        );
+    run_counting(&mut cmd)
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line totalling every
+/// test binary (`tests: N passed, N failed, N skipped`): cargo's own last line belongs to
+/// whichever binary ran last, often one with no tests at all.
+fn run_counting(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("xtask: $ {}", show(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", show(cmd)))?;
+    let mut totals = Totals::default();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            totals.add(&line);
+        }
+    }
+    let st = child.wait()?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !st.success() {
+        bail!("`{}` failed ({st})", show(cmd));
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds a libtest summary line: `test result: ok. 7 passed; 0 failed; 1 ignored; ...`.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut w = part.split_whitespace().rev();
+            let (Some(label), Some(n)) = (w.next(), w.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match label {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn totals_sum_libtest_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.00s");
+        t.add("test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 9,
+                failed: 3,
+                ignored: 1
+            }
+        );
+    }
 }
