@@ -83,9 +83,6 @@ impl Substate {
 pub enum ExitReason {
     /// Its timer ran out (`timer_expire_entry` after the detach on the same CPU).
     Expired,
-    /// Killed before its timer (a detach that was neither an expiry nor a re-arm), cause not
-    /// established. The lifecycle issue's classification replaces this with one of the below.
-    Early,
     /// connect() took over the 4-tuple (tcp_tw_reuse, or bind()+connect()).
     Reused,
     /// A new SYN was accepted into the timewait socket.
@@ -94,7 +91,8 @@ pub enum ExitReason {
     Rst,
     /// Its network namespace went away.
     Purged,
-    /// Its death was not observed (lost events, or memory reused without a visible death).
+    /// Killed before its timer with no evidence of the cause, or its death was not observed
+    /// (lost events, or memory reused without a visible death).
     Unknown,
 }
 
@@ -142,9 +140,8 @@ impl Refusal {
 }
 
 impl ExitReason {
-    pub const ALL: [ExitReason; 7] = [
+    pub const ALL: [ExitReason; 6] = [
         ExitReason::Expired,
-        ExitReason::Early,
         ExitReason::Reused,
         ExitReason::Syn,
         ExitReason::Rst,
@@ -160,7 +157,6 @@ impl ExitReason {
     pub fn as_str(&self) -> &'static str {
         match self {
             ExitReason::Expired => "expired",
-            ExitReason::Early => "early",
             ExitReason::Reused => "reused",
             ExitReason::Syn => "syn",
             ExitReason::Rst => "rst",

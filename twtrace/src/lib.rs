@@ -18,6 +18,7 @@ pub mod output;
 pub mod snapshot;
 pub mod sysctls;
 pub mod sysinfo;
+pub mod tracefile;
 pub mod tracer;
 pub mod tui;
 pub mod workload;

@@ -7,10 +7,13 @@ use std::process::ExitCode;
 
 /// Trace TCP TIME_WAIT sockets being born and dying, live, with eBPF.
 ///
-/// Without a subcommand: one line per event — `enter` (a socket entered TIME_WAIT, with its
-/// substate, armed timeout and the process that closed it), `promote` (FIN_WAIT2 → TIME_WAIT
-/// inside a timewait socket) or `exit` (it died, with the reason and its lifetime). Needs root
-/// (or CAP_BPF + CAP_PERFMON) and a kernel with BTF.
+/// Without a subcommand, on a terminal: a full-screen view (per-peer TIME_WAIT table,
+/// port-exhaustion forecast, state census). Piped, or with --plain: one line per event —
+/// `enter` (a socket entered TIME_WAIT: substate, armed timeout, the process that closed it),
+/// `promote` (FIN_WAIT2 → TIME_WAIT inside a timewait socket), `exit` (it died: expired,
+/// reused, syn, rst, purged or unknown, with its lifetime), `overflow`, `abort`,
+/// `connect_fail`, `paws_reject`, `netns` (sysctls). --json prints NDJSON. Needs root (or
+/// CAP_BPF + CAP_PERFMON) and a kernel with BTF.
 #[derive(Parser, Debug)]
 #[command(
     name = "twtrace",
@@ -30,6 +33,12 @@ struct Cli {
 enum Command {
     /// Trace live (the default when no subcommand is given).
     Live(cmd::live::LiveArgs),
+    /// Record events to a compact binary trace file (mode 0600), for `report` and `export`.
+    Record(cmd::record::RecordArgs),
+    /// Summaries of trace files (per peer, netns, process; lifetime histogram). No root needed.
+    Report(cmd::report::ReportArgs),
+    /// Trace files as NDJSON (the live `--json` contract) or CSV. No root needed.
+    Export(cmd::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +46,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => cmd::live::run(cli.live),
         Some(Command::Live(a)) => cmd::live::run(a),
+        Some(Command::Record(a)) => cmd::record::run(a),
+        Some(Command::Export(a)) => cmd::export::run(a),
+        Some(Command::Report(a)) => cmd::report::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -129,8 +129,9 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
 pub fn summary_line(tracer: &Tracer, shown: u64) -> String {
     let s = tracer.stats();
     let lost = tracer.lost_total();
-    format!(
-        "twtrace: {shown} events shown; {} enter ({} from snapshot), {} promote, {} exit ({}); {lost} lost{}",
+    let mut line = format!(
+        "twtrace: {shown} events shown; {} enter ({} from snapshot), {} promote, {} exit ({}); \
+         {} overflow, {} abort, {} connect_fail, {} paws_reject; {lost} lost",
         s.enters + s.snapshot,
         s.snapshot,
         s.promotes,
@@ -141,12 +142,29 @@ pub fn summary_line(tracer: &Tracer, shown: u64) -> String {
             .map(|r| format!("{} {}", s.exits_by(*r), r.as_str()))
             .collect::<Vec<_>>()
             .join(", "),
-        if tracer.decode_errors > 0 {
-            format!("; {} undecodable records", tracer.decode_errors)
-        } else {
-            String::new()
-        }
-    )
+        s.overflows,
+        s.aborts,
+        s.connect_fails,
+        s.paws_rejects,
+    );
+    if tracer.decode_errors > 0 {
+        line.push_str(&format!("; {} undecodable records", tracer.decode_errors));
+    }
+    // The overflow cross-check, per namespace that had any: events seen vs the kernel's count.
+    for (netns, kernel, seen) in tracer.overflow_check() {
+        line.push_str(&format!(
+            "\ntwtrace: netns {netns}: {seen} overflow events, kernel TCPTimeWaitOverflow +{kernel}{}",
+            if kernel == seen { "" } else { " (MISMATCH)" }
+        ));
+    }
+    line
+}
+
+/// Prints notices the tracer raised (counter mismatches…) to stderr, where the summary goes.
+pub fn print_notices(tracer: &mut Tracer) {
+    for n in tracer.take_notices() {
+        eprintln!("twtrace: warning: {n}");
+    }
 }
 
 pub fn run(args: LiveArgs) -> Result<()> {
@@ -193,6 +211,7 @@ pub fn run(args: LiveArgs) -> Result<()> {
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         tracer.wait(Duration::from_millis(if interactive { 50 } else { 100 }));
         tracer.poll(&mut batch);
+        print_notices(&mut tracer);
         if !emit(&mut batch, &mut printer, &mut agg) {
             broken_pipe = true;
             break;

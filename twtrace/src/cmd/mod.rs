@@ -1,3 +1,6 @@
 //! One module per subcommand: argument parsing and wiring; the work is in the library.
 
+pub mod export;
 pub mod live;
+pub mod record;
+pub mod report;

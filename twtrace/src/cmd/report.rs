@@ -1,0 +1,230 @@
+//! `twtrace report FILE…`: the summaries a live session shows (per peer, per netns, per
+//! process, the lifetime histogram), from trace files, offline and without root.
+//!
+//! Files are grouped by the host that recorded them and each host is reported on its own:
+//! monotonic timestamps and namespace inodes only mean something on their own machine (every
+//! host's root namespace has the same inode). Within a host, files are read in time order on
+//! the wall clock (so recordings from different boots line up).
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use twtrace::aggregate::{Aggregator, Report};
+use twtrace::filter::Filter;
+use twtrace::sysctls::Sysctls;
+use twtrace::tracefile::Reader;
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Trace files (e.g. FILE FILE.1 …, or files from several hosts).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Only sockets with this local or remote port (repeatable).
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only sockets in this network namespace, by inode (repeatable).
+    #[arg(long = "netns", value_name = "INODE")]
+    pub netns: Vec<u64>,
+    /// Only sockets whose remote address is ADDR (repeatable).
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<IpAddr>,
+    /// Width of the report in columns (default: the terminal's, else 100).
+    #[arg(long, value_name = "COLS")]
+    pub width: Option<usize>,
+}
+
+/// A header's key/value sysctls back to the typed form the aggregator takes.
+fn typed(kv: &BTreeMap<String, String>) -> Sysctls {
+    fn num<T: std::str::FromStr>(kv: &BTreeMap<String, String>, k: &str) -> Option<T> {
+        kv.get(&format!("net.ipv4.{k}"))?.trim().parse().ok()
+    }
+    let get = |k: &str| kv.get(&format!("net.ipv4.{k}")).map(|v| v.trim());
+    Sysctls {
+        tw_reuse: num(kv, "tcp_tw_reuse"),
+        tw_reuse_delay_ms: num(kv, "tcp_tw_reuse_delay"),
+        max_tw_buckets: num(kv, "tcp_max_tw_buckets"),
+        timestamps: num(kv, "tcp_timestamps"),
+        fin_timeout_s: num(kv, "tcp_fin_timeout"),
+        rfc1337: num(kv, "tcp_rfc1337"),
+        port_range: get("ip_local_port_range").and_then(|v| {
+            let mut it = v.split_ascii_whitespace().map(|x| x.parse::<u16>().ok());
+            match (it.next().flatten(), it.next().flatten()) {
+                (Some(a), Some(b)) if a <= b => Some((a, b)),
+                _ => None,
+            }
+        }),
+    }
+}
+
+fn terminal_width() -> usize {
+    if !std::io::stdout().is_terminal() {
+        return 100;
+    }
+    ratatui::crossterm::terminal::size()
+        .map(|(w, _)| usize::from(w))
+        .unwrap_or(100)
+}
+
+/// An opened file: its header read, its events not yet.
+struct Input {
+    path: PathBuf,
+    reader: Reader,
+}
+
+impl Input {
+    /// Wall-clock start of the recording, to order a host's files.
+    fn start(&self) -> i128 {
+        let h = self.reader.header();
+        h.clock.wall_ns(h.started_ns)
+    }
+}
+
+pub fn run(args: ReportArgs) -> Result<()> {
+    let filter = Filter {
+        ports: args.ports.clone(),
+        netns: args.netns.clone(),
+        peers: args.peers.clone(),
+    };
+    let width = args.width.unwrap_or_else(terminal_width).max(40);
+    let mut failed = Vec::new();
+    // Host → its files, headers read. Events are streamed into the aggregator later, so a
+    // report of a large recording needs the aggregator's memory, not the file's.
+    let mut hosts: BTreeMap<String, Vec<Input>> = BTreeMap::new();
+    for path in &args.files {
+        match Reader::open(path) {
+            Ok(reader) => hosts
+                .entry(reader.header().hostname.clone())
+                .or_default()
+                .push(Input {
+                    path: path.clone(),
+                    reader,
+                }),
+            Err(e) => {
+                eprintln!("twtrace: error: {e:#}");
+                failed.push(path.display().to_string());
+            }
+        }
+    }
+    let several = hosts.len() > 1;
+    for (i, (host, mut inputs)) in hosts.into_iter().enumerate() {
+        inputs.sort_by_key(|f| (f.start(), f.reader.header().part));
+        let mut agg = Aggregator::default();
+        for f in &inputs {
+            for (ns, kv) in &f.reader.header().sysctls {
+                if let Ok(ns) = u32::try_from(*ns) {
+                    agg.set_context(ns, typed(kv));
+                }
+            }
+        }
+        let (mut events, mut damaged) = (0u64, 0);
+        // Recordings (by start time) that ended with a summary in one of their parts.
+        let mut finished = std::collections::HashSet::new();
+        let mut recordings = std::collections::HashSet::new();
+        for f in &mut inputs {
+            let clock = f.reader.header().clock;
+            for item in f.reader.events() {
+                match item {
+                    Ok(mut e) if filter.matches(&e) => {
+                        // On the wall-clock time line (ns since the epoch): files from
+                        // different boots of one host line up in one aggregator.
+                        e.ts_ns = clock.wall_ns(e.ts_ns).clamp(0, u64::MAX as i128) as u64;
+                        agg.observe(&e);
+                        events += 1;
+                    }
+                    Ok(_) => {}
+                    Err(d) => {
+                        damaged += 1;
+                        eprintln!("twtrace: warning: {}: {d}", f.path.display());
+                    }
+                }
+            }
+            if f.reader.skipped_records() > 0 {
+                eprintln!(
+                    "twtrace: note: {}: {} records of kinds newer than this twtrace were skipped",
+                    f.path.display(),
+                    f.reader.skipped_records()
+                );
+            }
+            recordings.insert(f.start());
+            if f.reader.summary().is_some() {
+                finished.insert(f.start());
+            }
+        }
+        let cut_short = recordings.difference(&finished).count();
+        if i > 0 {
+            println!();
+        }
+        let h = inputs[0].reader.header();
+        let title = format!(
+            "{} (kernel {}, HZ {}): {} file{}, {events} events",
+            if host.is_empty() {
+                "unnamed host"
+            } else {
+                &host
+            },
+            h.kernel_release,
+            h.hz,
+            inputs.len(),
+            if inputs.len() == 1 { "" } else { "s" },
+        );
+        if several {
+            println!("{title}\n{}", "=".repeat(title.chars().count().min(width)));
+        } else {
+            println!("{title}");
+        }
+        if !h.filter.is_empty() {
+            println!("recorded with filters: {}", h.filter);
+        }
+        for k in h.hooks.iter().filter(|k| k.error.is_some()) {
+            println!(
+                "note: hook {} was unavailable when recording ({}): {}",
+                k.label,
+                k.purpose,
+                k.error.as_deref().unwrap_or("")
+            );
+        }
+        if damaged > 0 {
+            println!("note: {damaged} damaged regions skipped (see the warnings)");
+        }
+        if cut_short > 0 {
+            println!(
+                "note: {cut_short} recording{} ended without a summary (killed or cut short)",
+                if cut_short == 1 { "" } else { "s" }
+            );
+        }
+        print!("{}", Report::render(&agg, width));
+    }
+    if !failed.is_empty() {
+        bail!("could not read {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_sysctls_parse_back_to_typed() {
+        let s = Sysctls {
+            tw_reuse: Some(2),
+            tw_reuse_delay_ms: Some(1000),
+            max_tw_buckets: Some(262_144),
+            timestamps: Some(1),
+            fin_timeout_s: Some(60),
+            rfc1337: Some(0),
+            port_range: Some((32768, 60999)),
+        };
+        assert_eq!(typed(&twtrace::tracefile::sysctls_kv(&s)), s);
+        let mut kv = BTreeMap::new();
+        kv.insert("net.ipv4.tcp_tw_reuse".to_string(), "x".to_string());
+        kv.insert(
+            "net.ipv4.ip_local_port_range".to_string(),
+            "9 1".to_string(),
+        );
+        assert_eq!(typed(&kv), Sysctls::default());
+    }
+}
