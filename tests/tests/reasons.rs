@@ -76,8 +76,8 @@ fn reuse_after_delay(delay_ms: u64) {
     let tracer = trace(&ns);
     let server = serve(&ns, SERVICE, FirstCloser::Client, Duration::ZERO).unwrap();
     connect_many(&ns, server.addr, 4, FirstCloser::Client).unwrap();
-    // Until their timewait sockets exist, the ports are held by closing connections.
-    tracer.wait_for(SOON, |ev| enters(ev).len() >= 4);
+    // Try at once: until the timewait sockets exist the ports are held by closing
+    // connections ("no timewait"); then they are too young until the delay has passed.
     let (local, _) = connect_until(
         &ns,
         server.addr,
@@ -124,10 +124,16 @@ fn reuse_after_delay(delay_ms: u64) {
     );
     for f in &fails {
         assert_eq!(f.0, server.addr);
-        assert_eq!(f.1, Refusal::TooYoung, "{fails:?}");
-        assert_eq!(f.2, 4, "{fails:?}");
+        assert!(
+            (f.1 == Refusal::TooYoung && f.2 == 4) || (f.1 == Refusal::NoTimewait && f.2 < 4),
+            "{fails:?}"
+        );
         assert_eq!(f.3, std::process::id());
     }
+    assert!(
+        fails.iter().any(|f| f.1 == Refusal::TooYoung),
+        "never refused as too young: {fails:?}"
+    );
     assert_eq!(
         exits(&ev)
             .iter()
