@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod fuzz;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -28,6 +30,12 @@ enum Cmd {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// A bounded fuzzing session on the trace-file reader (nightly + cargo-fuzz).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
     },
     /// Set up, check formatting and lints, and run every test.
     Test {
@@ -65,6 +73,7 @@ fn main() {
         Cmd::Build => setup().and_then(|_| build()),
         Cmd::Run { args } => setup().and_then(|_| build()).and_then(|_| run(&args)),
         Cmd::Test { args } => setup().and_then(|_| test(&args)),
+        Cmd::Fuzz { seconds } => fuzz::run(&root_dir(), seconds),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");
