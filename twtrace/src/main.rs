@@ -39,6 +39,11 @@ enum Command {
     Report(cmd::report::ReportArgs),
     /// Trace files as NDJSON (the live `--json` contract) or CSV. No root needed.
     Export(cmd::export::ExportArgs),
+    /// The 2022 blog's TIME_WAIT claims measured on this kernel, in private namespaces
+    /// (about 70–90 s): a table of verdicts, or one JSON object with --json.
+    Verify(cmd::verify::VerifyArgs),
+    /// Self-contained network labs in private namespaces (`lab nat`: TIME_WAIT behind NAT).
+    Lab(cmd::lab::LabArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,8 @@ fn main() -> ExitCode {
         Some(Command::Record(a)) => cmd::record::run(a),
         Some(Command::Export(a)) => cmd::export::run(a),
         Some(Command::Report(a)) => cmd::report::run(a),
+        Some(Command::Verify(a)) => cmd::verify::run(a),
+        Some(Command::Lab(a)) => cmd::lab::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -160,7 +160,7 @@ impl SysctlWatch {
     /// Re-read period for namespaces already known.
     pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
     /// Namespaces are listed again (a /proc walk) at most this often when one is not found.
-    const RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
+    const RESCAN: std::time::Duration = std::time::Duration::from_millis(100);
 
     pub fn new() -> Self {
         SysctlWatch {
@@ -202,16 +202,17 @@ impl SysctlWatch {
         if netns == 0 || self.known.contains_key(&netns) {
             return None;
         }
-        let read = self.path_of(netns).and_then(|p| read_ns(&p).ok());
-        let s = read.as_ref().map(|r| r.0.clone());
-        if let Some(c) = read.and_then(|r| r.1) {
+        // Not found (yet): nothing is recorded, so the next record from it tries again (a
+        // namespace created moments ago may be missing from the last /proc walk).
+        let read = self.path_of(netns).and_then(|p| read_ns(&p).ok())?;
+        if let Some(c) = read.1 {
             // Counted from when tracing started: the namespace's value then, or 0 for one
             // created since (its events are processed a little after they happen).
             let base = self.start_overflow.get(&netns).copied().unwrap_or(0);
             self.overflow.insert(netns, (base, c));
         }
-        self.known.insert(netns, s.clone());
-        s
+        self.known.insert(netns, Some(read.0.clone()));
+        Some(read.0)
     }
 
     /// Overflows the kernel counted in `netns` since twtrace first saw it, as of the last

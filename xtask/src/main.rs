@@ -62,6 +62,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "iproute2",
         "network namespaces and veth pairs for the tests",
     ),
+    (
+        "nftables",
+        "the masquerading router of `twtrace lab nat` (nft)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,341 @@
+//! `twtrace verify` and `twtrace lab nat`, run for real: every claim's workload in its own
+//! namespaces under the real tracer. The assertions are the kernel's rules applied to what was
+//! measured (timer-wheel windows, 3.5×RTO, the reuse delay, the port arithmetic, PAWS), not
+//! figures from one run; and no namespace outlives a run, finished or interrupted.
+//!
+//! The tests here run one at a time: they compare the namespaces before and after.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use twtrace::lab::{self, NatOptions};
+use twtrace::netns::{all_namespaces, NetNs};
+use twtrace::verify::{self, ClaimId, Interrupted, Wheel, TIMEWAIT_MS};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Namespaces held by this process (only ours can leak from here: no bind mounts are made).
+fn ours(all: &BTreeMap<u64, PathBuf>) -> BTreeMap<u64, PathBuf> {
+    let me = format!("/proc/{}/", std::process::id());
+    all.iter()
+        .filter(|(_, p)| p.to_string_lossy().starts_with(&me))
+        .map(|(k, v)| (*k, v.clone()))
+        .collect()
+}
+
+/// Waits (teardown is asynchronous: keeper threads exit after the drop) until every namespace
+/// this process holds was there before.
+fn assert_no_namespace_left(before: &BTreeMap<u64, PathBuf>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<(u64, PathBuf)> = ours(&all_namespaces())
+            .into_iter()
+            .filter(|(k, _)| !before.contains_key(k))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "namespaces left behind: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
+    let mut cur = v;
+    for k in path.split('.') {
+        cur = &cur[k];
+    }
+    assert!(!cur.is_null(), "missing {path} in {v:#}");
+    cur
+}
+
+fn num(v: &Value, path: &str) -> u64 {
+    get(v, path)
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+}
+
+#[test]
+fn verify_measures_every_claim() {
+    let _g = serial();
+    let before = ours(&all_namespaces());
+    let t0 = Instant::now();
+    let report = verify::run(&[], Arc::new(AtomicBool::new(false)), |_| {}).expect("verify");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(100), "took {took:?}");
+    assert_no_namespace_left(&before);
+
+    // The --json contract.
+    let json = serde_json::to_value(&report).unwrap();
+    let obj = json.as_object().unwrap();
+    assert_eq!(obj.keys().collect::<Vec<_>>(), vec!["claims"]);
+    let claims = json["claims"].as_array().unwrap();
+    let ids: Vec<&str> = claims.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ClaimId::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()
+    );
+    let mut by_id = BTreeMap::new();
+    for c in claims {
+        for k in ["id", "verdict", "seed", "measured", "explanation"] {
+            assert!(c.get(k).is_some(), "claim without {k}: {c:#}");
+        }
+        assert!(
+            ["confirmed", "refuted", "changed", "not_applicable"]
+                .contains(&c["verdict"].as_str().unwrap()),
+            "{c:#}"
+        );
+        assert!(c["measured"].is_object());
+        let e = c["explanation"].as_str().unwrap();
+        assert!(!e.is_empty() && !e.contains('\n'), "one line: {e:?}");
+        by_id.insert(c["id"].as_str().unwrap().to_string(), c.clone());
+    }
+    let table = verify::render_table(&report, 160);
+    for id in &ids {
+        assert!(table.contains(id), "{table}");
+    }
+
+    let wheel = Wheel::detect();
+    let verdict = |id: &str| by_id[id]["verdict"].as_str().unwrap().to_string();
+
+    // duration: every lifetime inside the timer wheel's window around 60 s; the explanation
+    // names the granularity at this HZ.
+    let d = &by_id["duration"]["measured"];
+    assert_eq!(num(d, "n"), num(d, "sockets"), "{d:#}");
+    assert_eq!(num(d, "armed_ms.min"), TIMEWAIT_MS);
+    assert_eq!(num(d, "armed_ms.max"), TIMEWAIT_MS);
+    let (lo, hi) = wheel.window(TIMEWAIT_MS);
+    assert!(num(d, "lifetime_ms.min") >= lo, "{d:#}");
+    assert!(num(d, "lifetime_ms.max") <= hi, "{d:#}");
+    assert_eq!(
+        num(d, "wheel_granularity_ms"),
+        wheel.granularity_ms(TIMEWAIT_MS)
+    );
+    assert_eq!(verdict("duration"), "confirmed");
+    let expl = by_id["duration"]["explanation"].as_str().unwrap();
+    assert!(expl.contains(&format!("HZ={}", wheel.hz)), "{expl}");
+    assert!(
+        expl.contains(&format!(
+            "{} jiffies",
+            wheel.granularity_jiffies(TIMEWAIT_MS)
+        )),
+        "{expl}"
+    );
+
+    // fin_timeout: TIME_WAIT keeps 60 s; the FIN_WAIT2 substate follows tcp_fin_timeout
+    // (3 s > 3.5×RTO on loopback).
+    let f = &by_id["fin_timeout"]["measured"];
+    let fin_ms = num(f, "tcp_fin_timeout_s") * 1000;
+    assert_eq!(num(f, "fin_wait2.armed_ms.min"), fin_ms);
+    assert_eq!(num(f, "fin_wait2.armed_ms.max"), fin_ms);
+    assert!(
+        wheel.within(fin_ms, num(f, "fin_wait2.lifetime_ms.min")),
+        "{f:#}"
+    );
+    assert!(
+        wheel.within(fin_ms, num(f, "fin_wait2.lifetime_ms.max")),
+        "{f:#}"
+    );
+    assert!(
+        wheel.within(TIMEWAIT_MS, num(f, "time_wait.lifetime_ms.min")),
+        "{f:#}"
+    );
+    assert!(
+        wheel.within(TIMEWAIT_MS, num(f, "time_wait.lifetime_ms.max")),
+        "{f:#}"
+    );
+    assert_eq!(verdict("fin_timeout"), "refuted");
+
+    // recycle: the sysctl's presence is what the kernel says; FIN_WAIT2 armed at 3.5×RTO
+    // (the RTO each socket reported), lifetimes within that timer's window.
+    let r = &by_id["recycle"]["measured"];
+    let exists = NetNs::new()
+        .unwrap()
+        .run(|| std::path::Path::new("/proc/sys/net/ipv4/tcp_tw_recycle").exists())
+        .unwrap();
+    assert_eq!(get(r, "tcp_tw_recycle_exists").as_bool(), Some(exists));
+    for g in ["default_rto", "large_rto"] {
+        let floor = verify::rto_floor_ms(num(r, &format!("{g}.rto_us.median")), wheel.hz);
+        let armed = num(r, &format!("{g}.armed_ms.median"));
+        assert!(
+            armed.abs_diff(floor) <= 8 * wheel.jiffy_ms(),
+            "{g}: armed {armed} vs 3.5×RTO {floor}: {r:#}"
+        );
+        assert!(
+            wheel.within(armed, num(r, &format!("{g}.lifetime_ms.max"))),
+            "{g}: {r:#}"
+        );
+    }
+    assert!(num(r, "large_rto.rto_us.min") >= num(r, "large_rto.route_rto_min_ms") * 1000);
+    assert_eq!(
+        verdict("recycle"),
+        if exists { "not_applicable" } else { "changed" }
+    );
+
+    // reuse: never without timestamps; never before tcp_tw_reuse_delay; mode 2 only on
+    // loopback; the tracer explains the refusals the same way.
+    let u = &by_id["reuse"]["measured"];
+    let t = |n: &str| get(u, &format!("trials.{n}")).clone();
+    assert_eq!(num(&t("timestamps_off"), "reused"), 0);
+    let refusals = |n: &str| -> Vec<String> {
+        t(n)["refusals"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(refusals("timestamps_off"), vec!["no timestamps"]);
+    assert_eq!(num(&t("mode2_veth"), "reused"), 0);
+    assert_eq!(refusals("mode2_veth"), vec!["loopback only"]);
+    assert!(num(&t("mode2_loopback"), "reused") > 0);
+    assert!(num(&t("mode2_loopback"), "age_ms.min") + 2 >= 1000, "{u:#}");
+    if get(u, "tcp_tw_reuse_delay_exists").as_bool() == Some(true) {
+        for (n, delay) in [("delay_200ms", 200), ("delay_1000ms", 1000)] {
+            assert!(num(&t(n), "reused") > 0, "{n}: {u:#}");
+            assert!(num(&t(n), "age_ms.min") + 2 >= delay, "{n}: {u:#}");
+            // Tried every 10 ms: the first reuse comes soon after the delay.
+            assert!(num(&t(n), "age_ms.min") < delay + 500, "{n}: {u:#}");
+        }
+        assert_eq!(verdict("reuse"), "changed");
+    }
+
+    // max_tw_buckets: capped at the limit in its namespace, one overflow (event and kernel
+    // counter) per extra close; the other namespace unaffected.
+    let m = &by_id["max_tw_buckets"]["measured"];
+    let (limit, n) = (num(m, "limit"), num(m, "n"));
+    assert_eq!(num(m, "capped_netns.timewait"), limit);
+    assert_eq!(num(m, "capped_netns.overflow_events"), n - limit);
+    assert_eq!(num(m, "capped_netns.TCPTimeWaitOverflow"), n - limit);
+    assert!(num(m, "capped_netns.sockstat_tw") <= limit);
+    assert_eq!(num(m, "other_netns.timewait"), n);
+    assert_eq!(num(m, "other_netns.overflow_events"), 0);
+    assert_ne!(verdict("max_tw_buckets"), "refuted");
+
+    // linger0: one RST and no TIME_WAIT per close; the control closes leave TIME_WAIT.
+    let l = &by_id["linger0"]["measured"];
+    let n = num(l, "n");
+    assert_eq!(num(l, "abort_events"), n);
+    assert_eq!(num(l, "timewait_linger0"), 0);
+    assert!(num(l, "OutRsts") >= n);
+    assert_eq!(num(l, "control_timewait"), n);
+    assert_eq!(verdict("linger0"), "confirmed");
+
+    // port_exhaustion: connect() fails exactly when the arithmetic says.
+    let p = &by_id["port_exhaustion"]["measured"];
+    let (n, ports, rate) = (num(p, "n"), num(p, "ports"), num(p, "rate_per_s"));
+    let plain = verify::predicted_successes(ports, n, rate, TIMEWAIT_MS);
+    assert_eq!(plain, ports.min(n));
+    assert_eq!(num(p, "no_reuse.connected"), plain, "{p:#}");
+    assert_eq!(num(p, "no_reuse.eaddrnotavail"), n - plain, "{p:#}");
+    assert_eq!(num(p, "no_reuse.first_failure_attempt"), plain + 1);
+    let delay = num(p, "tw_reuse.tcp_tw_reuse_delay_ms");
+    let reused = verify::predicted_successes(ports, n, rate, delay);
+    assert_eq!(num(p, "tw_reuse.result.connected"), reused, "{p:#}");
+    assert_eq!(verdict("port_exhaustion"), "confirmed");
+}
+
+#[test]
+fn verify_interrupted_leaves_no_namespace() {
+    let _g = serial();
+    let before = ours(&all_namespaces());
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let t0 = Instant::now();
+    let run = std::thread::spawn(move || {
+        verify::run(
+            &[ClaimId::Duration, ClaimId::FinTimeout, ClaimId::Reuse],
+            c,
+            |_| {},
+        )
+    });
+    // Mid-run: namespaces exist, workloads are waiting.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        ours(&all_namespaces()).len() > before.len(),
+        "the run made no namespaces"
+    );
+    cancel.store(true, Ordering::Relaxed);
+    let r = run.join().unwrap();
+    let err = r.expect_err("an interrupted run is an error");
+    assert!(err.is::<Interrupted>(), "{err:#}");
+    // A FIN_WAIT2 server holding its end open is the slowest thing to unwind (7 s).
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert_no_namespace_left(&before);
+}
+
+#[test]
+fn nat_lab_follows_the_timestamps() {
+    let _g = serial();
+    let before = ours(&all_namespaces());
+    let r = lab::run_nat(
+        &NatOptions::default(),
+        Arc::new(AtomicBool::new(false)),
+        |_| {},
+    )
+    .expect("lab nat");
+    assert_no_namespace_left(&before);
+    assert!(r.nat_tool == "nftables" || r.nat_tool == "iptables");
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json["phases"].as_array().is_some_and(|p| p.len() == 2));
+    let text = lab::render_nat(&r);
+    assert!(text.contains("Findings:"), "{text}");
+    let (cf, sf) = (&r.phases[0], &r.phases[1]);
+
+    // Clients close first: TIME_WAIT on the clients only (one per connection).
+    assert_eq!(cf.first_closer, "clients");
+    assert_eq!(cf.timewait["server"], 0, "{text}");
+    assert_eq!(cf.timewait["router"], 0, "{text}");
+    let (c1, c2) = (&cf.clients["c1"], &cf.clients["c2"]);
+    assert_eq!(cf.timewait["c1"], c1.connected, "{text}");
+    assert_eq!(cf.timewait["c2"], c2.connected, "{text}");
+    // c1 (tcp_tw_reuse=1) takes over its TIME_WAIT sockets behind the NAT, never before the
+    // default 1 s delay, and the kernel counts each; c2 (the default 2) never does for a
+    // non-loopback peer, and runs out of its 4 ports.
+    assert_eq!(c1.tcp_tw_reuse, "1");
+    assert_eq!(c1.failed, 0, "{text}");
+    assert!(c1.reused > 0, "{text}");
+    assert!(c1.reuse_age_ms.unwrap().min + 2 >= 1000, "{text}");
+    let recycled = |c: &str| cf.counters[c]["TWRecycled"] as usize;
+    assert_eq!(recycled("c1"), c1.reused, "{text}");
+    assert_eq!(c2.tcp_tw_reuse, "2");
+    assert_eq!(c2.reused, 0);
+    assert_eq!(recycled("c2"), 0);
+    assert_eq!(c2.connected, 4.min(c2.attempts), "{text}");
+    assert!(c2.refusals.keys().all(|k| *k == "loopback only"), "{text}");
+
+    // Server closes first: TIME_WAIT on the server, one per connection.
+    assert_eq!(sf.first_closer, "server");
+    let connected = sf.clients.values().map(|c| c.connected).sum::<usize>();
+    assert_eq!(sf.timewait["server"], connected, "{text}");
+    assert_eq!(sf.timewait["c1"] + sf.timewait["c2"], 0, "{text}");
+    // With 4 translated ports and 12 connections, SYNs met the server's TIME_WAIT sockets.
+    let meetings: Vec<&lab::Met> = sf.attempts.iter().flat_map(|a| &a.met).collect();
+    assert!(!meetings.is_empty(), "{text}");
+    // Each meeting went as the measured timestamps say: newer → accepted as a new incarnation;
+    // older → dropped by PAWS, and the TIME_WAIT killed by the client's RST.
+    for m in &meetings {
+        match m.timestamp {
+            "newer" => assert!(m.accepted == 1 && m.paws_rejected == 0, "{m:?}\n{text}"),
+            "older" => assert!(
+                m.accepted == 0 && m.paws_rejected >= 1 && m.rst_killed == 1,
+                "{m:?}\n{text}"
+            ),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        sf.counters["server"]["PAWSTimewait"], sf.paws_rejected as u64,
+        "{text}"
+    );
+    // Every connection got through in the end (a PAWS drop costs a SYN retransmission).
+    assert_eq!(connected, sf.attempts.len(), "{text}");
+}

@@ -1,0 +1,971 @@
+//! `twtrace lab nat`: does TIME_WAIT reuse work behind NAT on this kernel? Two client
+//! namespaces behind a masquerading router namespace, one server namespace, short connections
+//! from both clients to one server port, traced all at once.
+//!
+//! ```text
+//!  c1 198.18.1.2 ─┐                                   (nftables masquerade; the server port's
+//!                 ├─ r 198.18.{1,2}.1 │ 198.19.0.1 ── s 198.19.0.2   translations forced into
+//!  c2 198.18.2.2 ─┘                                    NAT_PORTS so 4-tuples collide)
+//! ```
+//!
+//! Phase 1, clients close first: TIME_WAIT lands on the clients, where `tcp_tw_reuse` decides
+//! (c1 has 1, c2 the default 2). Phase 2, server closes first: TIME_WAIT lands on the server,
+//! keyed by the router's translated tuple; a new SYN from the *other* client on the same
+//! translated tuple meets it, and its fate depends on the timestamps (each client has its own
+//! random offset): newer → accepted as a new incarnation (`syn`), older → dropped by PAWS.
+
+use crate::event::{Body, Event, ExitReason};
+use crate::netns::NetNs;
+use crate::sysinfo::monotonic_ns;
+use crate::verify::{snmp, Interrupted, Spread, Watch};
+use crate::workload::{serve, FirstCloser};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+const ROUTER_OUT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+/// Phase 2's server port, whose translations are forced into `NAT_PORTS`.
+const PORT_SERVER_FIRST: u16 = 8080;
+const PORT_CLIENTS_FIRST: u16 = 8081;
+/// Translated source ports for the server-closes-first phase (an even count).
+pub const NAT_PORTS: (u16, u16) = (40000, 40003);
+/// The clients' own ephemeral range in the clients-close-first phase: small, so connect() has
+/// to take over TIME_WAIT sockets or fail.
+const CLIENT_PORTS: (u16, u16) = (41000, 41003);
+/// Conntrack keeps a closed flow (and its translated port) 120 s by default; the lab lets
+/// the router forget it after 1 s so the port is handed to the other client while the server
+/// still holds TIME_WAIT on it.
+const CONNTRACK_TIME_WAIT_S: &str = "1";
+/// A flow reset by RST: kept 3 s (default 10), long enough that a SYN retransmitted 1 s
+/// later keeps its translation, short enough not to starve the 4 translated ports.
+const CONNTRACK_CLOSE_S: &str = "3";
+/// Timestamps closer than this (ms) are not called newer or older.
+const TS_MARGIN_MS: i32 = 50;
+
+#[derive(Clone, Debug)]
+pub struct NatOptions {
+    /// Connections per client per phase.
+    pub per_client: usize,
+}
+
+impl Default for NatOptions {
+    fn default() -> Self {
+        NatOptions { per_client: 6 }
+    }
+}
+
+/// One client's connection attempt.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    pub client: &'static str,
+    /// Monotonic ns when the attempt began / ended.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub local: Option<SocketAddr>,
+    /// Time of the connect() that succeeded or finally failed (ms).
+    pub connect_ms: u64,
+    /// connect() calls that failed with EADDRNOTAVAIL before the last one.
+    pub addrnotavail_retries: u32,
+    /// errno of the final failure.
+    pub errno: Option<i32>,
+    /// The connection's TCP timestamp clock right after connect (`TCP_TIMESTAMP`).
+    pub tsval: Option<u32>,
+    /// Monotonic ns when `tsval` was read.
+    pub tsval_ns: u64,
+    /// Filled from the server's events: the router's translated source port of the
+    /// connection that was made.
+    pub nat_port: Option<u16>,
+    /// The server TIME_WAIT sockets its SYNs met (a SYN retransmitted after an RST may be
+    /// translated anew: conntrack drops the reset flow and maps the SYN again).
+    pub met: Vec<Met>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClientSummary {
+    pub attempts: usize,
+    pub connected: usize,
+    /// Connected only after a SYN retransmission (≥ 900 ms).
+    pub slow: usize,
+    pub failed: usize,
+    pub connect_ms: Option<Spread>,
+    /// Timewait sockets connect() took over in this client (tcp_tw_reuse), with their ages.
+    pub reused: usize,
+    pub reuse_age_ms: Option<Spread>,
+    /// Why connect() could not take one over (as the tracer classified it).
+    pub refusals: BTreeMap<&'static str, usize>,
+    pub tcp_tw_reuse: String,
+}
+
+/// A SYN that met a server TIME_WAIT socket for its translated 4-tuple.
+#[derive(Clone, Debug, Serialize)]
+pub struct Met {
+    /// The translated source port (the router's).
+    pub port: u16,
+    /// The client whose connection left that TIME_WAIT socket ("?" if not seen).
+    pub previous: &'static str,
+    /// The SYN's timestamp against the last one that connection sent, as the measured
+    /// `TCP_TIMESTAMP`s predict: `newer` (accept), `older` (PAWS drop), `close` or `unknown`.
+    pub timestamp: &'static str,
+    /// Server events in the attempt: accepted as a new incarnation (`syn` exit), dropped by
+    /// PAWS (`paws_reject`), TIME_WAIT killed by RST (`rst` exit).
+    pub accepted: usize,
+    pub paws_rejected: usize,
+    pub rst_killed: usize,
+}
+
+/// Outcomes of the SYNs that met a server TIME_WAIT socket, by what the timestamps predict.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Outcome {
+    pub timestamp: &'static str,
+    pub n: usize,
+    pub accepted: usize,
+    pub paws_rejected: usize,
+    pub rst_killed: usize,
+    pub connect_failed: usize,
+    pub connect_ms: Option<Spread>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PhaseReport {
+    pub name: &'static str,
+    pub first_closer: &'static str,
+    pub server: String,
+    /// Timewait sockets born per namespace (c1, c2, router, server).
+    pub timewait: BTreeMap<&'static str, usize>,
+    pub clients: BTreeMap<&'static str, ClientSummary>,
+    /// Server-side fates of SYNs that met a TIME_WAIT socket.
+    pub syn_accepted: usize,
+    pub paws_rejected: usize,
+    pub rst_killed: usize,
+    pub outcomes: Vec<Outcome>,
+    /// Kernel counter deltas over the phase, per namespace.
+    pub counters: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Offsets {
+    pub connections: usize,
+    /// Distinct timestamp offsets (TCP_TIMESTAMP minus the TCP clock) among them.
+    pub distinct: usize,
+    /// Distinct 4-tuples among them.
+    pub tuples: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NatReport {
+    pub nat_tool: String,
+    pub nat_ports: [u16; 2],
+    pub timestamp_offsets: Offsets,
+    pub phases: Vec<PhaseReport>,
+    /// One-line answers, derived from the phases.
+    pub findings: Vec<String>,
+}
+
+struct Lab {
+    c1: NetNs,
+    c2: NetNs,
+    r: NetNs,
+    s: NetNs,
+    nat_tool: String,
+}
+
+impl Lab {
+    fn ns(&self, name: &str) -> &NetNs {
+        match name {
+            "c1" => &self.c1,
+            "c2" => &self.c2,
+            "router" => &self.r,
+            _ => &self.s,
+        }
+    }
+
+    fn build(w: &Watch) -> Result<Lab> {
+        let [c1, c2, r, s] = w.netns_n::<4>()?;
+        c1.veth_to("c1r", "198.18.1.2/24", &r, "rc1", "198.18.1.1/24")?;
+        c2.veth_to("c2r", "198.18.2.2/24", &r, "rc2", "198.18.2.1/24")?;
+        r.veth_to(
+            "rs",
+            &format!("{ROUTER_OUT}/24"),
+            &s,
+            "sr",
+            &format!("{SERVER}/24"),
+        )?;
+        c1.ip(&["route", "add", "default", "via", "198.18.1.1"])?;
+        c2.ip(&["route", "add", "default", "via", "198.18.2.1"])?;
+        r.sysctl("net.ipv4.ip_forward", "1")?;
+        let nat_tool = masquerade(&r)?;
+        r.sysctl(
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+            CONNTRACK_TIME_WAIT_S,
+        )?;
+        r.sysctl(
+            "net.netfilter.nf_conntrack_tcp_timeout_close",
+            CONNTRACK_CLOSE_S,
+        )?;
+        // c1 may take over its TIME_WAIT sockets toward any peer; c2 keeps the default (2:
+        // loopback only). Both keep the default tcp_timestamps=1: a random timestamp offset
+        // per connection (6.18 draws it per 4-tuple), so no two clients', nor two of one
+        // client's connections', clocks agree.
+        c1.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        c2.sysctl("net.ipv4.tcp_tw_reuse", "2")?;
+        for c in [&c1, &c2] {
+            c.sysctl(
+                "net.ipv4.ip_local_port_range",
+                &format!("{} {}", CLIENT_PORTS.0, CLIENT_PORTS.1),
+            )?;
+        }
+        Ok(Lab {
+            c1,
+            c2,
+            r,
+            s,
+            nat_tool,
+        })
+    }
+}
+
+/// Installs the router's masquerade rules with nft, else iptables; returns which was used.
+fn masquerade(r: &NetNs) -> Result<String> {
+    let ruleset = format!(
+        "table ip twtrace_lab {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname \"rs\" tcp dport {PORT_SERVER_FIRST} masquerade to :{}-{}\n\
+         \t\toifname \"rs\" masquerade\n\
+         \t}}\n\
+         }}\n",
+        NAT_PORTS.0, NAT_PORTS.1
+    );
+    let nft = r.run(move || -> std::io::Result<std::process::Output> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(ruleset.as_bytes())?;
+        }
+        child.wait_with_output()
+    })?;
+    let nft_err = match nft {
+        Ok(o) if o.status.success() => return Ok("nftables".into()),
+        Ok(o) => format!("nft: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => format!("nft: {e}"),
+    };
+    let ports = format!("{}-{}", NAT_PORTS.0, NAT_PORTS.1);
+    let dport = PORT_SERVER_FIRST.to_string();
+    let ipt = r.run(move || -> std::io::Result<()> {
+        let rules: [Vec<&str>; 2] = [
+            vec![
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "rs",
+                "-p",
+                "tcp",
+                "--dport",
+                &dport,
+                "-j",
+                "MASQUERADE",
+                "--to-ports",
+                &ports,
+            ],
+            vec![
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "rs",
+                "-j",
+                "MASQUERADE",
+            ],
+        ];
+        for args in rules {
+            let o = Command::new("iptables").args(args).output()?;
+            if !o.status.success() {
+                return Err(std::io::Error::other(
+                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    match ipt {
+        Ok(()) => Ok("iptables".into()),
+        Err(e) => bail!(
+            "cannot set up the router's masquerade ({nft_err}; iptables: {e}): install the \
+             nftables package (or iptables)"
+        ),
+    }
+}
+
+/// `TCP_TIMESTAMP`: the connection's current TCP timestamp value (clock + its offset).
+fn tcp_timestamp(s: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut v: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: valid fd, buffer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_TIMESTAMP,
+            (&mut v as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(v)
+}
+
+/// One connection from `ns` to `dst`: connect (retrying EADDRNOTAVAIL for `retry_for`), then
+/// close first, or wait for the server's close first.
+fn attempt(
+    ns: &NetNs,
+    client: &'static str,
+    dst: SocketAddr,
+    first: FirstCloser,
+    retry_for: Duration,
+) -> Result<Attempt> {
+    ns.run(move || {
+        let start_ns = monotonic_ns();
+        let t0 = Instant::now();
+        let mut a = Attempt {
+            client,
+            start_ns,
+            end_ns: 0,
+            local: None,
+            connect_ms: 0,
+            addrnotavail_retries: 0,
+            errno: None,
+            tsval: None,
+            tsval_ns: 0,
+            nat_port: None,
+            met: Vec::new(),
+        };
+        loop {
+            let c0 = Instant::now();
+            // Long enough for two SYN retransmissions (1 s, then 2 s more).
+            match TcpStream::connect_timeout(&dst, Duration::from_secs(4)) {
+                Ok(mut s) => {
+                    a.connect_ms = c0.elapsed().as_millis() as u64;
+                    a.local = s.local_addr().ok();
+                    a.tsval = tcp_timestamp(&s);
+                    a.tsval_ns = monotonic_ns();
+                    if first == FirstCloser::Server {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                        let mut buf = [0u8; 64];
+                        let _ = s.read(&mut buf);
+                    }
+                    drop(s);
+                    break;
+                }
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                        && t0.elapsed() < retry_for =>
+                {
+                    a.addrnotavail_retries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    a.connect_ms = c0.elapsed().as_millis() as u64;
+                    a.errno = Some(e.raw_os_error().unwrap_or(0));
+                    break;
+                }
+            }
+        }
+        a.end_ns = monotonic_ns();
+        a
+    })
+}
+
+const COUNTERS: [(&str, &str); 5] = [
+    ("TcpExt", "TW"),
+    ("TcpExt", "TWRecycled"),
+    ("TcpExt", "PAWSTimewait"),
+    ("Tcp", "OutRsts"),
+    ("Tcp", "RetransSegs"),
+];
+const NAMES: [&str; 4] = ["c1", "c2", "router", "server"];
+
+fn read_counters(lab: &Lab) -> Result<BTreeMap<&'static str, BTreeMap<&'static str, u64>>> {
+    let mut out = BTreeMap::new();
+    for n in NAMES {
+        let ns = lab.ns(n);
+        let mut m = BTreeMap::new();
+        for (g, c) in COUNTERS {
+            let v = if g == "Tcp" {
+                snmp(ns, c)?
+            } else {
+                ns.netstat(g, c)?
+            };
+            m.insert(c, v);
+        }
+        out.insert(n, m);
+    }
+    Ok(out)
+}
+
+/// Runs the lab. `on_phase` hears what it is doing, for a spinner.
+pub fn run_nat(
+    opts: &NatOptions,
+    cancel: Arc<AtomicBool>,
+    mut on_phase: impl FnMut(&str),
+) -> Result<NatReport> {
+    if opts.per_client == 0 || opts.per_client > 50 {
+        bail!("connections per client must be between 1 and 50");
+    }
+    let w = Watch::start(cancel.clone())?;
+    on_phase("building c1, c2 → router (masquerade) → server");
+    let lab = Lab::build(&w)?;
+    let inode_name: BTreeMap<u32, &'static str> = NAMES
+        .iter()
+        .map(|n| (lab.ns(n).inode() as u32, *n))
+        .collect();
+    let all = [&lab.c1, &lab.c2, &lab.r, &lab.s];
+    let mut phases = Vec::new();
+    for (name, first, port) in [
+        (
+            "clients close first",
+            FirstCloser::Client,
+            PORT_CLIENTS_FIRST,
+        ),
+        (
+            "server closes first",
+            FirstCloser::Server,
+            PORT_SERVER_FIRST,
+        ),
+    ] {
+        on_phase(name);
+        let dst = SocketAddr::new(IpAddr::V4(SERVER), port);
+        let server = serve(&lab.s, dst, first, Duration::ZERO)?;
+        let before = read_counters(&lab)?;
+        let t_start = monotonic_ns();
+        let mut attempts = Vec::new();
+        for i in 0..opts.per_client * 2 {
+            w.check()?;
+            let (client, ns) = if i % 2 == 0 {
+                ("c1", &lab.c1)
+            } else {
+                ("c2", &lab.c2)
+            };
+            attempts.push(attempt(
+                ns,
+                client,
+                dst,
+                first,
+                Duration::from_millis(1200),
+            )?);
+            // Server-first: long enough for the router's conntrack to forget (1 s) the flow
+            // two attempts back, so its translated port is free again for the other client.
+            w.sleep(Duration::from_millis(match first {
+                FirstCloser::Server => 500,
+                FirstCloser::Client => 150,
+            }))?;
+        }
+        // Let the last closes and the events settle.
+        w.sleep(Duration::from_millis(300))?;
+        let t_end = monotonic_ns();
+        let after = read_counters(&lab)?;
+        drop(server);
+        let ev: Vec<Event> = w
+            .events(&all)
+            .into_iter()
+            .filter(|e| (t_start..t_end).contains(&e.ts_ns))
+            .collect();
+        phases.push(analyse(
+            name,
+            first,
+            dst,
+            &lab,
+            &inode_name,
+            attempts,
+            &ev,
+            &before,
+            &after,
+        ));
+    }
+    let offsets = offsets(&phases);
+    let lost = w.lost();
+    let findings = findings(&phases, &offsets, lost);
+    let nat_tool = lab.nat_tool.clone();
+    drop(lab);
+    w.stop()?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    Ok(NatReport {
+        nat_tool,
+        nat_ports: [NAT_PORTS.0, NAT_PORTS.1],
+        timestamp_offsets: offsets,
+        phases,
+        findings,
+    })
+}
+
+/// Timestamp offset of a connection: its TCP_TIMESTAMP minus the TCP clock's ms (which is
+/// CLOCK_MONOTONIC).
+fn offset_of(a: &Attempt) -> Option<u32> {
+    a.tsval
+        .map(|t| t.wrapping_sub(((a.tsval_ns / 1_000_000) & 0xffff_ffff) as u32))
+}
+
+fn offsets(phases: &[PhaseReport]) -> Offsets {
+    let mut offs: Vec<u32> = Vec::new();
+    let mut tuples: Vec<(Option<SocketAddr>, String)> = Vec::new();
+    let mut n = 0;
+    for p in phases {
+        for a in &p.attempts {
+            if let Some(o) = offset_of(a) {
+                n += 1;
+                // The TCP clock and our read of CLOCK_MONOTONIC differ by up to a ms.
+                if !offs
+                    .iter()
+                    .any(|x| x.wrapping_sub(o).min(o.wrapping_sub(*x)) <= 2)
+                {
+                    offs.push(o);
+                }
+                let t = (a.local, p.server.clone());
+                if !tuples.contains(&t) {
+                    tuples.push(t);
+                }
+            }
+        }
+    }
+    Offsets {
+        connections: n,
+        distinct: offs.len(),
+        tuples: tuples.len(),
+    }
+}
+
+/// Whether the first SYN of `next` carried a newer timestamp than the last segment of
+/// `prev` (the TIME_WAIT socket's `ts_recent`), estimated from their TCP_TIMESTAMP reads.
+fn timestamp_class(prev: &Attempt, next: &Attempt) -> &'static str {
+    let (Some(p), Some(n)) = (prev.tsval, next.tsval) else {
+        return "unknown";
+    };
+    // prev's last segment came at most (end - read) after its read; next's first SYN left
+    // connect_ms before its read.
+    let prev_last =
+        p.wrapping_add((prev.end_ns.saturating_sub(prev.tsval_ns) / 1_000_000) as u32 + 1);
+    let syn = n.wrapping_sub(next.connect_ms as u32 + 1);
+    let d = syn.wrapping_sub(prev_last) as i32;
+    if d > TS_MARGIN_MS {
+        "newer"
+    } else if d < -TS_MARGIN_MS {
+        "older"
+    } else {
+        "close"
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn analyse(
+    name: &'static str,
+    first: FirstCloser,
+    dst: SocketAddr,
+    lab: &Lab,
+    inode_name: &BTreeMap<u32, &'static str>,
+    mut attempts: Vec<Attempt>,
+    ev: &[Event],
+    before: &BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    after: &BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+) -> PhaseReport {
+    let ns_of = |netns: u32| inode_name.get(&netns).copied().unwrap_or("?");
+    let mut p = PhaseReport {
+        name,
+        first_closer: match first {
+            FirstCloser::Client => "clients",
+            FirstCloser::Server => "server",
+        },
+        server: dst.to_string(),
+        ..Default::default()
+    };
+    for n in NAMES {
+        p.timewait.insert(n, 0);
+    }
+    for e in ev {
+        if let Body::Enter { sock, .. } = &e.body {
+            if sock.lport == dst.port() || sock.rport == dst.port() {
+                *p.timewait.entry(ns_of(sock.netns)).or_default() += 1;
+            }
+        }
+    }
+    // Each attempt owns the server's events from its start to the next attempt's start
+    // (attempts run one at a time).
+    let starts: Vec<u64> = attempts.iter().map(|a| a.start_ns).collect();
+    let window = |i: usize| starts[i]..starts.get(i + 1).copied().unwrap_or(u64::MAX);
+    let server_ns = lab.s.inode() as u32;
+    let on_server = |e: &Event| {
+        e.sock()
+            .is_some_and(|s| s.netns == server_ns && s.lport == dst.port())
+    };
+    // Translated port → the attempt whose connection left a server TIME_WAIT socket there.
+    let mut owner: BTreeMap<u16, usize> = BTreeMap::new();
+    for i in 0..attempts.len() {
+        let win = window(i);
+        let mut met: Vec<Met> = Vec::new();
+        let mut own_port = None;
+        for e in ev.iter().filter(|e| win.contains(&e.ts_ns) && on_server(e)) {
+            let (port, kind) = match &e.body {
+                Body::Exit {
+                    sock,
+                    reason: ExitReason::Syn,
+                    ..
+                } => (sock.rport, 0),
+                Body::PawsReject { sock } => (sock.rport, 1),
+                Body::Exit {
+                    sock,
+                    reason: ExitReason::Rst,
+                    ..
+                } => (sock.rport, 2),
+                // The server's TIME_WAIT socket of this attempt's own connection.
+                Body::Enter { sock, .. } => {
+                    own_port = Some(sock.rport);
+                    continue;
+                }
+                _ => continue,
+            };
+            let k = match met.iter().position(|m| m.port == port) {
+                Some(k) => k,
+                None => {
+                    let prev = owner.get(&port).map(|&j| &attempts[j]);
+                    met.push(Met {
+                        port,
+                        previous: prev.map(|a| a.client).unwrap_or("?"),
+                        timestamp: prev
+                            .map(|a| timestamp_class(a, &attempts[i]))
+                            .unwrap_or("unknown"),
+                        accepted: 0,
+                        paws_rejected: 0,
+                        rst_killed: 0,
+                    });
+                    met.len() - 1
+                }
+            };
+            match kind {
+                0 => met[k].accepted += 1,
+                1 => met[k].paws_rejected += 1,
+                _ => met[k].rst_killed += 1,
+            }
+        }
+        attempts[i].met = met;
+        attempts[i].nat_port = own_port;
+        if let Some(port) = own_port {
+            owner.insert(port, i);
+        }
+    }
+    let mets: Vec<(&Attempt, &Met)> = attempts
+        .iter()
+        .flat_map(|a| a.met.iter().map(move |m| (a, m)))
+        .collect();
+    for (_, m) in &mets {
+        p.syn_accepted += m.accepted;
+        p.paws_rejected += m.paws_rejected;
+        p.rst_killed += m.rst_killed;
+    }
+    for class in ["newer", "older", "close", "unknown"] {
+        let these: Vec<&(&Attempt, &Met)> =
+            mets.iter().filter(|(_, m)| m.timestamp == class).collect();
+        if these.is_empty() {
+            continue;
+        }
+        let sum = |f: fn(&Met) -> usize| these.iter().map(|(_, m)| f(m)).sum();
+        p.outcomes.push(Outcome {
+            timestamp: class,
+            n: these.len(),
+            accepted: sum(|m| m.accepted),
+            paws_rejected: sum(|m| m.paws_rejected),
+            rst_killed: sum(|m| m.rst_killed),
+            connect_failed: these.iter().filter(|(a, _)| a.errno.is_some()).count(),
+            connect_ms: Spread::of(
+                &these
+                    .iter()
+                    .filter(|(a, _)| a.errno.is_none())
+                    .map(|(a, _)| a.connect_ms)
+                    .collect::<Vec<_>>(),
+            ),
+        });
+    }
+    for client in ["c1", "c2"] {
+        let mine: Vec<&Attempt> = attempts.iter().filter(|a| a.client == client).collect();
+        let ns = lab.ns(client).inode() as u32;
+        let mut s = ClientSummary {
+            attempts: mine.len(),
+            connected: mine.iter().filter(|a| a.errno.is_none()).count(),
+            slow: mine
+                .iter()
+                .filter(|a| a.errno.is_none() && a.connect_ms >= 900)
+                .count(),
+            failed: mine.iter().filter(|a| a.errno.is_some()).count(),
+            connect_ms: Spread::of(
+                &mine
+                    .iter()
+                    .filter(|a| a.errno.is_none())
+                    .map(|a| a.connect_ms)
+                    .collect::<Vec<_>>(),
+            ),
+            tcp_tw_reuse: lab
+                .ns(client)
+                .read_sysctl("net.ipv4.tcp_tw_reuse")
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut ages = Vec::new();
+        for e in ev {
+            match &e.body {
+                Body::Exit {
+                    sock,
+                    reason: ExitReason::Reused,
+                    lifetime_ms,
+                    ..
+                } if sock.netns == ns && sock.rport == dst.port() => {
+                    s.reused += 1;
+                    ages.extend(*lifetime_ms);
+                }
+                Body::ConnectFail { sock, refusal, .. }
+                    if sock.netns == ns && sock.rport == dst.port() =>
+                {
+                    *s.refusals.entry(refusal.as_str()).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        s.reuse_age_ms = Spread::of(&ages);
+        p.clients.insert(client, s);
+    }
+    for n in NAMES {
+        let mut m = BTreeMap::new();
+        for (_, c) in COUNTERS {
+            let get = |x: &BTreeMap<&'static str, BTreeMap<&'static str, u64>>| {
+                x.get(n).and_then(|m| m.get(c)).copied().unwrap_or(0)
+            };
+            m.insert(c, get(after).saturating_sub(get(before)));
+        }
+        p.counters.insert(n, m);
+    }
+    p.attempts = attempts;
+    p
+}
+
+fn counter(p: &PhaseReport, ns: &str, name: &str) -> u64 {
+    p.counters
+        .get(ns)
+        .and_then(|m| m.get(name))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn findings(phases: &[PhaseReport], offsets: &Offsets, lost: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in phases {
+        let where_tw: Vec<String> = p.timewait.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out.push(format!(
+            "{}: TIME_WAIT sockets were born on {}",
+            p.name,
+            where_tw.join(", ")
+        ));
+        if p.first_closer == "clients" {
+            for (c, s) in &p.clients {
+                let ages = s
+                    .reuse_age_ms
+                    .map(|a| format!(" at ages {}", a.ms()))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{}: {c} (tcp_tw_reuse={}) took over {} of its TIME_WAIT sockets behind the \
+                     NAT{ages} (TWRecycled +{}); {} of {} connects failed{}",
+                    p.name,
+                    s.tcp_tw_reuse,
+                    s.reused,
+                    counter(p, c, "TWRecycled"),
+                    s.failed,
+                    s.attempts,
+                    refusal_text(&s.refusals)
+                ));
+            }
+            continue;
+        }
+        let met = p.attempts.iter().filter(|a| !a.met.is_empty()).count();
+        out.push(format!(
+            "{}: {met} of {} connections' SYNs met a server TIME_WAIT socket on the same \
+             translated 4-tuple ({} meetings): {} accepted as a new incarnation (syn exits), {} dropped by PAWS \
+             (paws_reject events; server PAWSTimewait +{}), {} of those TIME_WAIT sockets then \
+             killed by RST (the client's answer to the old connection's ACK; client OutRsts \
+             +{}), {} connects failed",
+            p.name,
+            p.attempts.len(),
+            p.outcomes.iter().map(|o| o.n).sum::<usize>(),
+            p.syn_accepted,
+            p.paws_rejected,
+            counter(p, "server", "PAWSTimewait"),
+            p.rst_killed,
+            counter(p, "c1", "OutRsts") + counter(p, "c2", "OutRsts"),
+            p.outcomes.iter().map(|o| o.connect_failed).sum::<usize>()
+        ));
+        for o in &p.outcomes {
+            out.push(format!(
+                "{}: SYN timestamp {} than the TIME_WAIT's last: n={} → {} accepted, {} PAWS \
+                 drops, {} RST kills, {} failed; connect {}",
+                p.name,
+                match o.timestamp {
+                    "newer" => "newer",
+                    "older" => "older",
+                    other => other,
+                },
+                o.n,
+                o.accepted,
+                o.paws_rejected,
+                o.rst_killed,
+                o.connect_failed,
+                o.connect_ms.map(|s| s.ms()).unwrap_or("-".into())
+            ));
+        }
+    }
+    out.push(format!(
+        "timestamps: {} connections over {} 4-tuples showed {} distinct TCP timestamp offsets: \
+         one random offset per 4-tuple, so a client behind NAT presents no single clock and a \
+         server TIME_WAIT on a reused translated tuple sees older timestamps at random",
+        offsets.connections, offsets.tuples, offsets.distinct
+    ));
+    if lost > 0 {
+        out.push(format!(
+            "{lost} events were lost by the kernel: counts may be low"
+        ));
+    }
+    out
+}
+
+fn refusal_text(r: &BTreeMap<&'static str, usize>) -> String {
+    if r.is_empty() {
+        return String::new();
+    }
+    format!(
+        " (refused: {})",
+        r.iter()
+            .map(|(k, v)| format!("{v}× {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The human report.
+pub fn render_nat(r: &NatReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "NAT lab: c1 198.18.1.2, c2 198.18.2.2 → router ({} masquerade; to server port \
+         {PORT_SERVER_FIRST} translated into {}-{}) → server {SERVER}",
+        r.nat_tool, r.nat_ports[0], r.nat_ports[1]
+    );
+    for p in &r.phases {
+        let _ = writeln!(s, "\n== {} ({} → {}) ==", p.name, p.first_closer, p.server);
+        let _ = writeln!(
+            s,
+            "  TIME_WAIT born: {}",
+            p.timewait
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        for (c, cs) in &p.clients {
+            let _ = writeln!(
+                s,
+                "  {c} (tcp_tw_reuse={}): {} attempts, {} connected ({} after ≥0.9 s), {} \
+                 failed; connect {}; took over {} TIME_WAIT{}{}",
+                cs.tcp_tw_reuse,
+                cs.attempts,
+                cs.connected,
+                cs.slow,
+                cs.failed,
+                cs.connect_ms.map(|x| x.ms()).unwrap_or("-".into()),
+                cs.reused,
+                cs.reuse_age_ms
+                    .map(|a| format!(" (ages {})", a.ms()))
+                    .unwrap_or_default(),
+                refusal_text(&cs.refusals)
+            );
+        }
+        if p.first_closer == "server" {
+            let _ = writeln!(
+                s,
+                "  SYNs meeting a server TIME_WAIT: {} accepted (syn), {} PAWS drops, {} RST kills",
+                p.syn_accepted, p.paws_rejected, p.rst_killed
+            );
+            for o in &p.outcomes {
+                let _ = writeln!(
+                    s,
+                    "    timestamp {:<7} n={} accepted={} paws={} rst={} failed={} connect {}",
+                    o.timestamp,
+                    o.n,
+                    o.accepted,
+                    o.paws_rejected,
+                    o.rst_killed,
+                    o.connect_failed,
+                    o.connect_ms.map(|x| x.ms()).unwrap_or("-".into())
+                );
+            }
+        }
+        let _ = writeln!(s, "  kernel counters (delta):");
+        for (n, m) in &p.counters {
+            let _ = writeln!(
+                s,
+                "    {n:<7} {}",
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        let _ = writeln!(s, "  attempts:");
+        for a in &p.attempts {
+            let met: String = a
+                .met
+                .iter()
+                .map(|m| {
+                    format!(
+                        "; met TIME_WAIT :{} left by {} (timestamp {}): syn={} paws={} rst={}",
+                        m.port, m.previous, m.timestamp, m.accepted, m.paws_rejected, m.rst_killed
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "    {} {:<18} → :{:<5} {} {} ms{}{}",
+                a.client,
+                a.local.map(|l| l.to_string()).unwrap_or("-".into()),
+                a.nat_port.map(|p| p.to_string()).unwrap_or("-".into()),
+                match a.errno {
+                    None => "ok".to_string(),
+                    Some(e) => std::io::Error::from_raw_os_error(e).to_string(),
+                },
+                a.connect_ms,
+                if a.addrnotavail_retries > 0 {
+                    format!(" after {} EADDRNOTAVAIL", a.addrnotavail_retries)
+                } else {
+                    String::new()
+                },
+                met
+            );
+        }
+    }
+    let _ = writeln!(s, "\nFindings:");
+    for f in &r.findings {
+        let _ = writeln!(s, "  - {f}");
+    }
+    s
+}

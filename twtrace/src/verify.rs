@@ -1,0 +1,2237 @@
+//! `twtrace verify`: the 2022 blog's TIME_WAIT claims (`shared/seed/README.md`), measured on
+//! the running kernel.
+//!
+//! Each claim gets a bounded workload in private network namespaces ([`NetNs`]: never the
+//! host's interfaces or sysctls), all running at once and watched by one tracer. A verdict is
+//! derived from what was measured with the kernel's rules (timer wheel, `tcp_time_wait`,
+//! `tcp_twsk_unique`, …): nothing here knows the expected answer for this kernel.
+
+use crate::event::{Body, Event, ExitReason, Substate};
+use crate::netns::{parse_netstat, NetNs};
+use crate::tracer::{Background, TracerOptions};
+use crate::workload::{serve, FirstCloser};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// `TCP_TIMEWAIT_LEN`.
+pub const TIMEWAIT_MS: u64 = 60_000;
+
+/// Time allowed between a timer's bucket coming due and our record of its expiry: the tick
+/// edge plus the timer softirq being scheduled late on a busy machine.
+pub const SOFTIRQ_SLACK_MS: u64 = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClaimId {
+    Duration,
+    FinTimeout,
+    Recycle,
+    Reuse,
+    MaxTwBuckets,
+    Linger0,
+    PortExhaustion,
+}
+
+impl ClaimId {
+    pub const ALL: [ClaimId; 7] = [
+        ClaimId::Duration,
+        ClaimId::FinTimeout,
+        ClaimId::Recycle,
+        ClaimId::Reuse,
+        ClaimId::MaxTwBuckets,
+        ClaimId::Linger0,
+        ClaimId::PortExhaustion,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClaimId::Duration => "duration",
+            ClaimId::FinTimeout => "fin_timeout",
+            ClaimId::Recycle => "recycle",
+            ClaimId::Reuse => "reuse",
+            ClaimId::MaxTwBuckets => "max_tw_buckets",
+            ClaimId::Linger0 => "linger0",
+            ClaimId::PortExhaustion => "port_exhaustion",
+        }
+    }
+
+    /// What the blog says.
+    pub fn seed(&self) -> &'static str {
+        match self {
+            ClaimId::Duration => "TIME_WAIT lasts 2×MSL: 1 minute on Linux (TCP_TIMEWAIT_LEN)",
+            ClaimId::FinTimeout => "tcp_fin_timeout is a knob that shortens TIME_WAIT",
+            ClaimId::Recycle => {
+                "tcp_tw_recycle + timestamps cut TIME_WAIT to 3.5×RTO (≈700 ms on a LAN); \
+                 it fails behind NAT"
+            }
+            ClaimId::Reuse => {
+                "tcp_tw_reuse + timestamps: connect() may reuse a TIME_WAIT socket once more \
+                 than 1 s has passed since its last received timestamp"
+            }
+            ClaimId::MaxTwBuckets => {
+                "past tcp_max_tw_buckets new TIME_WAIT sockets are destroyed at once, the \
+                 count stays at the limit, and \"TCP: time wait bucket table overflow\" is logged"
+            }
+            ClaimId::Linger0 => "SO_LINGER {1,0}: close() sends RST and skips TIME_WAIT",
+            ClaimId::PortExhaustion => {
+                "short connections exhaust the ephemeral ports once rate × 60 s exceeds the \
+                 range (1000/s × 60 s = 60 000 > 28 232); tw_reuse is a remedy"
+            }
+        }
+    }
+
+    /// Roughly how long the workload runs (for the progress bar).
+    pub fn expected(&self) -> Duration {
+        match self {
+            // A handful of sockets spread over ~2 s, each living 60 s plus wheel slack.
+            ClaimId::Duration | ClaimId::FinTimeout => Duration::from_secs(66),
+            ClaimId::Recycle => Duration::from_secs(8),
+            ClaimId::Reuse => Duration::from_secs(5),
+            ClaimId::MaxTwBuckets | ClaimId::Linger0 => Duration::from_secs(3),
+            ClaimId::PortExhaustion => Duration::from_secs(5),
+        }
+    }
+}
+
+impl std::fmt::Display for ClaimId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ClaimId {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        ClaimId::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown claim {s:?} (one of: {})",
+                    ClaimId::ALL.map(|c| c.as_str()).join(", ")
+                )
+            })
+    }
+}
+
+impl Serialize for ClaimId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Confirmed,
+    Refuted,
+    /// It held once; on this kernel the mechanism differs (moved, renamed, narrowed).
+    Changed,
+    /// The claim's mechanism is not there to measure (or could not be measured here).
+    NotApplicable,
+}
+
+impl Verdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Confirmed => "confirmed",
+            Verdict::Refuted => "refuted",
+            Verdict::Changed => "changed",
+            Verdict::NotApplicable => "not_applicable",
+        }
+    }
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One claim, measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Claim {
+    pub id: ClaimId,
+    pub verdict: Verdict,
+    /// What the blog says.
+    pub seed: String,
+    /// The figures (counts `n`, spreads with min/median/max, sysctls used, kernel counters).
+    pub measured: Value,
+    /// What this kernel did, in one sentence (the table's "this kernel did").
+    pub observed: String,
+    /// Why the verdict follows from the figures and the kernel's rules, in one line.
+    pub explanation: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub claims: Vec<Claim>,
+}
+
+/// n and min/median/max of a set of measurements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Spread {
+    pub n: usize,
+    pub min: u64,
+    pub median: u64,
+    pub max: u64,
+}
+
+impl Spread {
+    pub fn of(values: &[u64]) -> Option<Spread> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_unstable();
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2
+        };
+        Some(Spread {
+            n,
+            min: v[0],
+            median,
+            max: v[n - 1],
+        })
+    }
+
+    /// `n=5 60.31–61.95 s (median 61.02 s)`, from milliseconds.
+    pub fn secs(&self) -> String {
+        if self.n == 1 {
+            return format!("n=1 {}", fmt_s(self.min));
+        }
+        format!(
+            "n={} {}–{} (median {})",
+            self.n,
+            fmt_s(self.min),
+            fmt_s(self.max),
+            fmt_s(self.median)
+        )
+    }
+
+    pub fn ms(&self) -> String {
+        if self.n == 1 {
+            return format!("n=1 {} ms", self.min);
+        }
+        format!(
+            "n={} {}–{} ms (median {} ms)",
+            self.n, self.min, self.max, self.median
+        )
+    }
+}
+
+fn spread_json(values: &[u64]) -> Value {
+    match Spread::of(values) {
+        Some(s) => json!(s),
+        None => json!({ "n": 0 }),
+    }
+}
+
+/// Milliseconds as seconds with two decimals: `61.95 s`.
+pub fn fmt_s(ms: u64) -> String {
+    format!("{}.{:02} s", ms / 1000, (ms % 1000) / 10)
+}
+
+/// Granularity (in jiffies) of the timer-wheel level a timer `delta` jiffies ahead lands in
+/// (kernel/time/timer.c: 64 buckets per level, each level 8× coarser; `calc_index` rounds the
+/// expiry *up* to the level's granularity, so a timer fires 1 to `granularity` jiffies late).
+pub fn wheel_granularity_jiffies(delta: u64, hz: u64) -> u64 {
+    const LVL_CLK_SHIFT: u32 = 3;
+    const LVL_SIZE: u64 = 64;
+    let depth: u32 = if hz > 100 { 9 } else { 8 };
+    for lvl in 0..depth - 1 {
+        // LVL_START(lvl + 1): the first delta that no longer fits level `lvl`.
+        if delta < (LVL_SIZE - 1) << (lvl * LVL_CLK_SHIFT) {
+            return 1 << (lvl * LVL_CLK_SHIFT);
+        }
+    }
+    1 << ((depth - 1) * LVL_CLK_SHIFT)
+}
+
+/// The timer facts a lifetime check needs: HZ, and the wheel's rounding for a timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wheel {
+    pub hz: u64,
+    /// HZ came from the kernel config (false: assumed).
+    pub hz_known: bool,
+}
+
+impl Wheel {
+    pub fn detect() -> Wheel {
+        match crate::sysinfo::config_hz() {
+            Some(hz) => Wheel { hz, hz_known: true },
+            None => Wheel {
+                hz: 250,
+                hz_known: false,
+            },
+        }
+    }
+
+    pub fn jiffy_ms(&self) -> u64 {
+        1000_u64.div_ceil(self.hz)
+    }
+
+    pub fn level(&self, timeout_ms: u64) -> u32 {
+        let g = self.granularity_jiffies(timeout_ms);
+        g.trailing_zeros() / 3
+    }
+
+    pub fn granularity_jiffies(&self, timeout_ms: u64) -> u64 {
+        wheel_granularity_jiffies(timeout_ms * self.hz / 1000, self.hz)
+    }
+
+    pub fn granularity_ms(&self, timeout_ms: u64) -> u64 {
+        (self.granularity_jiffies(timeout_ms) * 1000).div_ceil(self.hz)
+    }
+
+    /// The lifetimes a timer armed for `timeout_ms` can show: not before the timeout (minus the
+    /// part of a jiffy already gone when it was armed), at most one wheel granule late, plus
+    /// softirq latency.
+    pub fn window(&self, timeout_ms: u64) -> (u64, u64) {
+        (
+            timeout_ms.saturating_sub(self.jiffy_ms()),
+            timeout_ms + self.granularity_ms(timeout_ms) + self.jiffy_ms() + SOFTIRQ_SLACK_MS,
+        )
+    }
+
+    pub fn within(&self, timeout_ms: u64, lifetime_ms: u64) -> bool {
+        let (lo, hi) = self.window(timeout_ms);
+        (lo..=hi).contains(&lifetime_ms)
+    }
+}
+
+/// A run of `verify` was interrupted (Ctrl-C): not a result.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// How long a new namespace waits before its first traffic (see [`Watch::netns`]).
+pub const NETNS_SETTLE: Duration = Duration::from_millis(1100);
+
+/// One tracer watching every namespace the workloads make, and the run's cancel flag.
+pub struct Watch {
+    tracer: Background,
+    netns: Arc<RwLock<HashSet<u32>>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Watch {
+    pub fn start(cancel: Arc<AtomicBool>) -> Result<Watch> {
+        let netns: Arc<RwLock<HashSet<u32>>> = Arc::default();
+        let ours = netns.clone();
+        let tracer = Background::start(
+            TracerOptions {
+                // Sockets that existed before are not ours.
+                snapshot: false,
+                ..TracerOptions::default()
+            },
+            move |e| {
+                let id = match &e.body {
+                    Body::Netns { netns, .. } => Some(*netns),
+                    _ => e.sock().map(|s| s.netns),
+                };
+                // Lost-event reports have no namespace: always kept.
+                id.is_none_or(|id| ours.read().unwrap_or_else(|p| p.into_inner()).contains(&id))
+            },
+        )
+        .context("starting the tracer (needs root and a kernel with BTF)")?;
+        Ok(Watch {
+            tracer,
+            netns,
+            cancel,
+        })
+    }
+
+    /// A new private namespace whose events the tracer keeps.
+    ///
+    /// Returns after [`NETNS_SETTLE`]: the tracer learns a namespace's sysctls (which decide
+    /// how it explains connect() refusals) by finding it in /proc when its first event comes,
+    /// and walks /proc at most once a second; a namespace whose first event came sooner after
+    /// its birth could stay without sysctls.
+    pub fn netns(&self) -> Result<NetNs> {
+        Ok(self.netns_n::<1>()?.into_iter().next().expect("one"))
+    }
+
+    /// `N` new namespaces, settled together (one wait).
+    pub fn netns_n<const N: usize>(&self) -> Result<[NetNs; N]> {
+        self.check()?;
+        let mut v = Vec::with_capacity(N);
+        for _ in 0..N {
+            let ns = NetNs::new()?;
+            self.netns
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ns.inode() as u32);
+            v.push(ns);
+        }
+        self.sleep(NETNS_SETTLE)?;
+        v.try_into()
+            .map_err(|_| anyhow!("namespace count mismatch"))
+    }
+
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Interrupted.into());
+        }
+        Ok(())
+    }
+
+    /// Sleeps `d`, waking early (with [`Interrupted`]) on cancel.
+    pub fn sleep(&self, d: Duration) -> Result<()> {
+        let end = Instant::now() + d;
+        loop {
+            self.check()?;
+            let now = Instant::now();
+            if now >= end {
+                return Ok(());
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Events of the namespaces `ns`.
+    pub fn events(&self, ns: &[&NetNs]) -> Vec<Event> {
+        let ids: Vec<u32> = ns.iter().map(|n| n.inode() as u32).collect();
+        self.tracer
+            .events()
+            .into_iter()
+            .filter(|e| match e.sock() {
+                Some(s) => ids.contains(&s.netns),
+                None => matches!(&e.body, Body::Netns { netns, .. } if ids.contains(netns)),
+            })
+            .collect()
+    }
+
+    /// Events lost by the kernel so far (any namespace).
+    pub fn lost(&self) -> u64 {
+        self.tracer
+            .events()
+            .iter()
+            .map(|e| match e.body {
+                Body::Lost { count } => count,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Polls the events of `ns` until `pred` holds or `timeout` passes; returns them either way.
+    pub fn wait_for(
+        &self,
+        ns: &[&NetNs],
+        timeout: Duration,
+        pred: impl Fn(&[Event]) -> bool,
+    ) -> Result<Vec<Event>> {
+        let end = Instant::now() + timeout;
+        loop {
+            self.check()?;
+            let ev = self.events(ns);
+            if pred(&ev) || Instant::now() >= end {
+                return Ok(ev);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(self) -> Result<()> {
+        self.tracer.stop().map(|_| ())
+    }
+}
+
+/// Progress of a run, for a progress bar.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub elapsed: Duration,
+    /// The longest selected workload's expected time.
+    pub expected: Duration,
+    pub done: Vec<ClaimId>,
+    pub total: usize,
+}
+
+/// Measures `claims` (all at once) and returns them in the order of [`ClaimId::ALL`].
+/// `on_progress` is called about five times a second. Setting `cancel` stops every workload
+/// (their namespaces go with them) and returns an [`Interrupted`] error.
+pub fn run(
+    claims: &[ClaimId],
+    cancel: Arc<AtomicBool>,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Report> {
+    let mut wanted: Vec<ClaimId> = claims.to_vec();
+    if wanted.is_empty() {
+        wanted = ClaimId::ALL.to_vec();
+    }
+    wanted.sort();
+    wanted.dedup();
+    let expected = wanted
+        .iter()
+        .map(|c| c.expected())
+        .max()
+        .unwrap_or_default();
+    let watch = Watch::start(cancel.clone())?;
+    let wheel = Wheel::detect();
+    let t0 = Instant::now();
+    let results: Vec<(ClaimId, Result<Claim>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = wanted
+            .iter()
+            .map(|&id| {
+                let w = &watch;
+                let h = std::thread::Builder::new()
+                    .name(format!("verify-{id}"))
+                    .spawn_scoped(s, move || measure(id, w, wheel));
+                (id, h)
+            })
+            .collect();
+        let mut done = Vec::new();
+        loop {
+            done.clear();
+            for (id, h) in &handles {
+                if h.as_ref().map(|h| h.is_finished()).unwrap_or(true) {
+                    done.push(*id);
+                }
+            }
+            on_progress(&Progress {
+                elapsed: t0.elapsed(),
+                expected,
+                done: done.clone(),
+                total: handles.len(),
+            });
+            if done.len() == handles.len() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        handles
+            .into_iter()
+            .map(|(id, h)| {
+                let r = match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow!("the {id} workload panicked"))),
+                    Err(e) => Err(anyhow!("spawning the {id} workload: {e}")),
+                };
+                (id, r)
+            })
+            .collect()
+    });
+    let lost = watch.lost();
+    watch.stop()?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (id, r) in results {
+        match r {
+            Ok(mut c) => {
+                if lost > 0 {
+                    // Missing events can only hide sockets, never invent them: say so.
+                    if let Value::Object(m) = &mut c.measured {
+                        m.insert("lost_events".into(), json!(lost));
+                    }
+                    c.explanation
+                        .push_str(&format!(" ({lost} events were lost by the kernel)"));
+                }
+                out.push(c)
+            }
+            Err(e) if e.is::<Interrupted>() => return Err(e),
+            Err(e) => errors.push(format!("{id}: {e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("verify failed: {}", errors.join("; "));
+    }
+    Ok(Report { claims: out })
+}
+
+fn measure(id: ClaimId, w: &Watch, wheel: Wheel) -> Result<Claim> {
+    let r = match id {
+        ClaimId::Duration => duration(w, wheel),
+        ClaimId::FinTimeout => fin_timeout(w, wheel),
+        ClaimId::Recycle => recycle(w, wheel),
+        ClaimId::Reuse => reuse(w),
+        ClaimId::MaxTwBuckets => max_tw_buckets(w),
+        ClaimId::Linger0 => linger0(w),
+        ClaimId::PortExhaustion => port_exhaustion(w),
+    };
+    if r.is_err() && w.cancel.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload pieces
+
+/// How a client ends its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    /// close(): FIN, so the client closes first.
+    Fin,
+    /// SO_LINGER {1, 0} then close().
+    Linger0,
+}
+
+/// Makes `n` connections from inside `ns` to `dst`, `spacing` apart, each closed at once as
+/// `how` says. Returns the client-side local addresses.
+fn connect_close(
+    w: &Watch,
+    ns: &NetNs,
+    dst: SocketAddr,
+    n: usize,
+    spacing: Duration,
+    how: Close,
+) -> Result<Vec<SocketAddr>> {
+    let cancel = w.cancel_flag();
+    ns.run(move || -> Result<Vec<SocketAddr>> {
+        let mut locals = Vec::with_capacity(n);
+        for i in 0..n {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Interrupted.into());
+            }
+            if i > 0 {
+                std::thread::sleep(spacing);
+            }
+            let s = TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+                .with_context(|| format!("connecting to {dst}"))?;
+            locals.push(s.local_addr()?);
+            if how == Close::Linger0 {
+                set_linger_zero(&s)?;
+            }
+            drop(s);
+        }
+        Ok(locals)
+    })?
+}
+
+/// SO_LINGER {l_onoff = 1, l_linger = 0}: close() will reset the connection.
+fn set_linger_zero(s: &TcpStream) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and option buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt(SO_LINGER)");
+    }
+    Ok(())
+}
+
+fn addr(s: &crate::event::Sock, local: bool) -> SocketAddr {
+    if local {
+        SocketAddr::new(s.laddr, s.lport)
+    } else {
+        SocketAddr::new(s.raddr, s.rport)
+    }
+}
+
+/// A timewait socket's observed life, from the events.
+#[derive(Clone, Debug)]
+pub(crate) struct Life {
+    local: SocketAddr,
+    remote: SocketAddr,
+    armed_ms: u64,
+    birth_substate: Substate,
+    exit: Option<(ExitReason, Substate, Option<u64>)>,
+}
+
+/// Every timewait socket born in `ev`, with its exit if seen. Keyed by kernel address, which
+/// is reused after death: each birth starts a new life.
+pub(crate) fn lives(ev: &[Event]) -> Vec<Life> {
+    let mut out: Vec<Life> = Vec::new();
+    let mut open: BTreeMap<u64, usize> = BTreeMap::new();
+    for e in ev {
+        match &e.body {
+            Body::Enter {
+                sock,
+                substate,
+                timeout_ms,
+                snapshot: false,
+                ..
+            } => {
+                open.insert(sock.tw, out.len());
+                out.push(Life {
+                    local: addr(sock, true),
+                    remote: addr(sock, false),
+                    armed_ms: *timeout_ms,
+                    birth_substate: *substate,
+                    exit: None,
+                });
+            }
+            Body::Exit {
+                sock,
+                substate,
+                reason,
+                lifetime_ms,
+                ..
+            } => {
+                if let Some(i) = open.remove(&sock.tw) {
+                    out[i].exit = Some((*reason, *substate, *lifetime_ms));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn count(ev: &[Event], pred: impl Fn(&Body) -> bool) -> usize {
+    ev.iter().filter(|e| pred(&e.body)).count()
+}
+
+fn expired_in(l: &Life, substate: Substate) -> Option<u64> {
+    match l.exit {
+        Some((ExitReason::Expired, s, Some(ms))) if s == substate => Some(ms),
+        _ => None,
+    }
+}
+
+/// Text of a `/proc/net/…` file as seen from inside `ns`.
+pub(crate) fn proc_net(ns: &NetNs, file: &str) -> Result<String> {
+    let path = format!("/proc/thread-self/net/{file}");
+    ns.run(move || std::fs::read_to_string(&path).with_context(|| format!("reading {path}")))?
+}
+
+/// `Tcp:` counters (`/proc/net/snmp`), same layout as netstat.
+pub(crate) fn snmp(ns: &NetNs, name: &str) -> Result<u64> {
+    parse_netstat(&proc_net(ns, "snmp")?, "Tcp", name)
+        .ok_or_else(|| anyhow!("no counter Tcp:{name} in /proc/net/snmp"))
+}
+
+/// The live timewait count of `ns` (`/proc/net/sockstat`, "TCP: … tw N").
+fn sockstat_tw(ns: &NetNs) -> Result<u64> {
+    parse_sockstat_tw(&proc_net(ns, "sockstat")?).ok_or_else(|| anyhow!("no tw in sockstat"))
+}
+
+pub fn parse_sockstat_tw(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(k) = it.next() {
+        if k == "tw" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. duration
+
+fn duration(w: &Watch, wheel: Wheel) -> Result<Claim> {
+    // A handful of sockets, 450 ms apart, so they land at different offsets inside the wheel's
+    // 2 s buckets and show the spread of the rounding, not one value.
+    const N: usize = 5;
+    const SPACING: Duration = Duration::from_millis(450);
+    let ns = w.netns()?;
+    let server = serve(
+        &ns,
+        "127.0.0.1:0".parse()?,
+        FirstCloser::Client,
+        Duration::ZERO,
+    )?;
+    let locals = connect_close(w, &ns, server.addr, N, SPACING, Close::Fin)?;
+    let (_, hi) = wheel.window(TIMEWAIT_MS);
+    let mine = |l: &Life| locals.contains(&l.local);
+    let ev = w.wait_for(&[&ns], Duration::from_millis(hi + 3000), |ev| {
+        lives(ev)
+            .iter()
+            .filter(|l| mine(l) && l.exit.is_some())
+            .count()
+            >= N
+    })?;
+    drop(server);
+    let lv: Vec<Life> = lives(&ev).into_iter().filter(|l| mine(l)).collect();
+    let armed: Vec<u64> = lv.iter().map(|l| l.armed_ms).collect();
+    let lifetimes: Vec<u64> = lv
+        .iter()
+        .filter_map(|l| expired_in(l, Substate::TimeWait))
+        .collect();
+    let excess: Vec<u64> = lifetimes
+        .iter()
+        .map(|l| l.saturating_sub(TIMEWAIT_MS))
+        .collect();
+    let gran_j = wheel.granularity_jiffies(TIMEWAIT_MS);
+    let gran_ms = wheel.granularity_ms(TIMEWAIT_MS);
+    let (lo, hi) = wheel.window(TIMEWAIT_MS);
+    let in_window = lifetimes.iter().filter(|l| (lo..=hi).contains(*l)).count();
+    let verdict = if lifetimes.len() == N && in_window == N {
+        Verdict::Confirmed
+    } else {
+        Verdict::Refuted
+    };
+    let level = wheel.level(TIMEWAIT_MS);
+    let hz_note = if wheel.hz_known {
+        format!("HZ={}", wheel.hz)
+    } else {
+        format!("HZ unknown, assumed {}", wheel.hz)
+    };
+    let lt = Spread::of(&lifetimes);
+    let ex = Spread::of(&excess);
+    let observed = match (lt, ex) {
+        (Some(lt), Some(ex)) => format!(
+            "{N} client TIME_WAIT sockets, armed {}: expired after {}; excess over 60 s {}",
+            Spread::of(&armed)
+                .map(|a| fmt_s(a.median))
+                .unwrap_or_default(),
+            lt.secs(),
+            ex.ms()
+        ),
+        _ => format!(
+            "none of {N} TIME_WAIT sockets expired by timer within {}",
+            fmt_s(hi)
+        ),
+    };
+    let explanation = match verdict {
+        Verdict::Confirmed => format!(
+            "TCP_TIMEWAIT_LEN is 60 s; at {hz_note} a 60 s timer ({} jiffies) sits in timer-wheel \
+             level {level}, whose buckets are {gran_j} jiffies = {} wide and round expiry up, so \
+             a socket lives 60 s + (0, {}] — all {N} did",
+            TIMEWAIT_MS * wheel.hz / 1000,
+            crate::event::secs(gran_ms),
+            crate::event::secs(gran_ms)
+        ),
+        _ => format!(
+            "only {in_window} of {N} lifetimes fell in 60 s + (0, {}] (the timer-wheel rounding \
+             at {hz_note}, level {level}, {gran_j}-jiffy buckets): TIME_WAIT is not 60 s here",
+            crate::event::secs(gran_ms)
+        ),
+    };
+    Ok(Claim {
+        id: ClaimId::Duration,
+        verdict,
+        seed: ClaimId::Duration.seed().into(),
+        measured: json!({
+            "n": lifetimes.len(),
+            "sockets": N,
+            "armed_ms": spread_json(&armed),
+            "lifetime_ms": spread_json(&lifetimes),
+            "excess_ms": spread_json(&excess),
+            "hz": wheel.hz,
+            "hz_from_config": wheel.hz_known,
+            "wheel_level": level,
+            "wheel_granularity_jiffies": gran_j,
+            "wheel_granularity_ms": gran_ms,
+            "window_ms": [lo, hi],
+        }),
+        observed,
+        explanation,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. fin_timeout
+
+fn fin_timeout(w: &Watch, wheel: Wheel) -> Result<Claim> {
+    const FIN_TIMEOUT_S: u64 = 3;
+    const N: usize = 3;
+    let ns = w.netns()?;
+    ns.sysctl("net.ipv4.tcp_fin_timeout", &FIN_TIMEOUT_S.to_string())?;
+    // Closes its end at once: the client's timewait socket goes to TIME_WAIT.
+    let tw_server = serve(
+        &ns,
+        "127.0.0.1:0".parse()?,
+        FirstCloser::Client,
+        Duration::ZERO,
+    )?;
+    // Keeps its end open well past tcp_fin_timeout: the client's timewait socket stays in its
+    // FIN_WAIT2 substate until its timer runs out.
+    let fw2_server = serve(
+        &ns,
+        "127.0.0.1:0".parse()?,
+        FirstCloser::Client,
+        Duration::from_secs(FIN_TIMEOUT_S + 4),
+    )?;
+    let tw_locals = connect_close(
+        w,
+        &ns,
+        tw_server.addr,
+        N,
+        Duration::from_millis(200),
+        Close::Fin,
+    )?;
+    let fw2_locals = connect_close(
+        w,
+        &ns,
+        fw2_server.addr,
+        N,
+        Duration::from_millis(200),
+        Close::Fin,
+    )?;
+    let (_, hi) = wheel.window(TIMEWAIT_MS);
+    let all: Vec<SocketAddr> = tw_locals.iter().chain(&fw2_locals).copied().collect();
+    let ev = w.wait_for(&[&ns], Duration::from_millis(hi + 3000), |ev| {
+        lives(ev)
+            .iter()
+            .filter(|l| all.contains(&l.local) && l.exit.is_some())
+            .count()
+            >= 2 * N
+    })?;
+    drop(fw2_server);
+    drop(tw_server);
+    let lv = lives(&ev);
+    let tw: Vec<&Life> = lv.iter().filter(|l| tw_locals.contains(&l.local)).collect();
+    let fw2: Vec<&Life> = lv
+        .iter()
+        .filter(|l| fw2_locals.contains(&l.local))
+        .collect();
+    let tw_life: Vec<u64> = tw
+        .iter()
+        .filter_map(|l| expired_in(l, Substate::TimeWait))
+        .collect();
+    let fw2_life: Vec<u64> = fw2
+        .iter()
+        .filter_map(|l| expired_in(l, Substate::FinWait2))
+        .collect();
+    let fw2_armed: Vec<u64> = fw2
+        .iter()
+        .filter(|l| l.birth_substate == Substate::FinWait2)
+        .map(|l| l.armed_ms)
+        .collect();
+    let fin_ms = FIN_TIMEOUT_S * 1000;
+    let tw_unchanged = tw_life.len() == N && tw_life.iter().all(|l| wheel.within(TIMEWAIT_MS, *l));
+    let tw_follows = tw_life.len() == N && tw_life.iter().all(|l| wheel.within(fin_ms, *l));
+    // The FIN_WAIT2 timeout is max(tcp_fin_timeout, 3.5×RTO); on loopback 3.5×RTO ≈ 0.7 s.
+    let fw2_follows = fw2_life.len() == N
+        && fw2_armed.iter().all(|a| *a == fin_ms)
+        && fw2_life.iter().all(|l| wheel.within(fin_ms, *l));
+    let verdict = if tw_follows {
+        Verdict::Confirmed
+    } else {
+        Verdict::Refuted
+    };
+    let show = |v: &[u64]| Spread::of(v).map(|s| s.secs()).unwrap_or("n=0".into());
+    let observed = format!(
+        "tcp_fin_timeout={FIN_TIMEOUT_S}: TIME_WAIT lived {}; FIN_WAIT2-substate timewait \
+         sockets armed {} and lived {}",
+        show(&tw_life),
+        Spread::of(&fw2_armed)
+            .map(|s| fmt_s(s.median))
+            .unwrap_or("?".into()),
+        show(&fw2_life)
+    );
+    let explanation = if tw_unchanged && fw2_follows {
+        format!(
+            "TIME_WAIT is always armed with TCP_TIMEWAIT_LEN (60 s); tcp_fin_timeout only sets the \
+             orphaned FIN_WAIT2 timeout (max(tcp_fin_timeout, 3.5×RTO)), which ended those \
+             sockets after {FIN_TIMEOUT_S} s plus wheel rounding"
+        )
+    } else if tw_unchanged {
+        "TIME_WAIT kept its 60 s with tcp_fin_timeout lowered; the FIN_WAIT2 sockets did not \
+         follow tcp_fin_timeout either (see figures)"
+            .into()
+    } else if tw_follows {
+        format!("TIME_WAIT sockets expired after tcp_fin_timeout ({FIN_TIMEOUT_S} s)")
+    } else {
+        "TIME_WAIT lifetimes matched neither 60 s nor tcp_fin_timeout (see figures)".into()
+    };
+    Ok(Claim {
+        id: ClaimId::FinTimeout,
+        verdict,
+        seed: ClaimId::FinTimeout.seed().into(),
+        measured: json!({
+            "tcp_fin_timeout_s": FIN_TIMEOUT_S,
+            "time_wait": { "n": tw_life.len(), "lifetime_ms": spread_json(&tw_life) },
+            "fin_wait2": {
+                "n": fw2_life.len(),
+                "armed_ms": spread_json(&fw2_armed),
+                "lifetime_ms": spread_json(&fw2_life),
+            },
+            "hz": wheel.hz,
+        }),
+        observed,
+        explanation,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. recycle
+
+/// `tcpi_rto` (µs) of a connected socket.
+fn tcp_info_rto_us(s: &TcpStream) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd, buffer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(TCP_INFO)");
+    }
+    Ok(info.tcpi_rto)
+}
+
+/// `tcp_time_wait`'s floor: 3.5×RTO, computed in jiffies as the kernel does
+/// (`(rto << 2) - (rto >> 1)`), returned in ms.
+pub fn rto_floor_ms(rto_us: u64, hz: u64) -> u64 {
+    let j = (rto_us * hz).div_ceil(1_000_000);
+    ((j << 2) - (j >> 1)) * 1000 / hz
+}
+
+fn recycle(w: &Watch, wheel: Wheel) -> Result<Claim> {
+    const N: usize = 3;
+    const RTO_MIN_MS: u64 = 1000;
+    let [cli, srv] = w.netns_n::<2>()?;
+    let recycle_exists =
+        cli.run(|| std::path::Path::new("/proc/sys/net/ipv4/tcp_tw_recycle").exists())?;
+    // Two server addresses over one veth; the route to the second raises the RTO floor.
+    cli.veth_to("vfc", "198.18.0.1/29", &srv, "vfs", "198.18.0.2/29")?;
+    srv.ip(&["addr", "add", "198.18.0.3/29", "dev", "vfs"])?;
+    cli.ip(&[
+        "route",
+        "add",
+        "198.18.0.3/32",
+        "dev",
+        "vfc",
+        "rto_min",
+        &format!("{RTO_MIN_MS}ms"),
+    ])?;
+    // tcp_fin_timeout as low as the kernel takes, so that the floor is what shows.
+    let fin_s = if cli.sysctl("net.ipv4.tcp_fin_timeout", "0").is_ok() {
+        0
+    } else {
+        cli.sysctl("net.ipv4.tcp_fin_timeout", "1")?;
+        1
+    };
+    let floor_ms = RTO_MIN_MS * 7 / 2;
+    // The server holds its end open past every floor: the client sockets expire in FIN_WAIT2.
+    let server = serve(
+        &srv,
+        "0.0.0.0:8080".parse()?,
+        FirstCloser::Client,
+        Duration::from_millis(floor_ms + 3000),
+    )?;
+    let cancel = w.cancel_flag();
+    let dests: [SocketAddr; 2] = ["198.18.0.2:8080".parse()?, "198.18.0.3:8080".parse()?];
+    let conns = cli.run(move || -> Result<Vec<(SocketAddr, SocketAddr, u32)>> {
+        let mut out = Vec::new();
+        for dst in dests {
+            for _ in 0..N {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Interrupted.into());
+                }
+                let s = TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+                    .with_context(|| format!("connecting to {dst}"))?;
+                let rto = tcp_info_rto_us(&s)?;
+                out.push((s.local_addr()?, dst, rto));
+            }
+        }
+        Ok(out)
+    })??;
+    let ev = w.wait_for(
+        &[&cli],
+        Duration::from_millis(wheel.window(floor_ms).1 + 3000),
+        |ev| lives(ev).iter().filter(|l| l.exit.is_some()).count() >= 2 * N,
+    )?;
+    drop(server);
+    let lv = lives(&ev);
+    struct Group {
+        rto_us: Vec<u64>,
+        armed: Vec<u64>,
+        life: Vec<u64>,
+        predicted: Vec<u64>,
+    }
+    let group = |dst: SocketAddr| -> Group {
+        let mine: Vec<&(SocketAddr, SocketAddr, u32)> =
+            conns.iter().filter(|c| c.1 == dst).collect();
+        let rto_us: Vec<u64> = mine.iter().map(|c| c.2 as u64).collect();
+        let ls: Vec<&Life> = lv
+            .iter()
+            .filter(|l| mine.iter().any(|c| c.0 == l.local))
+            .collect();
+        Group {
+            predicted: rto_us
+                .iter()
+                .map(|r| rto_floor_ms(*r, wheel.hz).max(fin_s * 1000))
+                .collect(),
+            rto_us,
+            armed: ls
+                .iter()
+                .filter(|l| l.birth_substate == Substate::FinWait2)
+                .map(|l| l.armed_ms)
+                .collect(),
+            life: ls
+                .iter()
+                .filter_map(|l| expired_in(l, Substate::FinWait2))
+                .collect(),
+        }
+    };
+    let base = group(dests[0]);
+    let big = group(dests[1]);
+    // The floor acts if the armed timeout is 3.5× the RTO measured on that socket (±2 jiffies of
+    // the RTO changing with the FIN's RTT sample) and lifetimes follow the armed timeout.
+    let tol = 2 * wheel.jiffy_ms() * 4;
+    let follows = |g: &Group| {
+        g.life.len() == N
+            && g.armed.len() == N
+            && g.armed
+                .iter()
+                .zip(&g.predicted)
+                .all(|(a, p)| a.abs_diff(*p) <= tol)
+            && g.life
+                .iter()
+                .zip(&g.armed)
+                .all(|(l, a)| wheel.within(*a, *l))
+    };
+    let floor_acts = follows(&big)
+        && big.armed.iter().all(|a| *a > fin_s * 1000)
+        && big.armed.iter().all(|a| *a + tol >= floor_ms);
+    let verdict = if recycle_exists {
+        Verdict::NotApplicable
+    } else if floor_acts {
+        Verdict::Changed
+    } else {
+        Verdict::Refuted
+    };
+    let med = |v: &[u64]| Spread::of(v).map(|s| s.median).unwrap_or(0);
+    let observed = format!(
+        "tcp_tw_recycle {}; FIN_WAIT2 timewait sockets (tcp_fin_timeout={fin_s}): RTO {} ms → \
+         armed {}, lived {}; RTO {} ms (route rto_min {RTO_MIN_MS} ms) → armed {}, lived {}",
+        if recycle_exists {
+            "exists"
+        } else {
+            "does not exist"
+        },
+        med(&base.rto_us) / 1000,
+        fmt_s(med(&base.armed)),
+        Spread::of(&base.life)
+            .map(|s| s.secs())
+            .unwrap_or("n=0".into()),
+        med(&big.rto_us) / 1000,
+        fmt_s(med(&big.armed)),
+        Spread::of(&big.life)
+            .map(|s| s.secs())
+            .unwrap_or("n=0".into()),
+    );
+    let explanation = match verdict {
+        Verdict::NotApplicable => "this kernel still has tcp_tw_recycle (before 4.12); twtrace \
+                                   measures the 3.5×RTO floor only where it still acts (FIN_WAIT2)"
+            .to_string(),
+        Verdict::Changed => format!(
+            "tcp_tw_recycle was removed in 4.12, so TIME_WAIT is never cut to 3.5×RTO; 3.5×RTO \
+             survives only as the floor of the FIN_WAIT2-substate timeout (max(tcp_fin_timeout, \
+             3.5×RTO)), {} here with the default RTO and {} with rto_min {RTO_MIN_MS} ms",
+            fmt_s(med(&base.armed)),
+            fmt_s(med(&big.armed))
+        ),
+        _ => "tcp_tw_recycle is gone, and the FIN_WAIT2 timeout did not follow 3.5×RTO either \
+              (see figures)"
+            .to_string(),
+    };
+    Ok(Claim {
+        id: ClaimId::Recycle,
+        verdict,
+        seed: ClaimId::Recycle.seed().into(),
+        measured: json!({
+            "tcp_tw_recycle_exists": recycle_exists,
+            "tcp_fin_timeout_s": fin_s,
+            "default_rto": {
+                "n": base.life.len(),
+                "rto_us": spread_json(&base.rto_us),
+                "predicted_ms": spread_json(&base.predicted),
+                "armed_ms": spread_json(&base.armed),
+                "lifetime_ms": spread_json(&base.life),
+            },
+            "large_rto": {
+                "n": big.life.len(),
+                "route_rto_min_ms": RTO_MIN_MS,
+                "rto_us": spread_json(&big.rto_us),
+                "predicted_ms": spread_json(&big.predicted),
+                "armed_ms": spread_json(&big.armed),
+                "lifetime_ms": spread_json(&big.life),
+            },
+            "hz": wheel.hz,
+        }),
+        observed,
+        explanation,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. reuse
+
+/// A service port outside the narrowed ephemeral ranges (a server on port 0 would take one
+/// of the few ephemeral ports itself).
+const SERVICE_PORT: u16 = 8080;
+
+#[derive(Clone, Debug, Default)]
+struct ReuseTrial {
+    /// Ages (ms from TIME_WAIT entry) of the timewait sockets connect() took over.
+    ages: Vec<u64>,
+    /// connect() failures the tracer explained, by refusal.
+    refusals: BTreeMap<&'static str, usize>,
+    /// EADDRNOTAVAIL seen by the application.
+    failures: usize,
+    tried_ms: u64,
+}
+
+#[derive(Clone, Copy)]
+struct ReuseSetup {
+    timestamps: bool,
+    mode: u8,
+    delay_ms: Option<u64>,
+    veth: bool,
+    /// Successful reuses to collect before stopping.
+    want: usize,
+    /// How long connect() is retried per wanted reuse.
+    try_for: Duration,
+}
+
+/// Fills a 4-port range with client TIME_WAIT sockets, then retries connect() every 10 ms
+/// until it takes one over (up to `want` times), closing each new connection first again.
+fn reuse_trial(w: &Watch, t: ReuseSetup) -> Result<ReuseTrial> {
+    const PORTS: usize = 4;
+    let (cli, srv_ns, dst): (NetNs, Option<NetNs>, SocketAddr) = if t.veth {
+        let [cli, s] = w.netns_n::<2>()?;
+        cli.veth_to("vrc", "198.18.0.9/30", &s, "vrs", "198.18.0.10/30")?;
+        (
+            cli,
+            Some(s),
+            SocketAddr::from(([198, 18, 0, 10], SERVICE_PORT)),
+        )
+    } else {
+        (
+            w.netns()?,
+            None,
+            SocketAddr::from(([127, 0, 0, 1], SERVICE_PORT)),
+        )
+    };
+    cli.sysctl(
+        "net.ipv4.tcp_timestamps",
+        if t.timestamps { "1" } else { "0" },
+    )?;
+    cli.sysctl("net.ipv4.tcp_tw_reuse", &t.mode.to_string())?;
+    if let Some(d) = t.delay_ms {
+        cli.sysctl("net.ipv4.tcp_tw_reuse_delay", &d.to_string())?;
+    }
+    // An even number of ports: __inet_hash_connect rounds an odd range down.
+    cli.sysctl(
+        "net.ipv4.ip_local_port_range",
+        &format!("40000 {}", 40000 + PORTS - 1),
+    )?;
+    let server = serve(
+        srv_ns.as_ref().unwrap_or(&cli),
+        dst,
+        FirstCloser::Client,
+        Duration::ZERO,
+    )?;
+    connect_close(w, &cli, dst, PORTS, Duration::ZERO, Close::Fin)?;
+    // Until their timewait sockets exist, the ports are held by closing connections.
+    w.wait_for(&[&cli], Duration::from_secs(5), |ev| {
+        count(ev, |b| matches!(b, Body::Enter { .. })) >= PORTS
+    })?;
+    let cancel = w.cancel_flag();
+    let (want, limit) = (t.want, t.try_for);
+    let t0 = Instant::now();
+    let (successes, failures) = cli.run(move || -> Result<(usize, usize)> {
+        let (mut ok, mut failed) = (0, 0);
+        for _ in 0..want {
+            let start = Instant::now();
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Interrupted.into());
+                }
+                if start.elapsed() >= limit {
+                    return Ok((ok, failed));
+                }
+                match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
+                    Ok(s) => {
+                        ok += 1;
+                        drop(s);
+                        break;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                        failed += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e).context(format!("connecting to {dst}")),
+                }
+            }
+        }
+        Ok((ok, failed))
+    })??;
+    let tried_ms = t0.elapsed().as_millis() as u64;
+    let ev = w.wait_for(&[&cli], Duration::from_secs(3), |ev| {
+        count(ev, |b| {
+            matches!(
+                b,
+                Body::Exit {
+                    reason: ExitReason::Reused,
+                    ..
+                }
+            )
+        }) >= successes
+            && count(ev, |b| matches!(b, Body::ConnectFail { .. })) >= failures
+    })?;
+    drop(server);
+    let mut out = ReuseTrial {
+        failures,
+        tried_ms,
+        ..Default::default()
+    };
+    for e in &ev {
+        match &e.body {
+            Body::Exit {
+                reason: ExitReason::Reused,
+                lifetime_ms: Some(age),
+                ..
+            } => out.ages.push(*age),
+            Body::ConnectFail { refusal, .. } => {
+                *out.refusals.entry(refusal.as_str()).or_default() += 1
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn trial_json(t: &ReuseTrial) -> Value {
+    json!({
+        "reused": t.ages.len(),
+        "age_ms": spread_json(&t.ages),
+        "connect_failures": t.failures,
+        "refusals": t.refusals,
+        "tried_ms": t.tried_ms,
+    })
+}
+
+fn reuse(w: &Watch) -> Result<Claim> {
+    let delay_exists = {
+        let ns = NetNs::new()?;
+        ns.read_sysctl("net.ipv4.tcp_tw_reuse_delay").is_ok()
+    };
+    let ms = Duration::from_millis;
+    let setups: Vec<(&str, ReuseSetup)> = {
+        let mut v = vec![
+            (
+                "timestamps_off",
+                ReuseSetup {
+                    timestamps: false,
+                    mode: 1,
+                    delay_ms: delay_exists.then_some(200),
+                    veth: false,
+                    want: 1,
+                    try_for: ms(1500),
+                },
+            ),
+            (
+                "mode2_loopback",
+                ReuseSetup {
+                    timestamps: true,
+                    mode: 2,
+                    delay_ms: None,
+                    veth: false,
+                    want: 2,
+                    try_for: ms(3000),
+                },
+            ),
+            (
+                "mode2_veth",
+                ReuseSetup {
+                    timestamps: true,
+                    mode: 2,
+                    delay_ms: None,
+                    veth: true,
+                    want: 1,
+                    try_for: ms(2500),
+                },
+            ),
+        ];
+        if delay_exists {
+            for d in [200, 1000] {
+                v.push((
+                    if d == 200 {
+                        "delay_200ms"
+                    } else {
+                        "delay_1000ms"
+                    },
+                    ReuseSetup {
+                        timestamps: true,
+                        mode: 1,
+                        delay_ms: Some(d),
+                        veth: false,
+                        want: 4,
+                        try_for: ms(d + 2500),
+                    },
+                ));
+            }
+        } else {
+            v.push((
+                "timestamps_on",
+                ReuseSetup {
+                    timestamps: true,
+                    mode: 1,
+                    delay_ms: None,
+                    veth: false,
+                    want: 4,
+                    try_for: ms(4000),
+                },
+            ));
+        }
+        v
+    };
+    let results: Vec<(&str, Result<ReuseTrial>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = setups
+            .iter()
+            .map(|(name, t)| (*name, s.spawn(move || reuse_trial(w, *t))))
+            .collect();
+        hs.into_iter()
+            .map(|(n, h)| {
+                (
+                    n,
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("reuse trial {n} panicked"))),
+                )
+            })
+            .collect()
+    });
+    let mut trials: BTreeMap<&str, ReuseTrial> = BTreeMap::new();
+    for (n, r) in results {
+        trials.insert(n, r.with_context(|| format!("reuse trial {n}"))?);
+    }
+    let get = |n: &str| trials.get(n).cloned().unwrap_or_default();
+    let ts_off = get("timestamps_off");
+    let (d200, d1000) = (get("delay_200ms"), get("delay_1000ms"));
+    let ts_on_reused = if delay_exists {
+        d200.ages.len() + d1000.ages.len()
+    } else {
+        get("timestamps_on").ages.len()
+    };
+    let (lo2, veth2) = (get("mode2_loopback"), get("mode2_veth"));
+    let needs_ts = ts_on_reused > 0 && ts_off.ages.is_empty();
+    let min = |t: &ReuseTrial| t.ages.iter().min().copied();
+    // Ages come from the tracer's birth record, a few µs after the kernel's tw_entry_stamp,
+    // both in whole ms: allow 2 ms.
+    let respects = |t: &ReuseTrial, d: u64| min(t).is_some_and(|m| m + 2 >= d);
+    let delay_followed = delay_exists
+        && respects(&d200, 200)
+        && respects(&d1000, 1000)
+        && min(&d200).is_some_and(|m| m < 1000);
+    let loopback_only = !lo2.ages.is_empty() && veth2.ages.is_empty();
+    let over_1s = if delay_exists {
+        d200.ages.iter().chain(&d1000.ages).all(|a| *a >= 1000)
+    } else {
+        get("timestamps_on").ages.iter().all(|a| *a >= 1000)
+    };
+    let verdict = if !needs_ts {
+        Verdict::Refuted
+    } else if delay_followed || loopback_only {
+        Verdict::Changed
+    } else if over_1s {
+        Verdict::Confirmed
+    } else {
+        Verdict::Refuted
+    };
+    let show = |t: &ReuseTrial| match Spread::of(&t.ages) {
+        Some(s) => format!("min age {} ms (n={})", s.min, s.n),
+        None => "none".to_string(),
+    };
+    let observed = if delay_exists {
+        format!(
+            "reused with timestamps ({ts_on_reused}), never without ({} refused in {} ms); \
+             tcp_tw_reuse_delay=200 ms: {}; =1000 ms: {}; default mode 2: loopback {}, veth {} \
+             ({} refused)",
+            ts_off.failures,
+            ts_off.tried_ms,
+            show(&d200),
+            show(&d1000),
+            show(&lo2),
+            show(&veth2),
+            veth2.failures
+        )
+    } else {
+        format!(
+            "reused with timestamps: {}; without: none; mode 2: loopback {}, veth {}",
+            show(&get("timestamps_on")),
+            show(&lo2),
+            show(&veth2)
+        )
+    };
+    let mut why = Vec::new();
+    why.push(if needs_ts {
+        "reuse still needs the peer's timestamps".to_string()
+    } else if ts_on_reused == 0 {
+        "connect() never reused a TIME_WAIT socket".to_string()
+    } else {
+        "reuse happened without timestamps".to_string()
+    });
+    if delay_exists {
+        why.push(if delay_followed {
+            "the wait is tcp_tw_reuse_delay (ms, from TIME_WAIT entry), not a fixed 1 s".into()
+        } else {
+            "the minimum age did not follow tcp_tw_reuse_delay".into()
+        });
+    }
+    why.push(if loopback_only {
+        "the default tcp_tw_reuse=2 reuses only loopback sockets".into()
+    } else {
+        "mode 2 was not loopback-only here".into()
+    });
+    Ok(Claim {
+        id: ClaimId::Reuse,
+        verdict,
+        seed: ClaimId::Reuse.seed().into(),
+        measured: json!({
+            "tcp_tw_reuse_delay_exists": delay_exists,
+            "trials": trials.iter().map(|(k, v)| (k.to_string(), trial_json(v))).collect::<serde_json::Map<_, _>>(),
+        }),
+        observed,
+        explanation: why.join("; "),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. max_tw_buckets
+
+const OVERFLOW_LOG: &str = "time wait bucket table overflow";
+
+/// New kernel log records since it was opened: `/dev/kmsg` read from its end (reading
+/// clears nothing), else the difference between two `dmesg` runs.
+pub enum KernelLog {
+    Kmsg(std::fs::File),
+    Dmesg(usize),
+}
+
+/// What the kernel logs when a namespace's ip_local_port_range has ends of one parity: a
+/// harmless, namespaced way to prove the log reader sees new lines.
+const CANARY_LOG: &str = "prefer different parity";
+
+impl KernelLog {
+    /// Opens the log positioned at its end.
+    pub fn open() -> Result<KernelLog> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
+        let kmsg = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .and_then(|mut f| f.seek(SeekFrom::End(0)).map(|_| f));
+        match kmsg {
+            Ok(f) => Ok(KernelLog::Kmsg(f)),
+            Err(e) => {
+                let lines = dmesg_lines().with_context(|| {
+                    format!("the kernel log is unreadable (/dev/kmsg: {e}; dmesg)")
+                })?;
+                Ok(KernelLog::Dmesg(lines.len()))
+            }
+        }
+    }
+
+    /// The messages logged since `open` (or the last call).
+    pub fn read_new(&mut self) -> Vec<String> {
+        match self {
+            KernelLog::Kmsg(file) => read_kmsg(file),
+            KernelLog::Dmesg(seen) => {
+                let lines = dmesg_lines().unwrap_or_default();
+                let new = lines.get(*seen..).unwrap_or_default().to_vec();
+                *seen = lines.len();
+                new
+            }
+        }
+    }
+}
+
+fn read_kmsg(file: &mut std::fs::File) -> Vec<String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    // Bounded: the log holds a finite number of records.
+    for _ in 0..100_000 {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend(kmsg_message(&String::from_utf8_lossy(&buf[..n]))),
+            // EPIPE: records were overwritten while we read; go on with the next.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The message of one `/dev/kmsg` record, "prio,seq,ts,flags;message\n[continuation]".
+pub fn kmsg_message(record: &str) -> Option<String> {
+    let (_, msg) = record.split_once(';')?;
+    Some(msg.lines().next().unwrap_or("").to_string())
+}
+
+fn dmesg_lines() -> Result<Vec<String>> {
+    let out = std::process::Command::new("dmesg")
+        .output()
+        .context("running dmesg")?;
+    if !out.status.success() {
+        bail!("dmesg: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+fn max_tw_buckets(w: &Watch) -> Result<Claim> {
+    const LIMIT: usize = 5;
+    const N: usize = 30;
+    let mut log = KernelLog::open().ok();
+    let [capped, other] = w.netns_n::<2>()?;
+    if log.is_some() {
+        // The canary: one line the kernel is known to log, so that finding no overflow line
+        // means the kernel logged none, not that the reader sees nothing.
+        let canary = NetNs::new()?;
+        canary.sysctl("net.ipv4.ip_local_port_range", "40000 40002")?;
+    }
+    capped.sysctl("net.ipv4.tcp_max_tw_buckets", &LIMIT.to_string())?;
+    let default_limit: u64 = other
+        .read_sysctl("net.ipv4.tcp_max_tw_buckets")?
+        .parse()
+        .context("parsing tcp_max_tw_buckets")?;
+    let before = capped.netstat("TcpExt", "TCPTimeWaitOverflow")?;
+    let s1 = serve(
+        &capped,
+        "127.0.0.1:0".parse()?,
+        FirstCloser::Client,
+        Duration::ZERO,
+    )?;
+    let s2 = serve(
+        &other,
+        "127.0.0.1:0".parse()?,
+        FirstCloser::Client,
+        Duration::ZERO,
+    )?;
+    connect_close(w, &capped, s1.addr, N, Duration::ZERO, Close::Fin)?;
+    connect_close(w, &other, s2.addr, N, Duration::ZERO, Close::Fin)?;
+    let is_enter = |b: &Body| matches!(b, Body::Enter { .. });
+    let is_over = |b: &Body| matches!(b, Body::Overflow { .. });
+    w.wait_for(&[&capped, &other], Duration::from_secs(5), |ev| {
+        count(ev, is_enter) + count(ev, is_over) >= 2 * N
+    })?;
+    // Stragglers, if the limit were not enforced.
+    w.sleep(Duration::from_millis(300))?;
+    let ev_c = w.events(&[&capped]);
+    let ev_o = w.events(&[&other]);
+    let counter = capped.netstat("TcpExt", "TCPTimeWaitOverflow")? - before;
+    let live_c = sockstat_tw(&capped)?;
+    let live_o = sockstat_tw(&other)?;
+    let counter_o = other.netstat("TcpExt", "TCPTimeWaitOverflow")?;
+    drop(s1);
+    drop(s2);
+    let (enter_c, over_c) = (count(&ev_c, is_enter), count(&ev_c, is_over));
+    let (enter_o, over_o) = (count(&ev_o, is_enter), count(&ev_o, is_over));
+    let lines = log.as_mut().map(|l| l.read_new()).unwrap_or_default();
+    let canary_seen = lines.iter().any(|m| m.contains(CANARY_LOG));
+    let logged: Option<usize> =
+        canary_seen.then(|| lines.iter().filter(|m| m.contains(OVERFLOW_LOG)).count());
+    let held = enter_c == LIMIT
+        && over_c == N - LIMIT
+        && counter == (N - LIMIT) as u64
+        && live_c <= LIMIT as u64;
+    let per_netns = over_o == 0 && enter_o == N && counter_o == 0;
+    let verdict = if !held {
+        Verdict::Refuted
+    } else if logged.is_some_and(|n| n > 0) && !per_netns {
+        Verdict::Confirmed
+    } else {
+        Verdict::Changed
+    };
+    let log_text = match logged {
+        Some(0) => "no kernel log line".to_string(),
+        Some(n) => format!("{n} kernel log lines"),
+        None => "kernel log unreadable (the canary line never showed)".to_string(),
+    };
+    let observed = format!(
+        "limit {LIMIT}, {N} closes: {enter_c} TIME_WAIT, {over_c} overflow (TCPTimeWaitOverflow \
+         +{counter}), {live_c} live; {log_text}; another namespace (limit {default_limit}) kept \
+         all {enter_o} of {N}"
+    );
+    let explanation = if held {
+        format!(
+            "past the limit tcp_time_wait gets no timewait socket and closes at once (the count \
+             stayed at {LIMIT}, one overflow per extra close); the limit is per network \
+             namespace{}",
+            match logged {
+                Some(0) => ", and this kernel logs nothing (only the TCPTimeWaitOverflow counter)",
+                Some(_) => ", and the warning is logged",
+                None => "",
+            }
+        )
+    } else {
+        format!(
+            "with tcp_max_tw_buckets={LIMIT} the namespace got {enter_c} timewait sockets and \
+             {over_c} overflows for {N} closes: not capped at the limit"
+        )
+    };
+    Ok(Claim {
+        id: ClaimId::MaxTwBuckets,
+        verdict,
+        seed: ClaimId::MaxTwBuckets.seed().into(),
+        measured: json!({
+            "limit": LIMIT,
+            "n": N,
+            "capped_netns": {
+                "timewait": enter_c,
+                "overflow_events": over_c,
+                "TCPTimeWaitOverflow": counter,
+                "sockstat_tw": live_c,
+            },
+            "other_netns": {
+                "tcp_max_tw_buckets": default_limit,
+                "timewait": enter_o,
+                "overflow_events": over_o,
+                "TCPTimeWaitOverflow": counter_o,
+                "sockstat_tw": live_o,
+            },
+            "kernel_log_lines": logged,
+            "kernel_log_canary_seen": canary_seen,
+        }),
+        observed,
+        explanation,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. linger0
+
+fn linger0(w: &Watch) -> Result<Claim> {
+    const N: usize = 5;
+    let ns = w.netns()?;
+    let lsrv = serve(
+        &ns,
+        "127.0.0.1:0".parse()?,
+        FirstCloser::Client,
+        Duration::ZERO,
+    )?;
+    let csrv = serve(
+        &ns,
+        "127.0.0.1:0".parse()?,
+        FirstCloser::Client,
+        Duration::ZERO,
+    )?;
+    let rst0 = snmp(&ns, "OutRsts")?;
+    let abort0 = ns.netstat("TcpExt", "TCPAbortOnData")?;
+    let lingered = connect_close(w, &ns, lsrv.addr, N, Duration::ZERO, Close::Linger0)?;
+    // Give any FIN exchange time to happen before counting.
+    w.sleep(Duration::from_millis(200))?;
+    let rsts = snmp(&ns, "OutRsts")? - rst0;
+    let aborts_counter = ns.netstat("TcpExt", "TCPAbortOnData")? - abort0;
+    // The control: the same connections closed normally do leave TIME_WAIT behind, so a zero
+    // above is the socket option's doing, not the tracer's blindness.
+    let control = connect_close(w, &ns, csrv.addr, N, Duration::ZERO, Close::Fin)?;
+    w.wait_for(&[&ns], Duration::from_secs(5), |ev| {
+        let l = lives(ev);
+        l.iter().filter(|l| control.contains(&l.local)).count() >= N
+            && count(ev, |b| matches!(b, Body::Abort { .. })) >= N
+    })?;
+    // Stragglers (a late TIME_WAIT would refute the claim).
+    w.sleep(Duration::from_millis(200))?;
+    let ev = w.events(&[&ns]);
+    drop(lsrv);
+    drop(csrv);
+    let lv = lives(&ev);
+    // Either side: the client's socket has the lingered address as local, the server's as
+    // remote.
+    let tw_linger = lv
+        .iter()
+        .filter(|l| lingered.contains(&l.local) || lingered.contains(&l.remote))
+        .count();
+    let tw_control = lv.iter().filter(|l| control.contains(&l.local)).count();
+    let abort_events = ev
+        .iter()
+        .filter(
+            |e| matches!(&e.body, Body::Abort { sock, .. } if lingered.contains(&addr(sock, true))),
+        )
+        .count();
+    if tw_control < N {
+        bail!(
+            "the control connections left {tw_control} of {N} TIME_WAIT sockets in view: the \
+             tracer does not see this namespace's timewait sockets"
+        );
+    }
+    let verdict = if tw_linger == 0 && abort_events == N && rsts >= N as u64 {
+        Verdict::Confirmed
+    } else {
+        Verdict::Refuted
+    };
+    let observed = format!(
+        "{N} closes with SO_LINGER {{1,0}}: {abort_events} resets (OutRsts +{rsts}, \
+         TCPAbortOnData +{aborts_counter}), {tw_linger} TIME_WAIT on either side; {N} plain \
+         closes: {tw_control} TIME_WAIT"
+    );
+    let explanation = if verdict == Verdict::Confirmed {
+        "close() with a zero linger time calls tcp_disconnect: an RST at once and no timewait \
+         socket on either side, even with no unread data (the blog's FIN close is not what \
+         this kernel does)"
+            .to_string()
+    } else {
+        "SO_LINGER {1,0} did not reset every connection without TIME_WAIT (see figures)".into()
+    };
+    Ok(Claim {
+        id: ClaimId::Linger0,
+        verdict,
+        seed: ClaimId::Linger0.seed().into(),
+        measured: json!({
+            "n": N,
+            "abort_events": abort_events,
+            "timewait_linger0": tw_linger,
+            "OutRsts": rsts,
+            "TCPAbortOnData": aborts_counter,
+            "control_timewait": tw_control,
+        }),
+        observed,
+        explanation,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. port_exhaustion
+
+/// What the arithmetic says for `attempts` connections at `rate`/s from `ports` ephemeral
+/// ports whose TIME_WAIT holds each for `hold_ms` (60 s, or `tcp_tw_reuse_delay` with reuse):
+/// a port comes back after `hold_ms`, so within the run at most `ports × (1 + runtime/hold)`
+/// connections succeed.
+pub fn predicted_successes(ports: u64, attempts: u64, rate_per_s: u64, hold_ms: u64) -> u64 {
+    let mut ok = 0u64;
+    // Free-again times (ms) of the ports in use, simulated attempt by attempt.
+    let mut busy_until: Vec<u64> = Vec::new();
+    for k in 0..attempts {
+        let t = k * 1000 / rate_per_s;
+        busy_until.retain(|u| *u >= t);
+        if (busy_until.len() as u64) < ports {
+            busy_until.push(t + hold_ms);
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[derive(Clone, Debug, Default)]
+struct Exhaustion {
+    ok: usize,
+    failed: usize,
+    other_errors: usize,
+    first_failure: Option<usize>,
+    refusals: BTreeMap<&'static str, usize>,
+}
+
+fn exhaust(
+    w: &Watch,
+    reuse_delay_ms: Option<u64>,
+    ports: u16,
+    rate: u64,
+    attempts: usize,
+) -> Result<Exhaustion> {
+    let ns = w.netns()?;
+    match reuse_delay_ms {
+        Some(d) => {
+            ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+            ns.sysctl("net.ipv4.tcp_tw_reuse_delay", &d.to_string())?;
+        }
+        None => ns.sysctl("net.ipv4.tcp_tw_reuse", "0")?,
+    }
+    ns.sysctl(
+        "net.ipv4.ip_local_port_range",
+        &format!("40000 {}", 40000 + ports - 1),
+    )?;
+    let dst = SocketAddr::from(([127, 0, 0, 1], SERVICE_PORT));
+    let server = serve(&ns, dst, FirstCloser::Client, Duration::ZERO)?;
+    let cancel = w.cancel_flag();
+    let outcomes = ns.run(move || -> Result<Vec<Option<i32>>> {
+        let t0 = Instant::now();
+        let mut out = Vec::with_capacity(attempts);
+        for k in 0..attempts {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Interrupted.into());
+            }
+            let at = t0 + Duration::from_millis(k as u64 * 1000 / rate);
+            if let Some(d) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            match TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
+                Ok(s) => {
+                    drop(s);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(e.raw_os_error().unwrap_or(0))),
+            }
+        }
+        Ok(out)
+    })??;
+    let failed = outcomes
+        .iter()
+        .filter(|o| **o == Some(libc::EADDRNOTAVAIL))
+        .count();
+    let ev = w.wait_for(&[&ns], Duration::from_secs(3), |ev| {
+        count(ev, |b| matches!(b, Body::ConnectFail { .. })) >= failed
+    })?;
+    drop(server);
+    let mut r = Exhaustion {
+        ok: outcomes.iter().filter(|o| o.is_none()).count(),
+        failed,
+        other_errors: outcomes.len() - failed - outcomes.iter().filter(|o| o.is_none()).count(),
+        first_failure: outcomes.iter().position(|o| o.is_some()),
+        ..Default::default()
+    };
+    for e in &ev {
+        if let Body::ConnectFail { refusal, .. } = &e.body {
+            *r.refusals.entry(refusal.as_str()).or_default() += 1;
+        }
+    }
+    Ok(r)
+}
+
+/// `ip_local_port_range` text ("32768\t60999") as an inclusive pair.
+pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(|v| v.parse::<u16>());
+    match (it.next(), it.next(), it.next()) {
+        (Some(Ok(a)), Some(Ok(b)), None) if a <= b => Some((a, b)),
+        _ => None,
+    }
+}
+
+fn port_exhaustion(w: &Watch) -> Result<Claim> {
+    const PORTS: u16 = 10;
+    const RATE: u64 = 10;
+    const ATTEMPTS: usize = 30;
+    const REUSE_DELAY_MS: u64 = 500;
+    let default_range = {
+        let ns = NetNs::new()?;
+        parse_port_range(&ns.read_sysctl("net.ipv4.ip_local_port_range")?)
+    };
+    let (plain, reused) = std::thread::scope(|s| {
+        let a = s.spawn(|| exhaust(w, None, PORTS, RATE, ATTEMPTS));
+        let b = s.spawn(|| exhaust(w, Some(REUSE_DELAY_MS), PORTS, RATE, ATTEMPTS));
+        (
+            a.join()
+                .unwrap_or_else(|_| Err(anyhow!("workload panicked"))),
+            b.join()
+                .unwrap_or_else(|_| Err(anyhow!("workload panicked"))),
+        )
+    });
+    let (plain, reused) = (plain?, reused?);
+    let n = ATTEMPTS as u64;
+    let p = PORTS as u64;
+    let pred_plain = predicted_successes(p, n, RATE, TIMEWAIT_MS);
+    let pred_reuse = predicted_successes(p, n, RATE, REUSE_DELAY_MS);
+    let plain_ok = plain.ok as u64 == pred_plain
+        && plain.failed as u64 == n - pred_plain
+        && plain.other_errors == 0;
+    let reuse_ok = reused.ok as u64 == pred_reuse && reused.other_errors == 0;
+    let verdict = if plain_ok {
+        Verdict::Confirmed
+    } else {
+        Verdict::Refuted
+    };
+    let default_ports = default_range.map(|(a, b)| b as u64 + 1 - a as u64);
+    let observed = format!(
+        "{PORTS} ports, {RATE} conn/s × {ATTEMPTS}: {} connected, {} EADDRNOTAVAIL from attempt \
+         #{} (predicted {pred_plain} / {}); with tw_reuse (delay {REUSE_DELAY_MS} ms): {} \
+         connected, {} failed (predicted {pred_reuse} / {})",
+        plain.ok,
+        plain.failed,
+        plain.first_failure.map(|i| i + 1).unwrap_or(0),
+        n - pred_plain,
+        reused.ok,
+        reused.failed,
+        n - pred_reuse
+    );
+    let explanation = format!(
+        "{}; a port is held 60 s by TIME_WAIT, so {RATE}/s × 60 s = {} > {PORTS} ports runs out \
+         after {PORTS} connections{}; {}",
+        if plain_ok {
+            "connect() failed exactly as the arithmetic predicts"
+        } else {
+            "connect() did not fail as the arithmetic predicts"
+        },
+        RATE * 60,
+        default_ports
+            .map(|d| format!(
+                " (the default {d} ports sustain {} conn/s)",
+                d * 1000 / TIMEWAIT_MS
+            ))
+            .unwrap_or_default(),
+        if reuse_ok {
+            format!(
+                "tcp_tw_reuse shortens the hold to tcp_tw_reuse_delay, raising the limit to \
+                 {PORTS} ports / {} = {} conn/s",
+                fmt_s(REUSE_DELAY_MS),
+                p * 1000 / REUSE_DELAY_MS
+            )
+        } else {
+            "tcp_tw_reuse did not change it as predicted".to_string()
+        }
+    );
+    let side = |e: &Exhaustion, pred: u64| {
+        json!({
+            "connected": e.ok,
+            "eaddrnotavail": e.failed,
+            "other_errors": e.other_errors,
+            "first_failure_attempt": e.first_failure.map(|i| i + 1),
+            "predicted_connected": pred,
+            "tracer_refusals": e.refusals,
+        })
+    };
+    Ok(Claim {
+        id: ClaimId::PortExhaustion,
+        verdict,
+        seed: ClaimId::PortExhaustion.seed().into(),
+        measured: json!({
+            "n": ATTEMPTS,
+            "ports": PORTS,
+            "rate_per_s": RATE,
+            "no_reuse": side(&plain, pred_plain),
+            "tw_reuse": {
+                "tcp_tw_reuse_delay_ms": REUSE_DELAY_MS,
+                "result": side(&reused, pred_reuse),
+            },
+            "default_port_range": default_range.map(|(a, b)| [a, b]),
+            "default_sustainable_per_s": default_ports.map(|d| d * 1000 / TIMEWAIT_MS),
+        }),
+        observed,
+        explanation,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+/// The human table: claim · blog says · this kernel did · verdict · explanation, wrapped to
+/// `width` columns.
+pub fn render_table(r: &Report, width: usize) -> String {
+    let width = width.max(100);
+    let fixed = [16usize, 0, 0, 15, 0];
+    let flexible = width - fixed[0] - fixed[3] - 4 * 3;
+    let cols = [
+        fixed[0],
+        flexible * 25 / 100,
+        flexible * 40 / 100,
+        fixed[3],
+        flexible - flexible * 25 / 100 - flexible * 40 / 100,
+    ];
+    let mut out = String::new();
+    let header = [
+        "CLAIM",
+        "BLOG SAYS",
+        "THIS KERNEL DID",
+        "VERDICT",
+        "EXPLANATION",
+    ];
+    let row = |cells: [&str; 5], out: &mut String| {
+        let wrapped: Vec<Vec<String>> = cells.iter().zip(cols).map(|(c, w)| wrap(c, w)).collect();
+        let lines = wrapped.iter().map(|w| w.len()).max().unwrap_or(1);
+        for i in 0..lines {
+            let mut line = String::new();
+            for (j, w) in wrapped.iter().enumerate() {
+                let cell = w.get(i).map(String::as_str).unwrap_or("");
+                if j + 1 == wrapped.len() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<width$} │ ", width = cols[j]);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    };
+    row(header, &mut out);
+    let rule: String = cols
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let mut s = "─".repeat(*w + if i == 0 { 1 } else { 2 });
+            if i + 1 < cols.len() {
+                s.push('┼');
+            }
+            s
+        })
+        .collect();
+    for c in &r.claims {
+        out.push_str(&rule);
+        out.push('\n');
+        row(
+            [
+                c.id.as_str(),
+                &c.seed,
+                &c.observed,
+                c.verdict.as_str(),
+                &c.explanation,
+            ],
+            &mut out,
+        );
+    }
+    out
+}
+
+/// Greedy word wrap to `width` characters (long words are split).
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        loop {
+            let cur_len = cur.chars().count();
+            let need = if cur.is_empty() {
+                word.len()
+            } else {
+                cur_len + 1 + word.len()
+            };
+            if need <= width {
+                if !cur.is_empty() {
+                    cur.push(' ');
+                }
+                cur.extend(word.iter());
+                break;
+            }
+            if !cur.is_empty() {
+                lines.push(std::mem::take(&mut cur));
+                continue;
+            }
+            let rest = word.split_off(width);
+            lines.push(word.iter().collect());
+            word = rest;
+        }
+    }
+    if !cur.is_empty() || lines.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wheel_levels() {
+        // 60 s at HZ=250 is 15000 jiffies: level 3, 512-jiffy buckets (2.048 s).
+        assert_eq!(wheel_granularity_jiffies(15000, 250), 512);
+        // At HZ=1000 it is 60000 jiffies: level 4, 4096 jiffies.
+        assert_eq!(wheel_granularity_jiffies(60000, 1000), 4096);
+        assert_eq!(wheel_granularity_jiffies(62, 250), 1);
+        assert_eq!(wheel_granularity_jiffies(63, 250), 8);
+        assert_eq!(wheel_granularity_jiffies(750, 250), 64);
+        let w = Wheel {
+            hz: 250,
+            hz_known: true,
+        };
+        assert_eq!(w.granularity_ms(60_000), 2048);
+        assert_eq!(w.level(60_000), 3);
+        assert!(w.within(60_000, 60_000));
+        assert!(w.within(60_000, 62_048));
+        assert!(!w.within(60_000, 59_000));
+        assert!(!w.within(60_000, 62_500));
+        assert!(w.within(60_000, 62_048 + 4 + SOFTIRQ_SLACK_MS));
+    }
+
+    #[test]
+    fn spreads() {
+        let s = Spread::of(&[5, 1, 3, 2]).unwrap();
+        assert_eq!((s.n, s.min, s.median, s.max), (4, 1, 2, 5));
+        assert_eq!(Spread::of(&[7]).unwrap().median, 7);
+        assert!(Spread::of(&[]).is_none());
+        assert_eq!(fmt_s(61_953), "61.95 s");
+    }
+
+    #[test]
+    fn rto_floor_like_the_kernel() {
+        // 200 ms at HZ=250 = 50 jiffies → 200 - 25 = 175 jiffies = 700 ms.
+        assert_eq!(rto_floor_ms(200_000, 250), 700);
+        assert_eq!(rto_floor_ms(1_000_000, 250), 3500);
+    }
+
+    #[test]
+    fn port_arithmetic() {
+        // No reuse: 10 ports, 60 s hold, 30 attempts at 10/s → 10 succeed.
+        assert_eq!(predicted_successes(10, 30, 10, 60_000), 10);
+        // Reuse after 500 ms: a port comes back before it is needed again.
+        assert_eq!(predicted_successes(10, 30, 10, 500), 30);
+        // Reuse after 2 s: 10 ports cover 1 s of attempts; a port comes back only strictly
+        // after its 2 s, so t=2.0 s fails and t=2.1–2.9 s succeed.
+        assert_eq!(predicted_successes(10, 30, 10, 2000), 19);
+        assert_eq!(predicted_successes(10, 5, 10, 60_000), 5);
+    }
+
+    #[test]
+    fn claim_ids_round_trip() {
+        for c in ClaimId::ALL {
+            assert_eq!(c.as_str().parse::<ClaimId>().unwrap(), c);
+        }
+        assert!("nope".parse::<ClaimId>().is_err());
+    }
+
+    #[test]
+    fn kmsg_records() {
+        assert_eq!(
+            kmsg_message("4,1234,5678,-;TCP: time wait bucket table overflow\n SUBSYSTEM=x\n")
+                .as_deref(),
+            Some("TCP: time wait bucket table overflow")
+        );
+        assert_eq!(kmsg_message("garbage"), None);
+    }
+
+    #[test]
+    fn sockstat_tw() {
+        let t = "sockets: used 5\nTCP: inuse 1 orphan 0 tw 17 alloc 2 mem 0\nUDP: inuse 0\n";
+        assert_eq!(parse_sockstat_tw(t), Some(17));
+        assert_eq!(parse_sockstat_tw("TCP: inuse 1\n"), None);
+    }
+
+    #[test]
+    fn wrapping() {
+        assert_eq!(wrap("a bb ccc", 4), vec!["a bb", "ccc"]);
+        assert_eq!(wrap("abcdefgh", 3), vec!["abc", "def", "gh"]);
+        assert_eq!(wrap("", 3), vec![""]);
+    }
+
+    #[test]
+    fn table_has_every_claim() {
+        let r = Report {
+            claims: vec![Claim {
+                id: ClaimId::Linger0,
+                verdict: Verdict::Confirmed,
+                seed: "s".into(),
+                measured: json!({"n": 1}),
+                observed: "o".into(),
+                explanation: "e".into(),
+            }],
+        };
+        let t = render_table(&r, 120);
+        assert!(t.starts_with("CLAIM"));
+        assert!(t.contains("linger0") && t.contains("confirmed"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["claims"][0]["id"], "linger0");
+        assert_eq!(v["claims"][0]["verdict"], "confirmed");
+    }
+}
