@@ -96,3 +96,55 @@ pub fn count_kind(ev: &[Event], kind: &str) -> usize {
 
 /// Generous bound for things the kernel does within milliseconds.
 pub const SOON: Duration = Duration::from_secs(10);
+
+/// What the running kernel offers, probed rather than inferred from its version: the tests
+/// assert the same results on every kernel and check kernel-specific details only where the
+/// kernel has them.
+pub mod kernel {
+    use std::io::Write;
+    use std::path::Path;
+    use twtrace::btf::{KernelBtf, VMLINUX};
+
+    /// Whether the sysctl `key` (e.g. `net.ipv4.tcp_tw_reuse_delay`, new in Linux 6.13) exists.
+    /// Network sysctls exist in every namespace alike, so the test's own namespace answers.
+    pub fn has_sysctl(key: &str) -> bool {
+        Path::new("/proc/sys").join(key.replace('.', "/")).exists()
+    }
+
+    /// Whether `struct strukt` has member `field` in the running kernel's BTF.
+    pub fn has_field(strukt: &str, field: &str) -> bool {
+        KernelBtf::open(Path::new(VMLINUX))
+            .and_then(|b| b.try_offset(strukt, field))
+            .is_ok_and(|o| o.is_some())
+    }
+
+    /// Whether timewait sockets carry `tw_entry_stamp` (the reuse delay's reference, new in
+    /// Linux 6.13): without it, twtrace cannot tell a pre-existing socket's age.
+    pub fn has_tw_entry_stamp() -> bool {
+        has_field("inet_timewait_sock", "tw_entry_stamp")
+            || has_field("tcp_timewait_sock", "tw_entry_stamp")
+    }
+
+    /// Says on stderr, past libtest's capture so that it shows in every run, that (part of)
+    /// `test` does not apply to this kernel and why. `cargo xtask vm-test` collects these lines.
+    pub fn skip(test: &str, why: &str) {
+        let _ = writeln!(std::io::stderr(), "twtrace-tests: SKIP {test}: {why}");
+    }
+
+    /// Says on stderr that one check of `test` does not apply to this kernel (the rest ran).
+    pub fn partial(test: &str, why: &str) {
+        let _ = writeln!(std::io::stderr(), "twtrace-tests: PARTIAL {test}: {why}");
+    }
+
+    /// CLOCK_MONOTONIC as (seconds, nanoseconds): the clock of `ktime_get_seconds()`, which
+    /// kernels before 6.13 use for the reuse rule.
+    pub fn monotonic() -> (u64, u32) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+}

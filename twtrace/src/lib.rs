@@ -14,6 +14,7 @@ pub mod kallsyms;
 pub mod lab;
 pub mod lifecycle;
 pub mod loader;
+pub mod loadgen;
 pub mod netns;
 pub mod output;
 pub mod snapshot;

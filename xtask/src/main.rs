@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod bench;
 mod fuzz;
 
 #[derive(Parser)]
@@ -28,6 +29,18 @@ enum Cmd {
     Build,
     /// Build, then run twtrace as root with the given arguments.
     Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure twtrace's cost and lossless rate beside peer tools (root; see docs/performance.md).
+    Bench {
+        /// The short version (under 5 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Write every figure to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// More arguments for twtrace-bench (e.g. `--only overhead --rounds 9`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -78,6 +91,9 @@ fn main() {
         Cmd::Run { args } => setup().and_then(|_| build()).and_then(|_| run(&args)),
         Cmd::Test { args } => setup().and_then(|_| test(&args)),
         Cmd::Fuzz { seconds } => fuzz::run(&root_dir(), seconds),
+        Cmd::Bench { quick, json, args } => {
+            setup().and_then(|_| bench::run(quick, json.as_deref(), &args))
+        }
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");

@@ -1,0 +1,94 @@
+//! `cargo xtask bench [--quick] [--json FILE] [-- ARGS]`: builds the release binaries and runs
+//! `twtrace-bench` (a binary of the twtrace package: xtask itself must not depend on the twtrace
+//! library, whose build needs the toolchain `setup` installs).
+//!
+//! Hook-up in main.rs:
+//! ```ignore
+//! mod bench;
+//! /// Measure twtrace's cost and lossless rate beside peer tools (root; see docs/performance.md).
+//! Bench {
+//!     /// The short version (under 5 minutes).
+//!     #[arg(long)]
+//!     quick: bool,
+//!     /// Write every figure to FILE as JSON.
+//!     #[arg(long, value_name = "FILE")]
+//!     json: Option<PathBuf>,
+//!     /// More arguments for twtrace-bench (e.g. `--only overhead --rounds 9`).
+//!     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+//!     args: Vec<String>,
+//! },
+//! // …
+//! Cmd::Bench { quick, json, args } => setup().and_then(|_| bench::run(quick, json.as_deref(), &args)),
+//! ```
+
+use super::{cargo, installed, is_root, root_dir, sh};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Peer tools the bench measures twtrace against, with the command each package provides.
+/// Missing ones are installed if possible; the bench skips (with a note) what still is not.
+const PEER_PACKAGES: &[(&str, &str)] = &[
+    ("bpftrace", "bpftrace: a tcpstates-like one-liner"),
+    ("libbpf-tools", "tcpstates"),
+    ("bpftool", "tells when a peer tool is attached"),
+];
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_relative() {
+                root_dir().join(p)
+            } else {
+                p
+            }
+        })
+        .unwrap_or_else(|| root_dir().join("target"))
+}
+
+pub fn run(quick: bool, json: Option<&Path>, extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the bench loads eBPF programs and creates network namespaces: run it as root \
+             (sudo -E cargo xtask bench)"
+        );
+    }
+    let missing: Vec<&str> = PEER_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "xtask: installing the peer tools the bench compares with: {}",
+            missing.join(" ")
+        );
+        let ok = sh(Command::new("apt-get").args(["update", "-q"])).and_then(|_| {
+            sh(Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        });
+        if let Err(e) = ok {
+            eprintln!("xtask: could not install them ({e:#}); the bench will skip those tools");
+        }
+    }
+    sh(cargo().args(["build", "--release", "-p", "twtrace", "--bins"]))?;
+    let bin = target_dir().join("release/twtrace-bench");
+    let mut cmd = Command::new(&bin);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if let Some(j) = json {
+        cmd.arg("--json").arg(j);
+    }
+    cmd.args(extra);
+    let st = cmd
+        .status()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !st.success() {
+        bail!("twtrace-bench failed ({st})");
+    }
+    Ok(())
+}
