@@ -15,6 +15,7 @@ pub mod lab;
 pub mod lifecycle;
 pub mod loader;
 pub mod loadgen;
+pub mod metrics;
 pub mod netns;
 pub mod output;
 pub mod snapshot;

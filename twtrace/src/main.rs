@@ -44,6 +44,9 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
     /// Self-contained network labs in private namespaces (`lab nat`: TIME_WAIT behind NAT).
     Lab(cmd::lab::LabArgs),
+    /// Trace headless and serve Prometheus metrics on /metrics (and /healthz), loopback by
+    /// default: the fleet front end of the same aggregation as the live view and `report`.
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Some(Command::Report(a)) => cmd::report::run(a),
         Some(Command::Verify(a)) => cmd::verify::run(a),
         Some(Command::Lab(a)) => cmd::lab::run(a),
+        Some(Command::Serve(a)) => cmd::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

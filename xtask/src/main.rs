@@ -79,6 +79,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "the masquerading router of `twtrace lab nat` (nft)",
     ),
+    (
+        "prometheus",
+        "the real Prometheus server (and promtool) the `twtrace serve` tests scrape with",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -5,4 +5,5 @@ pub mod lab;
 pub mod live;
 pub mod record;
 pub mod report;
+pub mod serve;
 pub mod verify;
