@@ -308,23 +308,8 @@ fn run_view(args: &LiveArgs) -> Result<()> {
             }
             if Instant::now() >= next_census {
                 next_census = Instant::now() + CENSUS_EVERY;
-                // Events polled so far are older than this; later ones update the census.
-                let at = sysinfo::monotonic_ns();
-                match tracer.census() {
-                    Ok(mut c) => {
-                        c.retain(|c| filter.netns.is_empty() || filter.netns.contains(&c.netns));
-                        agg.set_census(at, &c);
-                        for c in &c {
-                            // Namespaces without traffic get their sysctls here; the tracer
-                            // reports them for the others with `netns` events.
-                            let ns = c.netns as u32;
-                            if agg.context(ns).is_none_or(|s| s.port_range.is_none()) {
-                                if let Some(s) = sysctls.observe(ns) {
-                                    agg.set_context(ns, s);
-                                }
-                            }
-                        }
-                    }
+                match super::resync_census(&mut tracer, &mut agg, &filter, &mut sysctls) {
+                    Ok(()) => {}
                     Err(e) => {
                         // No iterator on this kernel: the census comes from events only.
                         census_note = Some(format!("{e:#}"));

@@ -237,23 +237,8 @@ fn trace_loop(
         }
         if census_ok && Instant::now() >= next_census {
             next_census = Instant::now() + CENSUS_EVERY;
-            // Events polled so far are older than this; later ones update the census.
-            let at = sysinfo::monotonic_ns();
-            match tracer.census() {
-                Ok(mut c) => {
-                    c.retain(|c| filter.netns.is_empty() || filter.netns.contains(&c.netns));
-                    agg.set_census(at, &c);
-                    for c in &c {
-                        // Namespaces without traffic get their sysctls here; the tracer
-                        // reports the others' with `netns` events.
-                        let ns = c.netns as u32;
-                        if agg.context(ns).is_none_or(|s| s.port_range.is_none()) {
-                            if let Some(s) = sysctls.observe(ns) {
-                                agg.set_context(ns, s);
-                            }
-                        }
-                    }
-                }
+            match super::resync_census(&mut tracer, &mut agg, &filter, &mut sysctls) {
+                Ok(()) => {}
                 Err(e) => {
                     // No iterator on this kernel: the gauges come from events only.
                     eprintln!("twtrace serve: warning: no state census ({e:#}); TIME_WAIT counts come from events only");
