@@ -392,7 +392,7 @@ impl Event {
                     );
                 }
                 Body::Netns { netns, sysctls } => {
-                    let _ = write!(out, "{hms:<15} {netns:<10} netns   {}", sysctls.summary());
+                    let _ = write!(out, "{hms:<15} {netns:<10} netns        {}", sysctls.summary());
                 }
                 _ => {}
             }
@@ -466,7 +466,7 @@ impl Event {
         };
         let _ = write!(
             out,
-            "{hms:<15} {:<10} {:<7} {:<9} {:<22} {:<22} {:<24} {:>7} {}",
+            "{hms:<15} {:<10} {:<12} {:<9} {:<22} {:<22} {:<24} {:>7} {}",
             s.netns,
             self.kind(),
             substate,
@@ -479,7 +479,7 @@ impl Event {
     }
 }
 
-pub const LINE_HEADER: &str = "TIME(UTC)       NETNS      EVENT   SUBSTATE  LOCAL                  REMOTE                 DETAIL                       PID COMM";
+pub const LINE_HEADER: &str = "TIME(UTC)       NETNS      EVENT        SUBSTATE  LOCAL                  REMOTE                 DETAIL                       PID COMM";
 
 pub fn errno_name(errno: i32) -> &'static str {
     match errno {
