@@ -229,8 +229,6 @@ pub struct Loaded {
     pub btf: Btf,
     pub config: Config,
     pub hooks: Vec<HookStatus>,
-    /// Names of `enum sk_rst_reason` values, for abort events.
-    pub rst_reasons: Vec<(String, i64)>,
 }
 
 /// Pre-flight, resolve, load and attach. `ring_bytes` sizes the event ring buffer (a power of
@@ -253,6 +251,9 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
     };
     let config =
         resolve_config(&kbtf, symbols).context("resolving kernel structure offsets from BTF")?;
+    // Free our parse of the kernel BTF before aya makes its own: both at once were most of
+    // the start-up memory peak.
+    drop(kbtf);
     let btf = Btf::from_sys_fs().context("loading kernel BTF for tp_btf programs")?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
@@ -277,13 +278,11 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             result,
         });
     }
-    let rst_reasons = kbtf.enum_members("sk_rst_reason");
     Ok(Loaded {
         ebpf,
         btf,
         config,
         hooks,
-        rst_reasons,
     })
 }
 
