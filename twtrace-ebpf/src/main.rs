@@ -10,6 +10,8 @@
 #![no_std]
 #![no_main]
 
+mod fnhooks;
+
 use aya_ebpf::{
     bindings::seq_file,
     helpers::{
@@ -328,7 +330,9 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
         } else if k == kind::TIMER_CANCEL {
             (*r).flags |= cancel_flags(&cfg, tw, &*r);
             remember(LAST_CANCEL, tw, &*r);
-            let _ = DETACHED.insert(&tw, &(*r).ts_ns, 0);
+            // Copied out first: 6.1 refuses ring-buffer memory as a map value.
+            let ts = (*r).ts_ns;
+            let _ = DETACHED.insert(&tw, &ts, 0);
         }
         entry.submit(wakeup_flags());
     }

@@ -392,7 +392,11 @@ impl Event {
                     );
                 }
                 Body::Netns { netns, sysctls } => {
-                    let _ = write!(out, "{hms:<15} {netns:<10} netns        {}", sysctls.summary());
+                    let _ = write!(
+                        out,
+                        "{hms:<15} {netns:<10} netns        {}",
+                        sysctls.summary()
+                    );
                 }
                 _ => {}
             }

@@ -9,6 +9,7 @@ pub mod btf;
 pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod fnsig;
 pub mod forecast;
 pub mod kallsyms;
 pub mod lab;

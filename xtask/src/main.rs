@@ -13,6 +13,7 @@ use std::process::Command;
 
 mod bench;
 mod fuzz;
+mod vmtest;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -56,6 +57,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the integration tests on stock Debian kernels under QEMU (nothing installed).
+    VmTest(vmtest::VmArgs),
 }
 
 /// Debian packages the build and the tests need, with why.
@@ -98,6 +101,7 @@ fn main() {
         Cmd::Bench { quick, json, args } => {
             setup().and_then(|_| bench::run(quick, json.as_deref(), &args))
         }
+        Cmd::VmTest(a) => vmtest::run(a),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");
