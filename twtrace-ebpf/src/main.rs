@@ -2,8 +2,10 @@
 //!
 //! One program per hook, each short: filter first (a timer is only interesting when its
 //! `function` is `tw_timer_handler`), then write one fixed-size record in place into the ring
-//! buffer. Deciding what a record means (birth, re-arm, expiry, early death) is userspace's
-//! job (`twtrace::lifecycle`), where it can be unit-tested.
+//! buffer. The kernel side only correlates what must be seen in the moment (per-CPU last
+//! birth/detach, per-task connect(), detached timers) and flags records with it; deciding what
+//! a record means (birth, re-arm, expiry, each death reason) is userspace's job
+//! (`twtrace::lifecycle`), where it is unit-tested. docs/lifecycle.md lists the evidence.
 //!
 //! No structure layout is compiled in: every offset comes from `CONFIG`, which userspace fills
 //! from the running kernel's BTF before loading.

@@ -25,6 +25,19 @@ impl Sock {
         }
     }
 
+    /// An IPv4 socket from four-byte addresses (tests and synthetic traces).
+    pub fn v4(tw: u64, netns: u32, l: [u8; 4], lport: u16, r: [u8; 4], rport: u16) -> Sock {
+        let ip = |a: [u8; 4]| IpAddr::V4(Ipv4Addr::from(a));
+        Sock {
+            tw,
+            netns,
+            laddr: ip(l),
+            lport,
+            raddr: ip(r),
+            rport,
+        }
+    }
+
     pub fn from_raw(
         tw: u64,
         netns: u32,

@@ -779,11 +779,7 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn sock(tw: u64, netns: u32, l: [u8; 4], lport: u16, r: [u8; 4], rport: u16) -> Sock {
-        let mut la = [0u8; 16];
-        la[..4].copy_from_slice(&l);
-        let mut ra = [0u8; 16];
-        ra[..4].copy_from_slice(&r);
-        Sock::from_raw(tw, netns, 2, la, lport, ra, rport)
+        Sock::v4(tw, netns, l, lport, r, rport)
     }
 
     fn client(tw: u64, lport: u16) -> Sock {
