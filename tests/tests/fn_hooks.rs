@@ -2,24 +2,21 @@
 //! allows it: every reuse decision, refusals included, with the timewait socket it was about,
 //! and every timewait socket that could not be allocated.
 //!
-//! The tier is not wired into the tracer yet: these tests load the object with the regular
-//! loader, attach the function hooks through `twtrace::fnsig` (signature check first) and read
-//! the raw records. Kernels that refuse fentry/fexit (the development host) skip, saying so.
+//! These tests load the object with the regular loader (which checks each hook's signature and
+//! attaches the tier) and read the raw records; `reasons.rs` checks what the lifecycle makes of
+//! them. Kernels that refuse fentry/fexit (the development host) skip, saying so.
 
 use aya::maps::{MapData, RingBuf};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
-use twtrace::fnsig;
 use twtrace::loader::Loaded;
 use twtrace::netns::NetNs;
 use twtrace::workload::{connect_many, serve, FirstCloser};
-use twtrace_common::{kind, TwRecord};
+use twtrace_common::{flags, kind, TwRecord, UNIQUE_TWP};
 use twtrace_tests::kernel;
 
-/// Record kinds of the function-hook tier (twtrace-ebpf/src/fnhooks.rs).
-const TW_UNIQUE: u8 = 13;
-const TW_ALLOC_FAIL: u8 = 14;
-const UNIQUE_TWP: u16 = 1;
+const TW_UNIQUE: u8 = kind::TW_UNIQUE;
+const TW_ALLOC_FAIL: u8 = kind::TW_ALLOC_FAIL;
 
 const SERVICE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
 
@@ -29,20 +26,19 @@ struct Tier {
     records: Vec<TwRecord>,
 }
 
-/// Loads twtrace and attaches the function hooks, or says why this kernel cannot have them.
+/// Loads twtrace (which attaches the function hooks where the kernel allows them), or says why
+/// this kernel cannot have them.
 fn start(test: &str) -> Option<Tier> {
     let mut loaded = twtrace::loader::load(1 << 22).expect("loading twtrace");
-    let kbtf = fnsig::open_kernel_btf().unwrap();
-    let status = fnsig::attach_all(&mut loaded.ebpf, &loaded.btf, &kbtf);
-    for s in &status {
-        if let Err(e) = &s.result {
+    for h in loaded.hooks.iter().filter(|h| h.is_fn_tier()) {
+        if let Err(e) = &h.result {
             // EPERM from BPF_PROG_LOAD for any fexit program: the kernel does not allow the
             // tier (no BPF trampolines, or a lockdown). Anything else is ours to fix.
             if e.contains("Operation not permitted") {
                 kernel::skip(test, &format!("this kernel refuses fexit programs: {e}"));
                 return None;
             }
-            panic!("{}", s.report_line());
+            panic!("{}", h.report_line());
         }
     }
     let map = loaded.ebpf.take_map("EVENTS").expect("EVENTS map");
@@ -153,6 +149,7 @@ fn fn_hooks_see_every_reuse_decision() {
     });
     let decisions: Vec<&TwRecord> = recs.iter().filter(|r| in_ns(r, &ns, TW_UNIQUE)).collect();
     for d in &decisions {
+        assert_eq!(d.aux, 1, "only take-overs are sent: {d:?}");
         assert_eq!(d.pid, pid, "the connecting process: {d:?}");
         assert_eq!(
             d.aux2 & UNIQUE_TWP,
@@ -163,24 +160,37 @@ fn fn_hooks_see_every_reuse_decision() {
         assert!(locals.iter().any(|l| l.port() == d.lport), "{d:?}");
         assert_ne!(d.ts_recent_stamp, 0, "the peer sent timestamps: {d:?}");
         assert!(matches!(d.substate, 5 | 6), "a timewait socket: {d:?}");
+        assert!(
+            d.expires <= 1,
+            "at most the other port refused before: {d:?}"
+        );
     }
-    let taken: Vec<_> = decisions.iter().filter(|d| d.aux == 1).collect();
     assert_eq!(
-        taken.len(),
+        decisions.len(),
         1,
         "{decisions:#?}\nall records (kind, netns) → count: {:?}, our netns {}, reused port {port}",
         summary(recs),
         ns.inode()
     );
-    assert_eq!(taken[0].lport, port);
+    assert_eq!(decisions[0].lport, port);
+    // Every failed try: the kernel counted both ports' timewait sockets as refused, and names
+    // one of them.
+    let births: Vec<u64> = recs
+        .iter()
+        .filter(|r| in_ns(r, &ns, kind::TIMER_START))
+        .map(|r| r.tw)
+        .collect();
+    let fails: Vec<&TwRecord> = recs
+        .iter()
+        .filter(|r| in_ns(r, &ns, kind::CONNECT_FAIL))
+        .collect();
+    for f in &fails {
+        assert_ne!(f.flags & flags::CANDIDATES, 0, "the tier ran: {f:?}");
+        assert_eq!(f.aux, 2, "both timewait sockets refused: {f:?}");
+        assert!(births.contains(&f.expires), "the last one refused: {f:?}");
+    }
     if refused {
-        // The refused try asked about both ports' timewait sockets.
-        let no: std::collections::BTreeSet<u16> = decisions
-            .iter()
-            .filter(|d| d.aux == 0)
-            .map(|d| d.lport)
-            .collect();
-        assert_eq!(no.len(), 2, "{decisions:#?}");
+        assert!(!fails.is_empty(), "{:?}", summary(recs));
     } else {
         assert!(
             !has_delay && first.1 != closed_in,

@@ -18,13 +18,18 @@ fn lo4() -> SocketAddr {
 /// port 0 would take one of the few ephemeral ports itself).
 const SERVICE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
 
-fn connect_fails(ev: &[Event]) -> Vec<(SocketAddr, Refusal, u32, u32)> {
+/// A connect() failure as seen: destination, refusal, timewait sockets toward it, pid, and
+/// the function tier's count of refused candidates.
+type Fail = (SocketAddr, Refusal, u32, u32, Option<u32>);
+
+fn connect_fails(ev: &[Event]) -> Vec<Fail> {
     ev.iter()
         .filter_map(|e| match &e.body {
             Body::ConnectFail {
                 sock,
                 refusal,
                 timewait,
+                candidates,
                 task,
                 errno,
             } => {
@@ -34,11 +39,24 @@ fn connect_fails(ev: &[Event]) -> Vec<(SocketAddr, Refusal, u32, u32)> {
                     *refusal,
                     *timewait,
                     task.as_ref().map(|t| t.pid).unwrap_or(0),
+                    *candidates,
                 ))
             }
             _ => None,
         })
         .collect()
+}
+
+/// With the function tier every failure carries the kernel's own count of the timewait
+/// sockets it refused (`expect`); without it, none does.
+fn check_candidates(fn_tier: bool, fails: &[Fail], expect: impl Fn(&Fail) -> u32) {
+    for f in fails {
+        if fn_tier {
+            assert_eq!(f.4, Some(expect(f)), "refused candidates: {fails:?}");
+        } else {
+            assert_eq!(f.4, None, "no function tier, no count: {fails:?}");
+        }
+    }
 }
 
 /// Connects from inside `ns` until it succeeds or `limit` passes, sleeping `gap` after each
@@ -169,6 +187,8 @@ fn reuse_after_delay(test: &str, delay_ms: u64) {
         );
         assert_eq!(f.3, std::process::id());
     }
+    // Each refusal asked about every port's timewait socket (none while they did not exist).
+    check_candidates(tracer.fn_tier, &fails, |f| f.2);
     if closed_in.is_none_or(|s| s == first_try_in) {
         assert!(
             fails.iter().any(|f| f.1 == Refusal::TooYoung),
@@ -187,6 +207,15 @@ fn reuse_after_delay(test: &str, delay_ms: u64) {
             .count(),
         0,
         "{ev:#?}"
+    );
+    // The function tier saw the take-over itself.
+    let fn_tier = tracer.fn_tier;
+    let (_, summary) = tracer.stop().unwrap();
+    assert_eq!(
+        summary.stats.reuses_confirmed,
+        u64::from(fn_tier),
+        "{:?}",
+        summary.stats
     );
 }
 
@@ -229,6 +258,7 @@ fn no_timestamps_no_reuse() {
             .all(|f| f.1 == Refusal::NoTimestamps && f.2 == 2),
         "{fails:?}"
     );
+    check_candidates(tracer.fn_tier, &fails, |_| 2);
     assert!(exits(&ev).is_empty(), "nothing was reused: {ev:#?}");
 }
 
@@ -269,6 +299,7 @@ fn reuse_mode_2_refuses_non_loopback() {
             .all(|f| f.1 == Refusal::LoopbackOnly && f.2 == 2),
         "{fails:?}"
     );
+    check_candidates(tracer.fn_tier, &fails, |_| 2);
     // The same namespace shows its sysctls with the events.
     assert!(ev
         .iter()
@@ -429,7 +460,7 @@ fn send_rst(from: SocketAddrV4, to: SocketAddrV4, seq: u32) {
 
 /// An in-window RST into a TIME_WAIT socket kills it when tcp_rfc1337=0 (TIME_WAIT
 /// assassination) and not when tcp_rfc1337=1.
-fn rst_into_timewait(rfc1337: bool) -> Vec<Event> {
+fn rst_into_timewait(rfc1337: bool) -> (Vec<Event>, bool) {
     let ns = NetNs::new().unwrap();
     ns.sysctl("net.ipv4.tcp_rfc1337", if rfc1337 { "1" } else { "0" })
         .unwrap();
@@ -488,21 +519,31 @@ fn rst_into_timewait(rfc1337: bool) -> Vec<Event> {
     let ev = tracer.wait_for(Duration::from_secs(2), |ev| !exits(ev).is_empty());
     assert_eq!(enters(&ev).len(), 1);
     assert_eq!(addr(&enters(&ev)[0].sock, true), client);
-    ev
+    (ev, tracer.hook_on("tp_btf/kfree_skb"))
 }
 
 #[test]
 fn rst_assassinates_timewait_with_rfc1337_off() {
-    let ev = rst_into_timewait(false);
+    const TEST: &str = "rst_assassinates_timewait_with_rfc1337_off";
+    let (ev, kfree_skb) = rst_into_timewait(false);
     let ex = exits(&ev);
     assert_eq!(ex.len(), 1, "{ev:#?}");
-    assert_eq!(ex[0].reason, ExitReason::Rst);
+    if kfree_skb {
+        assert_eq!(ex[0].reason, ExitReason::Rst);
+    } else {
+        // The RST that kills the socket is seen through kfree_skb's rx_sk (Linux 6.10+).
+        assert_eq!(ex[0].reason, ExitReason::Unknown);
+        kernel::partial(
+            TEST,
+            "no kfree_skb with rx_sk on this kernel: the death is seen, its cause `unknown`",
+        );
+    }
     assert!(ex[0].lifetime_ms.unwrap() < 10_000);
 }
 
 #[test]
 fn rst_does_not_kill_timewait_with_rfc1337_on() {
-    let ev = rst_into_timewait(true);
+    let (ev, _) = rst_into_timewait(true);
     assert!(exits(&ev).is_empty(), "{ev:#?}");
 }
 

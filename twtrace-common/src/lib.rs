@@ -15,8 +15,8 @@ pub mod kind {
     pub const TIMER_CANCEL: u8 = 2;
     /// `timer:timer_expire_entry`: the timer ran out and `tw_timer_handler` is about to run.
     pub const TIMER_EXPIRE: u8 = 3;
-    /// `timer:timer_init` on memory whose stale `function` is still `tw_timer_handler`: the slab
-    /// is handing a freed timewait socket's memory to a new one.
+    /// No longer sent (the kernel flags the birth instead: `flags::REBORN`); the number stays
+    /// reserved.
     pub const TIMER_INIT: u8 = 4;
     /// A timewait socket found by the start-up `iter/tcp` snapshot.
     pub const SNAPSHOT: u8 = 5;
@@ -41,8 +41,20 @@ pub mod kind {
     /// FIN_WAIT2/CLOSING → CLOSE with no timewait socket born for it while the namespace's
     /// timewait count was at `tcp_max_tw_buckets`. `aux` = count, `expires` = the limit.
     pub const OVERFLOW: u8 = 12;
+    /// Function tier (fexit on `tcp_twsk_unique`), returned 1: connect() takes this timewait
+    /// socket over. `tw` = the timewait socket (tuple, substate, stamps read from it),
+    /// pid/comm = the connecting task, `aux2` bit 0 = [`super::UNIQUE_TWP`], `expires` = how
+    /// many other timewait sockets this connect() considered and refused before it. (Refusals
+    /// are counted in the kernel, not sent one by one: a connect() on an exhausted port range
+    /// considers every port's timewait socket.)
+    pub const TW_UNIQUE: u8 = 13;
+    /// Function tier (fexit on `inet_twsk_alloc`) returned NULL: the closing socket gets no
+    /// timewait socket. `tw` = the full socket, tuple its; `aux2` = the substate it would have
+    /// had; `aux` = the namespace's timewait count and `expires` = `tcp_max_tw_buckets` where
+    /// the layout is known (count below the limit: the allocation itself failed).
+    pub const TW_ALLOC_FAIL: u8 = 14;
     /// The highest kind this build knows (decoders reject anything above).
-    pub const LAST: u8 = OVERFLOW;
+    pub const LAST: u8 = TW_ALLOC_FAIL;
 }
 
 /// `TwRecord::flags` bits.
@@ -60,7 +72,18 @@ pub mod flags {
     pub const NETNS_DYING: u8 = 8;
     /// TW_DROP: the drop reason is the timewait PAWS check (SKB_DROP_REASON_TCP_RFC7323_TW_PAWS).
     pub const PAWS: u8 = 16;
+    /// CONNECT_FAIL: the function tier ran during this connect(): `aux` = the timewait sockets
+    /// `tcp_twsk_unique` refused, `expires` = the address of the last one (0: none).
+    pub const CANDIDATES: u8 = 32;
+    /// TIMER_START: this birth is on the memory of a timewait socket whose timer was detached
+    /// and never re-armed or expired (`timer_init` saw the memory reinitialised): that socket
+    /// is dead, whatever the gap since its detach.
+    pub const REBORN: u8 = 64;
 }
+
+/// `aux2` bit of `kind::TW_UNIQUE`: connect() was searching for an ephemeral port (`twp` set);
+/// clear for bind() + connect(), where only the timestamps count.
+pub const UNIQUE_TWP: u16 = 1;
 
 pub const TASK_COMM_LEN: usize = 16;
 
@@ -116,8 +139,14 @@ pub struct Connecting {
     pub ts_ns: u64,
     pub netns: u32,
     pub rport: u16,
-    pub _pad: u16,
+    /// Set by the function tier when it ran for this connect() (`flags::CANDIDATES`).
+    pub flags: u16,
     pub raddr: [u8; 16],
+    /// Function tier: timewait sockets `tcp_twsk_unique` refused so far in this connect().
+    pub refused: u32,
+    pub _pad: u32,
+    /// Function tier: the last timewait socket refused.
+    pub last_refused: u64,
 }
 
 /// Per-CPU memory of the last timewait birth or detach, to correlate the records that follow

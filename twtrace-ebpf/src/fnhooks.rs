@@ -10,28 +10,18 @@
 //! Records go to the same ring buffer as the tracepoint tier's, so that each CPU's records stay
 //! in order (a reuse decision precedes the timer detach it causes).
 
-use aya_ebpf::{macros::fexit, programs::FExitContext};
-use twtrace_common::{counter, TwRecord, NO_FIELD};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExitContext};
+use twtrace_common::{counter, flags, kind, TwRecord, NO_FIELD, UNIQUE_TWP};
 
-use crate::{bump, fill_tuple, fill_tw, full_sock_port, read, set_current, CONFIG, EVENTS};
+use crate::{
+    bump, fill_tuple, fill_tw, full_sock_port, read, set_current, wakeup_flags, CONFIG,
+    CONNECTING, EVENTS,
+};
 
-/// Record kinds of this tier. They belong in `twtrace_common::kind` (with `LAST` raised) once
-/// the lifecycle consumes them; until then userspace does not attach these programs.
-///
-/// `tcp_twsk_unique` returned: `tw` = the timewait socket connect() considered (tuple, substate,
-/// `ts_recent_stamp`, `entry_stamp` read from it), `aux` = the result (1: taken over, 0:
-/// refused), `aux2` bit 0 = `twp` was set (an ephemeral port search; clear: bind() + connect(),
-/// where only timestamps count), pid/comm = the connecting task.
-pub const TW_UNIQUE: u8 = 13;
-/// `inet_twsk_alloc` returned NULL: the closing socket gets no timewait socket. `tw` = the full
-/// socket, tuple its; `aux2` = the substate it would have had (TIME_WAIT or FIN_WAIT2), `aux` =
-/// the namespace's timewait count and `expires` = `tcp_max_tw_buckets` when the kernel's layout
-/// is known (count < limit: the slab allocation itself failed).
-pub const TW_ALLOC_FAIL: u8 = 14;
-
-/// Bit of `aux2` in `TW_UNIQUE`.
-pub const UNIQUE_TWP: u16 = 1;
-
+/// Every reuse decision of connect(). A refusal is only counted, in the task's `CONNECTING`
+/// entry (a connect() on an exhausted port range asks about every port's timewait socket: one
+/// record each would flood the ring); the count reaches userspace with the outcome, the
+/// `TW_UNIQUE` record of the socket taken over or the `CONNECT_FAIL` record.
 // match-proto:v6.1:net/ipv4/tcp_ipv4.c:int tcp_twsk_unique(struct sock *sk, struct sock *sktw, void *twp)
 #[fexit(function = "tcp_twsk_unique")]
 pub fn tw_unique(ctx: FExitContext) -> u32 {
@@ -40,6 +30,22 @@ pub fn tw_unique(ctx: FExitContext) -> u32 {
     // An fexit context holds the arguments, then the return value (no helper needed).
     let taken: i32 = ctx.arg(3);
     if sktw == 0 {
+        return 0;
+    }
+    let connecting = CONNECTING.get_ptr_mut(&bpf_get_current_pid_tgid());
+    let mut refused_before = 0;
+    if let Some(c) = connecting {
+        // SAFETY: a map value of this task, written only from this task's own connect().
+        unsafe {
+            (*c).flags |= flags::CANDIDATES as u16;
+            refused_before = (*c).refused;
+            if taken == 0 {
+                (*c).refused += 1;
+                (*c).last_refused = sktw;
+            }
+        }
+    }
+    if taken == 0 {
         return 0;
     }
     let cfg = CONFIG.load();
@@ -51,11 +57,12 @@ pub fn tw_unique(ctx: FExitContext) -> u32 {
             return 0;
         };
         let r = entry.as_mut_ptr();
-        fill_tw(&cfg, sktw, TW_UNIQUE, r);
+        fill_tw(&cfg, sktw, kind::TW_UNIQUE, r);
         set_current(r);
-        (*r).aux = taken as u32;
+        (*r).aux = 1;
         (*r).aux2 = if twp != 0 { UNIQUE_TWP } else { 0 };
-        entry.submit(0);
+        (*r).expires = refused_before as u64;
+        entry.submit(wakeup_flags());
     }
     0
 }
@@ -86,7 +93,7 @@ pub fn tw_alloc(ctx: FExitContext) -> u32 {
         (*r).jiffies = aya_ebpf::helpers::bpf_jiffies64();
         (*r).entry_stamp = 0;
         (*r).ts_recent_stamp = 0;
-        (*r).kind = TW_ALLOC_FAIL;
+        (*r).kind = kind::TW_ALLOC_FAIL;
         (*r).substate = read(sk, cfg.skc_state).unwrap_or(0);
         (*r).flags = 0;
         (*r).cpu = aya_ebpf::helpers::bpf_get_smp_processor_id() as u16;
@@ -104,7 +111,7 @@ pub fn tw_alloc(ctx: FExitContext) -> u32 {
             }
         }
         set_current(r);
-        entry.submit(0);
+        entry.submit(wakeup_flags());
     }
     0
 }

@@ -197,9 +197,14 @@ unsafe fn flow_key(r: *const TwRecord) -> FlowKey {
 static LAST_TW: PerCpuArray<LastTw> = PerCpuArray::with_max_entries(2, 0);
 const LAST_BIRTH: u32 = 0;
 const LAST_CANCEL: u32 = 1;
-/// How close in time correlated records on one CPU must be. The kernel paths involved run
-/// back to back (microseconds); this is generous.
-const CORRELATE_NS: u64 = 2_000_000;
+/// How close in time correlated events on one CPU must be. The kernel paths involved run back
+/// to back (microseconds natively; up to milliseconds on an emulated CPU such as QEMU's TCG).
+/// Where identity is checked as well (the same flow, the same socket) the window only guards
+/// against stale memory and can be generous; where any recent detach counts (a SYN's request
+/// socket after a timewait detach, tuples compared in userspace) it stays tight, so that busy
+/// servers do not send a record per SYN.
+const SAME_FLOW_NS: u64 = 100_000_000;
+const ANY_DETACH_NS: u64 = 10_000_000;
 
 /// connect() in progress per task (pid_tgid): CLOSE → SYN_SENT runs in connect() before the
 /// local port is chosen, and a timewait socket reused for it is detached moments later in the
@@ -217,6 +222,8 @@ static FIN_WAIT2_TWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 
 /// sockets whose memory is never reused age out.
 #[map]
 static DETACHED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+/// Bit of a `DETACHED` value (otherwise the detach time): `timer_init` ran on that memory.
+const REBORN_MARK: u64 = 1 << 63;
 
 #[inline(always)]
 fn remember(slot: u32, tw: u64, r: &TwRecord) {
@@ -232,14 +239,14 @@ fn remember(slot: u32, tw: u64, r: &TwRecord) {
 
 /// The per-CPU memory of `slot` if it is recent (a pointer: see `last_is`).
 #[inline(always)]
-fn recent(slot: u32, now: u64) -> Option<*const LastTw> {
+fn recent(slot: u32, now: u64, window: u64) -> Option<*const LastTw> {
     let p = LAST_TW.get_ptr(slot)?;
     // SAFETY: per-CPU slot pointer from the map.
     let ts = unsafe { (*p).ts_ns };
-    (ts != 0 && now.wrapping_sub(ts) < CORRELATE_NS).then_some(p as *const LastTw)
+    (ts != 0 && now.wrapping_sub(ts) < window).then_some(p as *const LastTw)
 }
 
-/// Whether the per-CPU memory of `slot` is socket `tw`, recently. (Kept free of `Option`s of
+/// Whether the per-CPU memory of `slot` is socket `tw`, recently (`SAME_FLOW_NS`). (Kept free of `Option`s of
 /// large structs: LLVM can leave a register uninitialised on the `None` path, which the
 /// verifier rejects.)
 #[inline(always)]
@@ -247,7 +254,7 @@ fn last_is(slot: u32, tw: u64, now: u64) -> bool {
     match LAST_TW.get_ptr(slot) {
         // SAFETY: per-CPU slot pointer from the map.
         Some(p) => unsafe {
-            (*p).tw == tw && (*p).ts_ns != 0 && now.wrapping_sub((*p).ts_ns) < CORRELATE_NS
+            (*p).tw == tw && (*p).ts_ns != 0 && now.wrapping_sub((*p).ts_ns) < SAME_FLOW_NS
         },
         None => false,
     }
@@ -259,7 +266,7 @@ fn last_is(slot: u32, tw: u64, now: u64) -> bool {
 unsafe fn cancel_flags(cfg: &Config, tw: u64, r: &TwRecord) -> u8 {
     let mut f = 0;
     if let Some(c) = CONNECTING.get(&bpf_get_current_pid_tgid()) {
-        if r.ts_ns.wrapping_sub(c.ts_ns) < 10 * CORRELATE_NS
+        if r.ts_ns.wrapping_sub(c.ts_ns) < SAME_FLOW_NS
             && c.netns == r.netns
             && c.rport == r.rport
             && c.raddr == r.raddr
@@ -326,7 +333,14 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
             if (*r).substate == TCP_FIN_WAIT2 {
                 let _ = FIN_WAIT2_TWS.insert(&tw, &0, 0);
             }
-            let _ = DETACHED.remove(&tw);
+            // Detached before: a re-arm (cancel and start back to back), or, if timer_init
+            // marked the memory as reinitialised since, a new socket on a dead one's memory.
+            if let Some(v) = DETACHED.get(&tw) {
+                if *v & REBORN_MARK != 0 {
+                    (*r).flags |= flags::REBORN;
+                }
+                let _ = DETACHED.remove(&tw);
+            }
         } else if k == kind::TIMER_EXPIRE {
             let _ = DETACHED.remove(&tw);
         } else if k == kind::TIMER_CANCEL {
@@ -344,7 +358,8 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
 /// `timer_init` of a timer inside a timewait socket whose timer was detached and neither
 /// re-armed nor expired: the memory is being reused for a new timewait socket, so the old
 /// one is dead. (An early death's `timer_shutdown_sync` clears `function`, so the stale
-/// function test in `tw_of_timer` cannot see these.)
+/// function test in `tw_of_timer` cannot see these.) No record: the mark makes the birth's
+/// `timer_start` record carry `flags::REBORN`, which is all userspace needs.
 #[inline(always)]
 unsafe fn on_timer_init(cfg: &Config, timer: u64) {
     let tw = timer - cfg.tw_timer as u64;
@@ -353,28 +368,9 @@ unsafe fn on_timer_init(cfg: &Config, timer: u64) {
     if read::<u8>(tw, cfg.skc_state).unwrap_or(0) != TCP_TIME_WAIT {
         return;
     }
-    if DETACHED.get(&tw).is_none() {
-        return;
+    if let Some(v) = DETACHED.get_ptr_mut(&tw) {
+        *v |= REBORN_MARK;
     }
-    let _ = DETACHED.remove(&tw);
-    let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
-        bump(counter::LOST);
-        return;
-    };
-    let r = entry.as_mut_ptr();
-    // The memory is mid-initialisation: only the address and time mean anything.
-    // 14 word stores: write_bytes would become a byte-at-a-time memset.
-    let w = r as *mut u64;
-    let mut i = 0;
-    while i < TwRecord::SIZE / 8 {
-        core::ptr::write_volatile(w.add(i), 0);
-        i += 1;
-    }
-    (*r).ts_ns = bpf_ktime_get_ns();
-    (*r).tw = tw;
-    (*r).kind = kind::TIMER_INIT;
-    (*r).cpu = bpf_get_smp_processor_id() as u16;
-    entry.submit(wakeup_flags());
 }
 
 /// A request socket's timer armed (a SYN became a request socket) right after a timewait
@@ -386,16 +382,16 @@ unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
         return;
     }
     let function: u64 = read(timer, cfg.timer_function).unwrap_or(0);
-    if function != cfg.reqsk_timer_handler || recent(LAST_CANCEL, bpf_ktime_get_ns()).is_none() {
+    if function != cfg.reqsk_timer_handler || recent(LAST_CANCEL, bpf_ktime_get_ns(), ANY_DETACH_NS).is_none() {
         return;
     }
     let req = timer - cfg.rsk_timer as u64;
-    emit_sock(cfg, req, kind::REQSK_START, 0, 0);
+    emit_sock(cfg, req, kind::REQSK_START, 0, 0, 0);
 }
 
 /// Writes a record for a full or request socket (not a timewait one): tuple, netns, current.
 #[inline(always)]
-unsafe fn emit_sock(cfg: &Config, sk: u64, k: u8, aux: u32, expires: u64) {
+unsafe fn emit_sock(cfg: &Config, sk: u64, k: u8, aux: u32, expires: u64, f: u8) {
     let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
         bump(counter::LOST);
         return;
@@ -415,7 +411,7 @@ unsafe fn emit_sock(cfg: &Config, sk: u64, k: u8, aux: u32, expires: u64) {
     (*r).ts_recent_stamp = 0;
     (*r).kind = k;
     (*r).substate = read(sk, cfg.skc_state).unwrap_or(0);
-    (*r).flags = 0;
+    (*r).flags = f;
     (*r).cpu = bpf_get_smp_processor_id() as u16;
     (*r).aux2 = 0;
     (*r).aux = aux;
@@ -501,21 +497,31 @@ unsafe fn on_connect(cfg: &Config, sk: u64) {
         ts_ns: bpf_ktime_get_ns(),
         netns: (*r).netns,
         rport: (*r).rport,
-        _pad: 0,
+        flags: 0,
         raddr: (*r).raddr,
+        refused: 0,
+        _pad: 0,
+        last_refused: 0,
     };
     let _ = CONNECTING.insert(&bpf_get_current_pid_tgid(), &c, 0);
 }
 
 #[inline(always)]
 unsafe fn on_connect_end(cfg: &Config, sk: u64) {
-    let _ = CONNECTING.remove(&bpf_get_current_pid_tgid());
+    let key = bpf_get_current_pid_tgid();
+    // What the function tier counted during this connect(), if it ran (copied out: the entry
+    // goes now).
+    let (cflags, refused, last) = match CONNECTING.get(&key) {
+        Some(c) => (c.flags as u8 & flags::CANDIDATES, c.refused, c.last_refused),
+        None => (0, 0, 0),
+    };
+    let _ = CONNECTING.remove(&key);
     if cfg.tcp_segs_out == NO_FIELD {
         return;
     }
     // A refused or timed-out connect sent its SYN; one that never found a port sent nothing.
     if read::<u32>(sk, cfg.tcp_segs_out).unwrap_or(1) == 0 {
-        emit_sock(cfg, sk, kind::CONNECT_FAIL, 0, 0);
+        emit_sock(cfg, sk, kind::CONNECT_FAIL, refused, last, cflags);
     }
 }
 
@@ -542,12 +548,12 @@ unsafe fn on_done(cfg: &Config, sk: u64) {
     let r = slot.as_mut_ptr();
     fill_tuple(cfg, sk, r);
     full_sock_port(cfg, sk, r);
-    if let Some(b) = recent(LAST_BIRTH, bpf_ktime_get_ns()) {
+    if let Some(b) = recent(LAST_BIRTH, bpf_ktime_get_ns(), SAME_FLOW_NS) {
         if (*b).key == flow_key(r) {
             return; // the normal path (the last free slot was just taken)
         }
     }
-    emit_sock(cfg, sk, kind::OVERFLOW, count, max as u64);
+    emit_sock(cfg, sk, kind::OVERFLOW, count, max as u64, 0);
 }
 
 /// `skb:kfree_skb` with a timewait receiver: a PAWS rejection (the NAT symptom), or the
@@ -609,12 +615,21 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
 /// abort): a connection that ends without TIME_WAIT.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
+    on_send_reset(ctx.arg(0), ctx.arg(1), ctx.arg(2))
+}
+
+/// The same for kernels whose `tcp_send_reset` has no `reason` argument yet (before 6.10):
+/// the loader's fallback when the program above is refused.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_2(ctx: BtfTracePointContext) -> u32 {
+    on_send_reset(ctx.arg(0), ctx.arg(1), 0)
+}
+
+#[inline(always)]
+fn on_send_reset(sk: u64, skb: u64, reason: u32) -> u32 {
     if sk == 0 {
         return 0;
     }
-    let skb: u64 = ctx.arg(1);
-    let reason: u32 = ctx.arg(2);
     let cfg = CONFIG.load();
     // SAFETY: kernel reads go through bpf_probe_read_kernel.
     unsafe {
@@ -630,7 +645,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
             (*r).aux = reason;
             entry.submit(wakeup_flags());
         } else if skb == 0 {
-            emit_sock(&cfg, sk, kind::ABORT, reason, 0);
+            emit_sock(&cfg, sk, kind::ABORT, reason, 0, 0);
         }
     }
     0

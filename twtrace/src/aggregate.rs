@@ -2212,6 +2212,7 @@ mod tests {
                 errno: libc::EADDRNOTAVAIL,
                 refusal: Refusal::NoTimestamps,
                 timewait: 1,
+                candidates: None,
                 task: task(300, "proxy"),
             },
         ));
@@ -2235,6 +2236,7 @@ mod tests {
                 errno: libc::EADDRNOTAVAIL,
                 refusal: Refusal::NoTimewait,
                 timewait: 0,
+                candidates: None,
                 task: None,
             },
         ));

@@ -24,6 +24,11 @@ impl KernelBtf {
         Ok(Self { btf })
     }
 
+    /// The parsed BTF itself (for the function hooks' prototype checks).
+    pub fn raw(&self) -> &Btf {
+        &self.btf
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let btf = Btf::from_bytes(bytes).map_err(|e| anyhow!("parsing BTF: {e}"))?;
         Ok(Self { btf })

@@ -238,6 +238,9 @@ pub enum Body {
         refusal: Refusal,
         /// Timewait sockets toward that destination in that netns at the time.
         timewait: u32,
+        /// Function tier only: the timewait sockets `tcp_twsk_unique` considered for this
+        /// connect() and refused (exact, counted in the kernel). `None`: the tier is off.
+        candidates: Option<u32>,
         task: Option<Task>,
     },
     /// A segment was dropped by a timewait socket's PAWS check (typically a SYN from behind
@@ -369,6 +372,7 @@ impl Event {
                 errno,
                 refusal,
                 timewait,
+                candidates,
                 task: t,
                 ..
             } => {
@@ -378,6 +382,9 @@ impl Event {
                     errno_name(*errno),
                     refusal.as_str()
                 );
+                if let Some(n) = candidates {
+                    let _ = write!(out, ",\"candidates\":{n}");
+                }
                 task(out, t);
             }
             Body::Netns { netns, sysctls } => {
@@ -462,18 +469,21 @@ impl Event {
                 errno,
                 refusal,
                 timewait,
+                candidates,
                 task,
                 ..
-            } => (
-                "-",
-                format!(
+            } => {
+                let mut d = format!(
                     "{} {} tw={}",
                     errno_name(*errno),
                     refusal.as_str(),
                     timewait
-                ),
-                task.as_ref(),
-            ),
+                );
+                if let Some(n) = candidates {
+                    let _ = write!(d, " refused={n}");
+                }
+                ("-", d, task.as_ref())
+            }
             Body::PawsReject { .. } => ("TIME_WAIT", "segment dropped by PAWS".to_string(), None),
             Body::Netns { .. } | Body::Lost { .. } => unreachable!("handled above"),
         };

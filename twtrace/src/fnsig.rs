@@ -7,11 +7,10 @@
 //! [`FN_HOOKS`]), and before attaching, the running kernel's BTF prototype of that function is
 //! rendered the same way and compared: parameter count, each parameter's type and the return
 //! type (names may differ). A mismatch, or a function this kernel does not have, disables that
-//! hook with a one-line message; the tracepoint tier goes on alone.
+//! hook with a one-line message; the tracepoint tier goes on alone. The loader
+//! (`crate::loader::load`) runs the checks and attaches what passes.
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::programs::FExit;
-use aya::Ebpf;
 use btf_rs::{Btf, BtfType, Type};
 use std::path::Path;
 
@@ -253,52 +252,6 @@ pub fn open_kernel_btf() -> Result<Btf> {
     Btf::from_file(path)
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("parsing BTF from {}", path.display()))
-}
-
-/// Outcome of one function hook at start-up.
-#[derive(Clone, Debug)]
-pub struct FnHookStatus {
-    pub hook: FnHook,
-    /// `Err(one line)` when the hook is off: signature mismatch, or the kernel refused it.
-    pub result: std::result::Result<(), String>,
-}
-
-impl FnHookStatus {
-    pub fn report_line(&self) -> String {
-        let label = format!("fexit/{}", self.hook.function);
-        match &self.result {
-            Ok(()) => format!("hook {label:<28} attached     ({})", self.hook.purpose),
-            Err(e) => format!("hook {label:<28} off          ({}): {e}", self.hook.purpose),
-        }
-    }
-}
-
-/// Checks each function hook's prototype against `kbtf`, then loads and attaches those that
-/// match. Never fails as a whole: each hook reports its own outcome (this tier is optional).
-pub fn attach_all(ebpf: &mut Ebpf, btf: &aya::Btf, kbtf: &Btf) -> Vec<FnHookStatus> {
-    FN_HOOKS
-        .iter()
-        .map(|hook| {
-            let result = check(kbtf, hook).and_then(|_| {
-                attach_one(ebpf, btf, hook).map_err(|e| format!("{e:#}").replace('\n', " "))
-            });
-            FnHookStatus {
-                hook: *hook,
-                result,
-            }
-        })
-        .collect()
-}
-
-fn attach_one(ebpf: &mut Ebpf, btf: &aya::Btf, hook: &FnHook) -> Result<()> {
-    let prog = ebpf
-        .program_mut(hook.program)
-        .with_context(|| format!("program {} missing from the object", hook.program))?;
-    let p: &mut FExit = prog.try_into()?;
-    p.load(hook.function, btf)
-        .context("the kernel refused the fexit program")?;
-    p.attach()?;
-    Ok(())
 }
 
 #[cfg(test)]

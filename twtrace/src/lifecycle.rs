@@ -1,7 +1,7 @@
 //! Timer records → timewait socket lifecycle events.
 //!
-//! The kernel programs report every `timer_start`, `timer_cancel`, `timer_expire_entry` and
-//! (stale-function) `timer_init` of a timewait socket's timer. What a record means depends on
+//! The kernel programs report every `timer_start`, `timer_cancel` and `timer_expire_entry` of
+//! a timewait socket's timer. What a record means depends on
 //! what comes next on the same CPU (see `../shared/notes/kernel.md`):
 //!
 //! | sequence on one CPU                         | meaning                          |
@@ -10,7 +10,7 @@
 //! | `cancel(A)` then `expire(A)`                | A expired (`__run_timers`)       |
 //! | `cancel(A)` then `start(A)`                 | A re-armed into another bucket   |
 //! | `cancel(A)` then anything else, or nothing  | A died early (`timer_shutdown_sync`) |
-//! | `init(A)` while A alive / cancel pending    | A's memory is reused: A is dead  |
+//! | `start(A)` flagged `REBORN`                 | A's memory is reused: old A died |
 //!
 //! The detach and its expiry/re-arm run back to back on one CPU with nothing of ours in
 //! between (timewait timers are only touched from softirq or process context, which cannot
@@ -36,8 +36,9 @@ const REARM_MAX_GAP_NS: u64 = 1_000_000;
 struct Live {
     sock: Sock,
     substate: Substate,
-    /// The peer sent timestamps (`tw_ts_recent_stamp` != 0): a condition of reuse.
-    peer_timestamps: bool,
+    /// `tw_ts_recent_stamp` (seconds of the monotonic clock when the peer's last timestamp
+    /// came; 0: the peer sent none): a condition of reuse, and its clock before 6.13.
+    ts_recent_stamp: u32,
     /// Last `tw_entry_stamp` seen (ms of the TCP clock), the reuse delay's reference.
     entry_stamp: Option<u32>,
     /// Monotonic ns of birth, when seen.
@@ -59,6 +60,10 @@ pub struct Stats {
     pub aborts: u64,
     pub connect_fails: u64,
     pub paws_rejects: u64,
+    /// Function tier: reuses `tcp_twsk_unique` itself confirmed (each also a `reused` exit).
+    pub reuses_confirmed: u64,
+    /// Function tier: timewait sockets `tcp_twsk_unique` refused (counted in the kernel).
+    pub reuse_refusals: u64,
 }
 
 /// A destination in a namespace: what connect() competes for ports toward.
@@ -75,6 +80,15 @@ pub struct Lifecycle {
     by_dest: HashMap<Dest, HashSet<u64>>,
     /// Timewait sockets that just answered a segment with RST (they die next).
     rst_sent: HashMap<u64, u64>,
+    /// Function tier: timewait sockets `tcp_twsk_unique` handed to connect() (their detach,
+    /// which follows in the same task, is a reuse whatever else it looks like).
+    taken: HashSet<u64>,
+    /// The function tier sees every failed timewait allocation (`inet_twsk_alloc`): the
+    /// tracepoint tier's inferred overflows are then redundant (and can be wrong when the
+    /// machine is slow enough to stretch its correlation window).
+    exact_overflow: bool,
+    /// The function tier is attached (connect() failures carry the candidates it counted).
+    fn_tier: bool,
     sysctls: HashMap<u32, Sysctls>,
     /// Overflow drops seen per namespace (to compare with the kernel's counter).
     overflows: HashMap<u32, u64>,
@@ -104,6 +118,9 @@ impl Lifecycle {
             pending: HashMap::new(),
             by_dest: HashMap::new(),
             rst_sent: HashMap::new(),
+            taken: HashSet::new(),
+            exact_overflow: false,
+            fn_tier: false,
             sysctls: HashMap::new(),
             overflows: HashMap::new(),
             stats: Stats::default(),
@@ -155,17 +172,6 @@ impl Lifecycle {
                 }
                 self.die(r, ExitReason::Expired, out);
             }
-            kind::TIMER_INIT => {
-                // The memory of a dead timewait socket is being reused: whatever cancel of it
-                // is pending was its death, and if none was seen, its death was missed.
-                self.settle_other_cpus(r.tw, out);
-                if let Some(p) = self.pending.remove(&r.cpu) {
-                    self.settle(&p, out);
-                }
-                if self.live.contains_key(&r.tw) {
-                    self.die(r, ExitReason::Unknown, out);
-                }
-            }
             kind::SNAPSHOT => self.on_snapshot(r, out),
             kind::TW_DROP => self.on_tw_drop(r, out),
             kind::TW_RST_SENT => {
@@ -191,24 +197,42 @@ impl Lifecycle {
                     },
                 });
             }
-            kind::OVERFLOW => {
-                self.stats.overflows += 1;
-                *self.overflows.entry(r.netns).or_default() += 1;
-                out.push(Event {
-                    ts_ns: r.ts_ns,
-                    body: Body::Overflow {
-                        sock: Self::sock_of(r),
-                    },
-                });
+            kind::OVERFLOW if !self.exact_overflow => self.on_overflow(r, out),
+            kind::TW_ALLOC_FAIL => self.on_overflow(r, out),
+            kind::TW_UNIQUE => {
+                self.stats.reuses_confirmed += 1;
+                self.stats.reuse_refusals += r.expires;
+                self.taken.insert(r.tw);
             }
             kind::CONNECT_FAIL => self.on_connect_fail(r, out),
             _ => {}
         }
     }
 
+    /// A closing socket got no timewait socket: inferred (`OVERFLOW`) or seen by the function
+    /// tier (`TW_ALLOC_FAIL`).
+    fn on_overflow(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
+        self.stats.overflows += 1;
+        *self.overflows.entry(r.netns).or_default() += 1;
+        out.push(Event {
+            ts_ns: r.ts_ns,
+            body: Body::Overflow {
+                sock: Self::sock_of(r),
+            },
+        });
+    }
+
     /// Overflow drops seen per namespace.
     pub fn overflows_by_netns(&self) -> &HashMap<u32, u64> {
         &self.overflows
+    }
+
+    /// Says which hooks of the function tier are attached: `tcp_twsk_unique` (connect()
+    /// failures carry the kernel's candidate count) and `inet_twsk_alloc` (overflows are
+    /// seen, not inferred).
+    pub fn set_fn_tier(&mut self, unique: bool, alloc: bool) {
+        self.fn_tier = unique;
+        self.exact_overflow = alloc;
     }
 
     /// Sets the sysctls of a namespace (they decide connect() refusals).
@@ -253,7 +277,17 @@ impl Lifecycle {
             raddr: sock.raddr,
             rport: sock.rport,
         };
-        let (timewait, refusal) = self.refusal(&dest, sock.lport != 0, r.ts_ns);
+        let all = self.toward(&dest);
+        let timewait = all.len() as u32;
+        // With the function tier, the kernel counted the timewait sockets it refused: the
+        // refusal is decided on the last of them, not guessed from every one toward `dest`.
+        let candidates = self.fn_tier.then_some(r.aux);
+        let refusal = match (candidates, self.live.get(&r.expires)) {
+            (Some(0), _) => Refusal::NoTimewait,
+            (Some(_), Some(last)) => self.refusal(&[last], &dest, sock.lport != 0, r.ts_ns),
+            _ => self.refusal(&all, &dest, sock.lport != 0, r.ts_ns),
+        };
+        self.stats.reuse_refusals += candidates.unwrap_or(0) as u64;
         out.push(Event {
             ts_ns: r.ts_ns,
             body: Body::ConnectFail {
@@ -261,49 +295,67 @@ impl Lifecycle {
                 errno: libc::EADDRNOTAVAIL,
                 refusal,
                 timewait,
+                candidates,
                 task: Some(Task::from_raw(r.pid, &r.comm)),
             },
         });
     }
 
-    /// Why no timewait socket toward `dest` could be reused, by the rule of
-    /// `tcp_twsk_unique` (6.18): timestamps from the peer; then, for an ephemeral port,
-    /// `tcp_tw_reuse` (2 = loopback only), the TIME_WAIT substate, and an age past
-    /// `tcp_tw_reuse_delay`. Returns the count of timewait sockets toward `dest` too.
-    fn refusal(&self, dest: &Dest, bound: bool, now_ns: u64) -> (u32, Refusal) {
-        let tws: Vec<&Live> = self
-            .by_dest
+    /// The live timewait sockets toward `dest`.
+    fn toward(&self, dest: &Dest) -> Vec<&Live> {
+        self.by_dest
             .get(dest)
             .map(|set| set.iter().filter_map(|tw| self.live.get(tw)).collect())
-            .unwrap_or_default();
-        let n = tws.len() as u32;
+            .unwrap_or_default()
+    }
+
+    /// Why none of `tws` (timewait sockets toward `dest`) could be reused, by the rule of
+    /// `tcp_twsk_unique`: timestamps from the peer; then, for an ephemeral port,
+    /// `tcp_tw_reuse` (2 = loopback only), and the socket's age. Since 6.13 (kernels with
+    /// `tcp_tw_reuse_delay`): the TIME_WAIT substate and an age past the delay from
+    /// `tw_entry_stamp`; before: the monotonic second must have moved past the one in which
+    /// the peer's last timestamp came (`tw_ts_recent_stamp`).
+    fn refusal(&self, tws: &[&Live], dest: &Dest, bound: bool, now_ns: u64) -> Refusal {
         if tws.is_empty() {
-            return (0, Refusal::NoTimewait);
+            return Refusal::NoTimewait;
         }
-        if tws.iter().all(|l| !l.peer_timestamps) {
-            return (n, Refusal::NoTimestamps);
+        if tws.iter().all(|l| l.ts_recent_stamp == 0) {
+            return Refusal::NoTimestamps;
         }
         if bound {
             // bind() + connect(): the sysctl and the delay do not apply.
-            return (n, Refusal::Unknown);
+            return Refusal::Unknown;
         }
         let sys = self.sysctls.get(&dest.netns);
         let reuse = sys.and_then(|s| s.tw_reuse);
         if reuse == Some(0) {
-            return (n, Refusal::ReuseOff);
+            return Refusal::ReuseOff;
         }
         if reuse == Some(2)
             && !tws
                 .iter()
                 .any(|l| is_loopback(&l.sock.laddr) || is_loopback(&l.sock.raddr))
         {
-            return (n, Refusal::LoopbackOnly);
+            return Refusal::LoopbackOnly;
         }
-        let eligible: Vec<&&Live> = tws.iter().filter(|l| l.peer_timestamps).collect();
+        let eligible: Vec<&&Live> = tws.iter().filter(|l| l.ts_recent_stamp != 0).collect();
+        // Sysctls not read (yet): assume this kernel's rule with the default delay.
+        let delay = sys.map_or(Some(1000), |s| s.tw_reuse_delay_ms);
+        let Some(delay_ms) = delay else {
+            // Before 6.13: ktime_get_seconds() must be after tw_ts_recent_stamp.
+            let now_s = (now_ns / 1_000_000_000) as u32;
+            return if eligible
+                .iter()
+                .all(|l| (now_s.wrapping_sub(l.ts_recent_stamp) as i32) <= 0)
+            {
+                Refusal::TooYoung
+            } else {
+                Refusal::Unknown
+            };
+        };
         if eligible.iter().all(|l| l.substate == Substate::FinWait2) {
-            return (n, Refusal::FinWait2);
+            return Refusal::FinWait2;
         }
-        let delay_ms = sys.and_then(|s| s.tw_reuse_delay_ms).unwrap_or(1000) as u64;
         let now_ms = (now_ns / 1_000_000) as u32;
         let oldest_ms = eligible
             .iter()
@@ -315,17 +367,18 @@ impl Lifecycle {
             })
             .max();
         match oldest_ms {
-            Some(age) if age <= delay_ms => (n, Refusal::TooYoung),
-            _ => (n, Refusal::Unknown),
+            Some(age) if age <= delay_ms as u64 => Refusal::TooYoung,
+            _ => Refusal::Unknown,
         }
     }
 
     /// Settles a detach that neither expired nor re-armed: an early death, for the reason
     /// its evidence gives.
     fn settle(&mut self, p: &TwRecord, out: &mut Vec<Event>) {
+        let taken = self.taken.remove(&p.tw);
         let reason = if p.flags & flags::NETNS_DYING != 0 {
             ExitReason::Purged
-        } else if p.flags & flags::IN_CONNECT != 0 {
+        } else if taken || p.flags & flags::IN_CONNECT != 0 {
             ExitReason::Reused
         } else if self.rst_sent.remove(&p.tw).is_some() {
             ExitReason::Rst
@@ -336,10 +389,17 @@ impl Lifecycle {
     }
 
     fn on_start(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
+        let reborn = r.flags & flags::REBORN != 0;
         match self.pending.remove(&r.cpu) {
             // A re-arm's detach and start run back to back under the timer base lock; a new
-            // socket on the same memory needs a whole connection in between.
-            Some(p) if p.tw == r.tw && r.ts_ns.saturating_sub(p.ts_ns) < REARM_MAX_GAP_NS => {
+            // socket on the same memory needs a whole connection in between, and the kernel
+            // flags it when it saw the memory reinitialised.
+            Some(p)
+                if p.tw == r.tw
+                    && !reborn
+                    && !self.taken.contains(&p.tw)
+                    && r.ts_ns.saturating_sub(p.ts_ns) < REARM_MAX_GAP_NS =>
+            {
                 return self.rearm(r, out)
             }
             Some(p) => self.settle(&p, out),
@@ -363,7 +423,7 @@ impl Lifecycle {
             Live {
                 sock: sock.clone(),
                 substate,
-                peer_timestamps: r.ts_recent_stamp != 0,
+                ts_recent_stamp: r.ts_recent_stamp,
                 entry_stamp: Self::entry_stamp(r),
                 birth_ns: Some(r.ts_ns),
                 snapshot_ns: None,
@@ -409,7 +469,9 @@ impl Lifecycle {
             });
         }
         l.substate = new;
-        l.peer_timestamps |= r.ts_recent_stamp != 0;
+        if r.ts_recent_stamp != 0 {
+            l.ts_recent_stamp = r.ts_recent_stamp;
+        }
         if let Some(st) = Self::entry_stamp(r) {
             l.entry_stamp = Some(st);
         }
@@ -454,7 +516,7 @@ impl Lifecycle {
             Live {
                 sock: sock.clone(),
                 substate,
-                peer_timestamps: r.ts_recent_stamp != 0,
+                ts_recent_stamp: r.ts_recent_stamp,
                 entry_stamp: Self::entry_stamp(r),
                 birth_ns: None,
                 snapshot_ns: Some(r.ts_ns),
@@ -497,6 +559,7 @@ impl Lifecycle {
             self.unindex(&l.sock.clone());
         }
         self.rst_sent.remove(&r.tw);
+        self.taken.remove(&r.tw);
         if live.is_none() && r.kind == kind::TIMER_START {
             return; // a start on an address we did not know: nothing died that we saw born
         }
@@ -504,10 +567,10 @@ impl Lifecycle {
             Some(b) => Some(r.ts_ns.saturating_sub(b) / 1_000_000),
             None => Self::stamp_age_ms(r),
         };
-        // A start or init record that reveals a missed death belongs to the *new* socket on
-        // that memory: report what we knew of the old one. Any other record is the dying
-        // socket's own, read at its death (the substate may have changed unseen).
-        let own_record = !matches!(r.kind, kind::TIMER_START | kind::TIMER_INIT);
+        // A start record that reveals a missed death belongs to the *new* socket on that
+        // memory: report what we knew of the old one. Any other record is the dying socket's
+        // own, read at its death (the substate may have changed unseen).
+        let own_record = r.kind != kind::TIMER_START;
         let (sock, substate) = match live {
             Some(l) if !own_record => (l.sock, l.substate),
             Some(l) => (l.sock, Substate::from_raw(r.substate)),
@@ -707,15 +770,17 @@ mod tests {
     #[test]
     fn reused_memory_on_the_same_cpu_is_a_death_then_a_birth() {
         // connect() reuse on CPU 0 kills A; the slab hands A's memory to the next timewait
-        // socket, born on the same CPU before anything else happened there.
+        // socket, born on the same CPU before anything else happened there (the kernel saw
+        // timer_init on that memory and flags the birth).
         let mut lc = Lifecycle::new(250);
+        let mut reborn = rec(kind::TIMER_START, 0xA, 0, 2000);
+        reborn.flags |= flags::REBORN;
         let ev = run(
             &mut lc,
             &[
                 rec(kind::TIMER_START, 0xA, 0, 1000),
                 rec(kind::TIMER_CANCEL, 0xA, 0, 2000),
-                rec(kind::TIMER_INIT, 0xA, 0, 2001),
-                rec(kind::TIMER_START, 0xA, 0, 2001),
+                reborn,
             ],
         );
         assert_eq!(exits(&ev), vec![(0xA, ExitReason::Unknown, Some(1000))]);
@@ -982,10 +1047,100 @@ mod tests {
                 Body::ConnectFail {
                     refusal: Refusal::LoopbackOnly,
                     timewait: 1,
+                    candidates: None,
                     ..
                 }
             )),
             "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn too_young_before_6_13_is_the_timestamps_second() {
+        // No tcp_tw_reuse_delay: reusable once the monotonic second is past tw_ts_recent_stamp.
+        let mut lc = Lifecycle::new(250);
+        lc.set_sysctls(
+            0,
+            Sysctls {
+                tw_reuse: Some(1),
+                tw_reuse_delay_ms: None,
+                ..Default::default()
+            },
+        );
+        let mut b = rec(kind::TIMER_START, 0xA, 0, 7_100);
+        b.ts_recent_stamp = 7; // the peer's last timestamp came in second 7
+        b.substate = TCP_FIN_WAIT2; // no substate rule before 6.13
+        let refusal = |lc: &mut Lifecycle, ts_ms: u64| {
+            let mut f = rec(kind::CONNECT_FAIL, 0xF, 0, ts_ms);
+            f.lport = 0;
+            match &run(lc, &[f])[0].body {
+                Body::ConnectFail { refusal, .. } => *refusal,
+                b => panic!("{b:?}"),
+            }
+        };
+        run(&mut lc, &[b]);
+        assert_eq!(refusal(&mut lc, 7_900), Refusal::TooYoung);
+        assert_eq!(refusal(&mut lc, 8_000), Refusal::Unknown);
+    }
+
+    #[test]
+    fn function_tier_reuse_overflow_and_candidates() {
+        let mut lc = Lifecycle::new(250);
+        lc.set_fn_tier(true, true);
+        // tcp_twsk_unique took A over: its detach is a reuse even without the task's flag,
+        // and even if a start on the same memory followed at once.
+        let mut taken = rec(kind::TW_UNIQUE, 0xA, 0, 2000);
+        taken.aux = 1;
+        taken.expires = 3; // three others refused before it
+        let ev = run(
+            &mut lc,
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                taken,
+                rec(kind::TIMER_CANCEL, 0xA, 0, 2000),
+                rec(kind::TIMER_START, 0xA, 0, 2000),
+            ],
+        );
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Reused, Some(1000))]);
+        assert_eq!(lc.stats.reuses_confirmed, 1);
+        assert_eq!(lc.stats.reuse_refusals, 3);
+        assert_eq!(lc.live_count(), 1, "the new socket on A's memory");
+        // inet_twsk_alloc failed, then the tracepoint tier inferred the same overflow (and one
+        // more, wrongly): only the function tier's count.
+        let mut fail = rec(kind::TW_ALLOC_FAIL, 0x5, 1, 3000);
+        fail.lport = 41000;
+        let mut inferred = rec(kind::OVERFLOW, 0x5, 1, 3000);
+        inferred.lport = 41000;
+        let other = rec(kind::OVERFLOW, 0x6, 1, 3001);
+        let ev = run(&mut lc, &[fail, inferred, other]);
+        assert_eq!(ev.iter().filter(|e| e.kind() == "overflow").count(), 1);
+        assert_eq!(lc.stats.overflows, 1);
+        // connect() failed: the kernel's count decides, and names the candidate to judge.
+        let mut none = rec(kind::CONNECT_FAIL, 0xF, 0, 4000);
+        none.lport = 0;
+        none.flags = flags::CANDIDATES;
+        let mut one = none;
+        one.aux = 1;
+        one.expires = 0xA;
+        let ev = run(&mut lc, &[none, one]);
+        let got: Vec<(Refusal, Option<u32>)> = ev
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::ConnectFail {
+                    refusal,
+                    candidates,
+                    ..
+                } => Some((*refusal, *candidates)),
+                _ => None,
+            })
+            .collect();
+        // A (born at 2000 ms, no timestamps in these records) was the one refused.
+        assert_eq!(
+            got,
+            vec![
+                (Refusal::NoTimewait, Some(0)),
+                (Refusal::NoTimestamps, Some(1))
+            ]
         );
     }
 }

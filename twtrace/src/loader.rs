@@ -4,7 +4,7 @@
 use crate::btf::{KernelBtf, VMLINUX};
 use crate::kallsyms;
 use anyhow::{bail, Context, Result};
-use aya::programs::{BtfTracePoint, Iter};
+use aya::programs::{BtfTracePoint, FExit, Iter};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::path::Path;
 use twtrace_common::{Config, NO_FIELD};
@@ -18,6 +18,9 @@ pub enum Attach {
     TpBtf(&'static str),
     /// BPF iterator (`iter/…`), run on demand rather than attached to an event.
     Iter(&'static str),
+    /// Function hook (`fexit/…`) of the optional tier ([`crate::fnsig::FN_HOOKS`]), attached
+    /// only if the kernel's prototype matches the one the program was written against.
+    FExit(&'static str),
 }
 
 /// One row of the hook table.
@@ -28,60 +31,71 @@ pub struct Hook {
     pub attach: Attach,
     /// Without a required hook twtrace cannot report the lifecycle at all.
     pub required: bool,
+    /// A program for an older signature of the same tracepoint, tried when `program` is
+    /// refused (tracepoints gain arguments across kernel versions).
+    pub fallback: Option<&'static str>,
     /// What the hook contributes, printed in the start-up report.
     pub purpose: &'static str,
 }
 
-/// The baseline tier: tracepoints every BTF kernel has. Function hooks (kprobe/fentry on
-/// `tcp_time_wait`, `inet_twsk_alloc`, `tcp_twsk_unique`, `inet_twsk_kill`) join this table
-/// where a kernel offers them; the tracepoint set must always work alone.
+/// The baseline tier: tracepoints every BTF kernel has; it must always work alone. The
+/// function-hook tier ([`crate::fnsig::FN_HOOKS`]) joins it where a kernel allows fexit.
 pub const HOOKS: &[Hook] = &[
     Hook {
         program: "timer_start",
         attach: Attach::TpBtf("timer_start"),
         required: true,
+        fallback: None,
         purpose: "timewait births and re-arms",
     },
     Hook {
         program: "timer_cancel",
         attach: Attach::TpBtf("timer_cancel"),
         required: true,
+        fallback: None,
         purpose: "timewait timer detaches (expiry, re-arm or early death)",
     },
     Hook {
         program: "timer_expire_entry",
         attach: Attach::TpBtf("timer_expire_entry"),
         required: true,
+        fallback: None,
         purpose: "timewait expiries",
     },
     Hook {
         program: "timer_init",
         attach: Attach::TpBtf("timer_init"),
         required: false,
+        fallback: None,
         purpose: "exact death evidence when a timewait socket's memory is reused",
     },
     Hook {
         program: "inet_sock_set_state",
         attach: Attach::TpBtf("inet_sock_set_state"),
         required: false,
+        fallback: None,
         purpose: "the process that closed each connection",
     },
     Hook {
         program: "kfree_skb",
         attach: Attach::TpBtf("kfree_skb"),
         required: false,
+        fallback: None,
         purpose: "PAWS rejects, and the segment that kills a timewait socket (rst)",
     },
     Hook {
         program: "tcp_send_reset",
         attach: Attach::TpBtf("tcp_send_reset"),
         required: false,
+        // Before 6.10 the tracepoint has no `reason`: the same program without it.
+        fallback: Some("tcp_send_reset_2"),
         purpose: "aborts (SO_LINGER 0) and timewait sockets answering with RST",
     },
     Hook {
         program: "snapshot_tcp",
         attach: Attach::Iter("tcp"),
         required: false,
+        fallback: None,
         purpose: "timewait sockets that existed before start-up",
     },
 ];
@@ -91,6 +105,8 @@ pub struct HookStatus {
     pub hook: Hook,
     /// `Err(message)` when the hook could not be loaded or attached.
     pub result: std::result::Result<(), String>,
+    /// The hook's fallback program (for an older tracepoint signature) is what runs.
+    pub fallback_used: bool,
 }
 
 impl HookStatus {
@@ -98,14 +114,33 @@ impl HookStatus {
         match self.hook.attach {
             Attach::TpBtf(tp) => format!("tp_btf/{tp}"),
             Attach::Iter(i) => format!("iter/{i}"),
+            Attach::FExit(f) => format!("fexit/{f}"),
         }
+    }
+
+    /// Whether this hook belongs to the optional function-hook tier.
+    pub fn is_fn_tier(&self) -> bool {
+        matches!(self.hook.attach, Attach::FExit(_))
     }
 
     /// One line for stderr.
     pub fn report_line(&self) -> String {
         match &self.result {
+            Ok(()) if self.fallback_used => format!(
+                "hook {:<28} attached     ({}; older tracepoint without its newer arguments: \
+                 {})",
+                self.label(),
+                self.hook.purpose,
+                self.hook.fallback.unwrap_or_default()
+            ),
             Ok(()) => format!(
                 "hook {:<28} attached     ({})",
+                self.label(),
+                self.hook.purpose
+            ),
+            // The function tier is optional by design: off is a tier choice, not a fault.
+            Err(e) if self.is_fn_tier() => format!(
+                "hook {:<28} off          ({}): {e}",
                 self.label(),
                 self.hook.purpose
             ),
@@ -116,6 +151,29 @@ impl HookStatus {
             ),
         }
     }
+}
+
+/// The start-up line that says which tier runs.
+pub fn tier_line(hooks: &[HookStatus]) -> String {
+    let fns: Vec<&HookStatus> = hooks.iter().filter(|h| h.is_fn_tier()).collect();
+    let on = fns.iter().filter(|h| h.result.is_ok()).count();
+    if on == 0 {
+        "tier: tracepoints (this kernel gives no function hooks: reuses and overflows are \
+         inferred)"
+            .to_string()
+    } else {
+        format!(
+            "tier: tracepoints + function hooks ({on} of {} fexit attached)",
+            fns.len()
+        )
+    }
+}
+
+/// Whether the function hook on `function` is attached.
+pub fn fn_hook_on(hooks: &[HookStatus], function: &str) -> bool {
+    hooks
+        .iter()
+        .any(|h| matches!(h.hook.attach, Attach::FExit(f) if f == function) && h.result.is_ok())
 }
 
 const CAP_PERFMON: u32 = 38;
@@ -251,6 +309,11 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
     };
     let config =
         resolve_config(&kbtf, symbols).context("resolving kernel structure offsets from BTF")?;
+    // The function hooks' prototypes are checked against our parse, before it goes.
+    let fn_checks: Vec<_> = crate::fnsig::FN_HOOKS
+        .iter()
+        .map(|h| (*h, crate::fnsig::check(kbtf.raw(), h).map(|_| ())))
+        .collect();
     // Free our parse of the kernel BTF before aya makes its own: both at once were most of
     // the start-up memory peak.
     drop(kbtf);
@@ -263,7 +326,19 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
         .context("loading twtrace's eBPF object into the kernel")?;
     let mut hooks = Vec::new();
     for hook in HOOKS {
-        let result = attach(&mut ebpf, &btf, hook).map_err(|e| format!("{e:#}"));
+        let mut result = attach(&mut ebpf, &btf, hook).map_err(|e| format!("{e:#}"));
+        let mut fallback_used = false;
+        if let (Err(_), Some(program)) = (&result, hook.fallback) {
+            let alt = Hook {
+                program,
+                fallback: None,
+                ..*hook
+            };
+            if attach(&mut ebpf, &btf, &alt).is_ok() {
+                result = Ok(());
+                fallback_used = true;
+            }
+        }
         if hook.required {
             if let Err(e) = &result {
                 bail!(
@@ -276,6 +351,25 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
         hooks.push(HookStatus {
             hook: *hook,
             result,
+            fallback_used,
+        });
+    }
+    // The optional tier: each hook on its own (a mismatch or a refusal leaves it off).
+    for (fh, check) in fn_checks {
+        let hook = Hook {
+            program: fh.program,
+            attach: Attach::FExit(fh.function),
+            required: false,
+            fallback: None,
+            purpose: fh.purpose,
+        };
+        let result = check.and_then(|_| {
+            attach(&mut ebpf, &btf, &hook).map_err(|e| format!("{e:#}").replace('\n', " "))
+        });
+        hooks.push(HookStatus {
+            hook,
+            result,
+            fallback_used: false,
         });
     }
     Ok(Loaded {
@@ -300,6 +394,12 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<()> {
             // Iterators are attached per run (see snapshot.rs); loading proves they work.
             let p: &mut Iter = prog.try_into()?;
             p.load(target, btf)?;
+        }
+        Attach::FExit(function) => {
+            let p: &mut FExit = prog.try_into()?;
+            p.load(function, btf)
+                .context("the kernel refused the fexit program")?;
+            p.attach()?;
         }
     }
     Ok(())

@@ -948,6 +948,7 @@ mod tests {
                     errno: libc::EADDRNOTAVAIL,
                     refusal,
                     timewait: 3,
+                    candidates: None,
                     task: None,
                 },
             ));
@@ -1368,6 +1369,7 @@ mod tests {
                     errno: 1000 + errno,
                     refusal: Refusal::Unknown,
                     timewait: 0,
+                    candidates: None,
                     task: None,
                 },
             ));

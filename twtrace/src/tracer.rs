@@ -97,6 +97,10 @@ impl Tracer {
             }
         };
         let mut lifecycle = Lifecycle::with_settle(hz, opts.settle_ns);
+        lifecycle.set_fn_tier(
+            loader::fn_hook_on(&hooks, "tcp_twsk_unique"),
+            loader::fn_hook_on(&hooks, "inet_twsk_alloc"),
+        );
         let mut sysctls = SysctlWatch::new();
         sysctls.baseline();
         let mut initial = Vec::new();
@@ -319,6 +323,19 @@ pub struct Background {
     events: Arc<Mutex<Vec<Event>>>,
     thread: Option<std::thread::JoinHandle<Result<TracerSummary>>>,
     pub clock: Clock,
+    /// The function-hook tier is attached (`tcp_twsk_unique`): refusals are counted exactly.
+    pub fn_tier: bool,
+    /// What attached, as the start-up report has it.
+    pub hooks: Vec<HookStatus>,
+}
+
+impl Background {
+    /// Whether the hook with this label (e.g. `tp_btf/kfree_skb`) is attached.
+    pub fn hook_on(&self, label: &str) -> bool {
+        self.hooks
+            .iter()
+            .any(|h| h.label() == label && h.result.is_ok())
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -340,12 +357,14 @@ impl Background {
     ) -> Result<Background> {
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Clock>>();
+        let (ready_tx, ready_rx) =
+            std::sync::mpsc::channel::<Result<(Clock, bool, Vec<HookStatus>)>>();
         let (s, ev) = (stop.clone(), events.clone());
         let thread = std::thread::spawn(move || -> Result<TracerSummary> {
             let mut t = match Tracer::start(&opts) {
                 Ok(t) => {
-                    let _ = ready_tx.send(Ok(t.clock));
+                    let fn_tier = loader::fn_hook_on(&t.hooks, "tcp_twsk_unique");
+                    let _ = ready_tx.send(Ok((t.clock, fn_tier, t.hooks.clone())));
                     t
                 }
                 Err(e) => {
@@ -375,7 +394,7 @@ impl Background {
                 read_errors: t.read_errors(),
             })
         });
-        let clock = ready_rx
+        let (clock, fn_tier, hooks) = ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("tracer thread died before it was ready"))??;
         Ok(Background {
@@ -383,6 +402,8 @@ impl Background {
             events,
             thread: Some(thread),
             clock,
+            fn_tier,
+            hooks,
         })
     }
 

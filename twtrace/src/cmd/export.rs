@@ -56,6 +56,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "tw",
     "sysctls",
     "host",
+    "candidates",
 ];
 
 /// Quotes a CSV field when it needs it (RFC 4180).
@@ -72,7 +73,7 @@ fn csv_field(out: &mut String, s: &str) {
 /// One CSV row (without the newline), columns as [`CSV_COLUMNS`]; empty where a column does
 /// not apply to the event's kind.
 pub fn write_csv(e: &Event, clock: &Clock, host: &str, out: &mut String) {
-    let mut cols: [String; 25] = Default::default();
+    let mut cols: [String; 26] = Default::default();
     cols[0] = rfc3339_micros(clock.wall_ns(e.ts_ns));
     cols[1] = e.ts_ns.to_string();
     cols[2] = e.kind().to_string();
@@ -132,10 +133,14 @@ pub fn write_csv(e: &Event, clock: &Clock, host: &str, out: &mut String) {
             errno,
             refusal,
             timewait,
+            candidates,
             task: t,
             ..
         } => {
             task(t);
+            if let Some(n) = candidates {
+                cols[25] = n.to_string();
+            }
             cols[15] = errno.to_string();
             cols[16] = errno_name(*errno).into();
             cols[17] = refusal.as_str().into();

@@ -93,6 +93,7 @@ pub fn start_tracer(args: &TraceArgs) -> Result<Tracer> {
         for h in &tracer.hooks {
             eprintln!("{}", h.report_line());
         }
+        eprintln!("{}", twtrace::loader::tier_line(&tracer.hooks));
         for w in &tracer.warnings {
             eprintln!("warning: {w}");
         }
@@ -276,9 +277,11 @@ fn run_view(args: &LiveArgs) -> Result<()> {
     let host = HostInfo {
         host: sysinfo::hostname(),
         kernel: sysinfo::kernel_release().unwrap_or_default(),
+        // The function tier is optional: counted when attached, not listed as missing.
         hooks: tracer
             .hooks
             .iter()
+            .filter(|h| !h.is_fn_tier() || h.result.is_ok())
             .map(|h| (h.label(), h.result.is_ok()))
             .collect(),
         start_ns: sysinfo::monotonic_ns(),

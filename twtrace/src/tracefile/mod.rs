@@ -35,7 +35,8 @@ pub const MAGIC: [u8; 8] = *b"\x89TWTRACE";
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version: additive changes (new record kinds, header fields, trailing fields, enum
 /// codes). Readers accept any minor of their major.
-pub const VERSION_MINOR: u16 = 0;
+/// 1: `connect_fail` may end with the function tier's candidate count.
+pub const VERSION_MINOR: u16 = 1;
 /// Starts every block. A resynchronising reader looks for it after damage; a false match inside
 /// a payload fails the block's checksum and the search goes on.
 pub const SYNC: [u8; 8] = [0xd7, b'T', b'W', b'B', b'L', b'K', 0x0d, 0x0a];

@@ -591,6 +591,8 @@ const TASK: u8 = 1;
 const SNAPSHOT: u8 = 2;
 const AGE: u8 = 4;
 const LIFETIME: u8 = 8;
+/// connect_fail (minor 1): the function tier's candidate count follows the task.
+const CANDIDATES: u8 = 16;
 
 fn decode_task(c: &mut Cursor, t: &Tables, flags: u8) -> Result<Option<Task>, DecErr> {
     if flags & TASK == 0 {
@@ -674,12 +676,19 @@ fn decode_event(k: u64, ts_ns: u64, c: &mut Cursor, t: &Tables) -> Result<Event,
             let refusal = refusal_from(c.u8()?);
             let timewait = c.varint_u32()?;
             let flags = c.u8()?;
+            let task = decode_task(c, t, flags)?;
+            let candidates = if flags & CANDIDATES != 0 {
+                Some(c.varint_u32()?)
+            } else {
+                None
+            };
             Body::ConnectFail {
                 sock,
                 errno,
                 refusal,
                 timewait,
-                task: decode_task(c, t, flags)?,
+                candidates,
+                task,
             }
         }
         kind::PAWS_REJECT => Body::PawsReject {

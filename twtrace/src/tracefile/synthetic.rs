@@ -213,6 +213,7 @@ impl Iterator for Mix {
                 errno: libc::EADDRNOTAVAIL,
                 refusal: Refusal::ALL[self.rng.below(7) as usize],
                 timewait: self.rng.below(30000) as u32,
+                candidates: (self.rng.below(3) == 0).then(|| self.rng.below(30000) as u32),
                 task: self.task(),
             }
         } else if roll < 985 {

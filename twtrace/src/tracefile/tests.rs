@@ -172,6 +172,15 @@ fn every_variant() -> Vec<Event> {
             errno: [libc::EADDRNOTAVAIL, -1, i32::MAX, i32::MIN, 0, 99, 98][i],
             refusal,
             timewait: [0, 1, u32::MAX, 28232, 7, 8, 9][i],
+            candidates: [
+                None,
+                Some(0),
+                Some(u32::MAX),
+                None,
+                Some(3),
+                None,
+                Some(28000),
+            ][i],
             task: if i % 2 == 0 { task("python3") } else { None },
         });
     }
@@ -270,6 +279,7 @@ fn hook_errors_are_cut_to_their_first_line() {
     let status = |e: &str| crate::loader::HookStatus {
         hook: crate::loader::HOOKS[0],
         result: Err(e.to_string()),
+        fallback_used: false,
     };
     let log = format!(
         "BPF_PROG_LOAD: Permission denied. Verifier output:\n{}",

@@ -428,6 +428,7 @@ impl Writer {
         const SNAPSHOT: u8 = 2;
         const AGE: u8 = 4;
         const LIFETIME: u8 = 8;
+        const CANDIDATES: u8 = 16;
         let task_flag = if tix.is_some() { TASK } else { 0 };
         match &e.body {
             Body::Enter {
@@ -476,12 +477,14 @@ impl Writer {
                 errno,
                 refusal,
                 timewait,
+                candidates,
                 ..
             } => {
                 put_varint(&mut self.block, zigzag(*errno as i64));
                 self.block.push(refusal_code(*refusal));
                 put_varint(&mut self.block, *timewait as u64);
-                self.block.push(task_flag);
+                self.block
+                    .push(task_flag | if candidates.is_some() { CANDIDATES } else { 0 });
             }
             Body::Lost { count } => put_varint(&mut self.block, *count),
             Body::Netns { netns, sysctls } => {
@@ -492,6 +495,14 @@ impl Writer {
         if let Some((pid, comm)) = tix {
             put_varint(&mut self.block, pid as u64);
             put_varint(&mut self.block, comm as u64);
+        }
+        // Fields added in minor 1 go last: older readers ignore trailing bytes.
+        if let Body::ConnectFail {
+            candidates: Some(n),
+            ..
+        } = &e.body
+        {
+            put_varint(&mut self.block, *n as u64);
         }
         self.end(start);
         self.events += 1;
