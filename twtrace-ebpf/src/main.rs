@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+mod floor;
 mod fnhooks;
 
 use aya_ebpf::{

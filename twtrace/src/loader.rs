@@ -380,6 +380,39 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
     })
 }
 
+/// The benchmark's floor: loads the object and attaches only its empty programs
+/// (`twtrace-ebpf/src/floor.rs`) to the same tracepoints as [`HOOKS`]. Returns the object (the
+/// programs stay attached while it lives) and the tracepoints attached.
+pub fn load_floor() -> Result<(Ebpf, Vec<&'static str>)> {
+    preflight()?;
+    let btf = Btf::from_sys_fs().context("loading kernel BTF for tp_btf programs")?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(OBJECT)
+        .context("loading twtrace's eBPF object into the kernel")?;
+    let mut attached = Vec::new();
+    for (program, tp) in [
+        ("floor_timer_start", "timer_start"),
+        ("floor_timer_cancel", "timer_cancel"),
+        ("floor_timer_expire", "timer_expire_entry"),
+        ("floor_timer_init", "timer_init"),
+        ("floor_set_state", "inet_sock_set_state"),
+        ("floor_kfree_skb", "kfree_skb"),
+        ("floor_send_reset", "tcp_send_reset"),
+    ] {
+        let hook = Hook {
+            program,
+            attach: Attach::TpBtf(tp),
+            required: true,
+            fallback: None,
+            purpose: "",
+        };
+        attach(&mut ebpf, &btf, &hook).with_context(|| format!("attaching {program}"))?;
+        attached.push(tp);
+    }
+    Ok((ebpf, attached))
+}
+
 fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<()> {
     let prog = ebpf
         .program_mut(hook.program)

@@ -94,6 +94,9 @@ enum Sub {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Attach empty programs to twtrace's tracepoints until interrupted (the "empty programs"
+    /// configuration: the floor of the tracepoint design's cost).
+    Floor,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +110,9 @@ enum Phase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tool {
     NoTracer,
+    /// Empty BPF programs on twtrace's tracepoints (`twtrace-bench floor`): the least any
+    /// tracer built on these hooks can cost.
+    Floor,
     Live,
     /// A second twtrace build (`--compare PATH`), measured the same way, for before/after.
     Compare,
@@ -116,8 +122,9 @@ enum Tool {
 }
 
 impl Tool {
-    const ALL: [Tool; 6] = [
+    const ALL: [Tool; 7] = [
         Tool::NoTracer,
+        Tool::Floor,
         Tool::Live,
         Tool::Compare,
         Tool::Record,
@@ -128,6 +135,7 @@ impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::NoTracer => "no tracer",
+            Tool::Floor => "empty programs",
             Tool::Live => "twtrace",
             Tool::Compare => "twtrace (compare)",
             Tool::Record => "twtrace record",
@@ -139,6 +147,7 @@ impl Tool {
     fn key(self) -> &'static str {
         match self {
             Tool::NoTracer => "none",
+            Tool::Floor => "empty_programs",
             Tool::Live => "twtrace",
             Tool::Compare => "twtrace_compare",
             Tool::Record => "twtrace_record",
@@ -194,6 +203,11 @@ impl Env {
     fn command(&self, t: Tool, stdout: Stdio) -> Option<(Command, Ready)> {
         let (mut cmd, ready) = match t {
             Tool::NoTracer => return None,
+            Tool::Floor => {
+                let mut c = Command::new(std::env::current_exe().ok()?);
+                c.arg("floor");
+                (c, Ready::StderrLine(READY_LINE))
+            }
             Tool::Live => {
                 let mut c = Command::new(&self.twtrace);
                 c.arg("--json");
@@ -300,12 +314,34 @@ fn main() {
             accumulate,
             runs,
         }) => load_only(workers, secs, rate, accumulate, runs),
+        Some(Sub::Floor) => floor(),
         None => bench(&cli),
     };
     if let Err(e) = r {
         eprintln!("twtrace-bench: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Attaches the empty programs, says so on stderr (the bench waits for that line), then holds
+/// them until SIGINT or SIGTERM.
+fn floor() -> Result<()> {
+    // Blocked before anything else so that an early signal waits for sigwait.
+    // SAFETY: plain signal-mask calls on a local set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let (_ebpf, attached) = twtrace::loader::load_floor()?;
+    eprintln!("{READY_LINE} (empty programs on {})", attached.join(", "));
+    let mut sig = 0;
+    // SAFETY: `set` is initialised above.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    Ok(())
 }
 
 fn load_only(
@@ -1097,7 +1133,7 @@ fn kernel(env: &mut Env, plan: &Plan) -> Result<Value> {
     let _stats = kstats::enable()?;
     let mut tools = vec![Tool::Live, Tool::Compare];
     if !plan.quick {
-        tools.extend([Tool::Record, Tool::Tcpstates, Tool::Bpftrace]);
+        tools.extend([Tool::Floor, Tool::Record, Tool::Tcpstates, Tool::Bpftrace]);
     }
     tools.retain(|t| env.available(*t));
     // One round is enough for a picture; comparing two builds needs several, alternating.
