@@ -15,8 +15,8 @@ pub mod kind {
     pub const TIMER_CANCEL: u8 = 2;
     /// `timer:timer_expire_entry`: the timer ran out and `tw_timer_handler` is about to run.
     pub const TIMER_EXPIRE: u8 = 3;
-    /// No longer sent (the kernel flags the birth instead: `flags::REBORN`); the number stays
-    /// reserved.
+    /// No longer sent (`timer:timer_init` is not hooked: re-arms are proven by
+    /// `flags::REARM` instead); the number stays reserved.
     pub const TIMER_INIT: u8 = 4;
     /// A timewait socket found by the start-up `iter/tcp` snapshot.
     pub const SNAPSHOT: u8 = 5;
@@ -75,10 +75,9 @@ pub mod flags {
     /// CONNECT_FAIL: the function tier ran during this connect(): `aux` = the timewait sockets
     /// `tcp_twsk_unique` refused, `expires` = the address of the last one (0: none).
     pub const CANDIDATES: u8 = 32;
-    /// TIMER_START: this birth is on the memory of a timewait socket whose timer was detached
-    /// and never re-armed or expired (`timer_init` saw the memory reinitialised): that socket
-    /// is dead, whatever the gap since its detach.
-    pub const REBORN: u8 = 64;
+    /// TIMER_START: a re-arm, not a birth: this CPU's previous timer event of any timer was
+    /// the detach of this same timewait timer (one `__mod_timer` call).
+    pub const REARM: u8 = 64;
 }
 
 /// `aux2` bit of `kind::TW_UNIQUE`: connect() was searching for an ephemeral port (`twp` set);
@@ -156,6 +155,8 @@ pub struct Connecting {
 pub struct LastTw {
     pub ts_ns: u64,
     pub tw: u64,
+    /// This CPU's timer event count at that moment (see the kernel's `TIMER_SEQ`).
+    pub seq: u64,
     pub key: FlowKey,
     pub _pad: u32,
 }

@@ -21,11 +21,6 @@ pub fn floor_timer_expire(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-#[btf_tracepoint(function = "timer_init")]
-pub fn floor_timer_init(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn floor_set_state(_ctx: BtfTracePointContext) -> u32 {
     0

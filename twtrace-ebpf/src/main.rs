@@ -3,8 +3,8 @@
 //! One program per hook, each short: filter first (a timer is only interesting when its
 //! `function` is `tw_timer_handler`), then write one fixed-size record in place into the ring
 //! buffer. The kernel side only correlates what must be seen in the moment (per-CPU last
-//! birth/detach, per-task connect(), detached timers) and flags records with it; deciding what
-//! a record means (birth, re-arm, expiry, each death reason) is userspace's job
+//! birth/detach and count of timer events, per-task connect()) and flags records with it;
+//! deciding what a record means (birth, re-arm, expiry, each death reason) is userspace's job
 //! (`twtrace::lifecycle`), where it is unit-tested. docs/lifecycle.md lists the evidence.
 //!
 //! No structure layout is compiled in: every offset comes from `CONFIG`, which userspace fills
@@ -218,23 +218,48 @@ static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(16
 #[map]
 static FIN_WAIT2_TWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
-/// Timewait sockets whose timer was detached and not (yet) re-armed or expired: keyed by
-/// address, so that `timer_init` on the same memory proves the death. LRU: entries of
-/// sockets whose memory is never reused age out.
-#[map]
-static DETACHED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
-/// Bit of a `DETACHED` value (otherwise the detach time): `timer_init` ran on that memory.
-const REBORN_MARK: u64 = 1 << 63;
-
 #[inline(always)]
-fn remember(slot: u32, tw: u64, r: &TwRecord) {
+fn remember(slot: u32, tw: u64, r: &TwRecord, seq: u64) {
     if let Some(p) = LAST_TW.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, exclusive while we run.
         unsafe {
             (*p).ts_ns = r.ts_ns;
             (*p).tw = tw;
+            (*p).seq = seq;
             (*p).key = flow_key(r);
         }
+    }
+}
+
+/// Per CPU: how many timer starts and detaches (of any timer) this CPU has run.
+#[map]
+static TIMER_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn next_seq() -> u64 {
+    match TIMER_SEQ.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, exclusive while we run.
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    }
+}
+
+/// Whether the start numbered `seq` of `tw`'s timer re-arms it: `__mod_timer` detaches a
+/// pending timer and enqueues it again under the timer base lock with interrupts off, so the
+/// two are consecutive on this CPU with no other timer event between. A new timewait socket on
+/// the memory of one that just died (the slab reuses it at once) always has timer events
+/// between (its connection's own timers), and another flow.
+#[inline(always)]
+fn is_rearm(tw: u64, seq: u64, key: &FlowKey) -> bool {
+    match LAST_TW.get_ptr(LAST_CANCEL) {
+        // SAFETY: per-CPU slot pointer from the map.
+        Some(p) => unsafe {
+            (*p).tw == tw && seq != 0 && (*p).seq.wrapping_add(1) == seq && (*p).key == *key
+        },
+        None => false,
     }
 }
 
@@ -290,6 +315,9 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
     // SAFETY: every kernel memory access goes through bpf_probe_read_kernel; `r` points into a
     // ring-buffer reservation of size_of::<TwRecord>() bytes.
     unsafe {
+        // Every start and detach of every timer on this CPU is counted, before the filter:
+        // a re-arm is the only way a timewait timer's detach and start are consecutive.
+        let seq = if k == kind::TIMER_EXPIRE { 0 } else { next_seq() };
         // The filter reads only the config fields it needs, and `function` once.
         let handler: u64 = hot!(tw_timer_handler);
         let function: u64 = match read(timer, hot!(timer_function)) {
@@ -302,12 +330,6 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
                 if rh != 0 && function == rh {
                     let cfg = CONFIG.load();
                     on_reqsk_timer(&cfg, timer);
-                }
-            } else if k == kind::TIMER_INIT {
-                let tw = timer - hot!(tw_timer) as u64;
-                if read::<u8>(tw, hot!(skc_state)).unwrap_or(0) == TCP_TIME_WAIT {
-                    let cfg = CONFIG.load();
-                    on_timer_init(&cfg, timer);
                 }
             }
             return 0;
@@ -322,56 +344,29 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
         fill_tw(&cfg, tw, k, r);
         set_current(r);
         if k == kind::TIMER_START {
-            // A birth: name the closing process if we saw it close. Re-arms find nothing.
             let key = flow_key(r);
-            if let Some(c) = CLOSERS.get(&key) {
-                (*r).pid = c.pid;
-                (*r).comm = c.comm;
-                (*r).flags |= flags::CLOSER;
-                let _ = CLOSERS.remove(&key);
-            }
-            remember(LAST_BIRTH, tw, &*r);
-            if (*r).substate == TCP_FIN_WAIT2 {
-                let _ = FIN_WAIT2_TWS.insert(&tw, &0, 0);
-            }
-            // Detached before: a re-arm (cancel and start back to back), or, if timer_init
-            // marked the memory as reinitialised since, a new socket on a dead one's memory.
-            if let Some(v) = DETACHED.get(&tw) {
-                if *v & REBORN_MARK != 0 {
-                    (*r).flags |= flags::REBORN;
+            if is_rearm(tw, seq, &key) {
+                (*r).flags |= flags::REARM;
+            } else {
+                // A birth: name the closing process if we saw it close.
+                if let Some(c) = CLOSERS.get(&key) {
+                    (*r).pid = c.pid;
+                    (*r).comm = c.comm;
+                    (*r).flags |= flags::CLOSER;
+                    let _ = CLOSERS.remove(&key);
                 }
-                let _ = DETACHED.remove(&tw);
+                remember(LAST_BIRTH, tw, &*r, seq);
+                if (*r).substate == TCP_FIN_WAIT2 {
+                    let _ = FIN_WAIT2_TWS.insert(&tw, &0, 0);
+                }
             }
-        } else if k == kind::TIMER_EXPIRE {
-            let _ = DETACHED.remove(&tw);
         } else if k == kind::TIMER_CANCEL {
             (*r).flags |= cancel_flags(&cfg, tw, &*r);
-            remember(LAST_CANCEL, tw, &*r);
-            // Copied out first: 6.1 refuses ring-buffer memory as a map value.
-            let ts = (*r).ts_ns;
-            let _ = DETACHED.insert(&tw, &ts, 0);
+            remember(LAST_CANCEL, tw, &*r, seq);
         }
         entry.submit(wakeup_flags());
     }
     0
-}
-
-/// `timer_init` of a timer inside a timewait socket whose timer was detached and neither
-/// re-armed nor expired: the memory is being reused for a new timewait socket, so the old
-/// one is dead. (An early death's `timer_shutdown_sync` clears `function`, so the stale
-/// function test in `tw_of_timer` cannot see these.) No record: the mark makes the birth's
-/// `timer_start` record carry `flags::REBORN`, which is all userspace needs.
-#[inline(always)]
-unsafe fn on_timer_init(cfg: &Config, timer: u64) {
-    let tw = timer - cfg.tw_timer as u64;
-    // inet_twsk_alloc() sets tw_state before timer_setup(); every other timer_init (9 per
-    // connection in the benchmark) is rejected by this one read instead of a hash lookup.
-    if read::<u8>(tw, cfg.skc_state).unwrap_or(0) != TCP_TIME_WAIT {
-        return;
-    }
-    if let Some(v) = DETACHED.get_ptr_mut(&tw) {
-        *v |= REBORN_MARK;
-    }
 }
 
 /// A request socket's timer armed (a SYN became a request socket) right after a timewait
@@ -433,15 +428,6 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_expire_entry(ctx: BtfTracePointContext) -> u32 {
     on_tw_timer(&ctx, kind::TIMER_EXPIRE)
-}
-
-/// `timer_init` fires before `timer_setup` stores the new function, so `function` still holds
-/// what the memory held before. The timewait slab is SLAB_TYPESAFE_BY_RCU (its free pointer
-/// lives outside the object), so a stale `tw_timer_handler` here means a freed timewait socket's
-/// memory is being reused for a new one: proof that the old one died.
-#[btf_tracepoint(function = "timer_init")]
-pub fn timer_init(ctx: BtfTracePointContext) -> u32 {
-    on_tw_timer(&ctx, kind::TIMER_INIT)
 }
 
 /// TCP state changes that matter to TIME_WAIT:

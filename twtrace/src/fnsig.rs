@@ -34,7 +34,7 @@ pub const FN_HOOKS: &[FnHook] = &[
         program: "tw_unique",
         function: "tcp_twsk_unique",
         proto: "int tcp_twsk_unique(struct sock *sk, struct sock *sktw, void *twp)",
-        purpose: "every reuse decision of connect(): which timewait socket, refused or taken",
+        purpose: "every reuse decision of connect(): the socket taken over, the count refused",
     },
     FnHook {
         program: "tw_alloc",

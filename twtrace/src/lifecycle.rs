@@ -8,9 +8,11 @@
 //! |---------------------------------------------|----------------------------------|
 //! | `start(A)`, A not alive                     | birth of A                       |
 //! | `cancel(A)` then `expire(A)`                | A expired (`__run_timers`)       |
-//! | `cancel(A)` then `start(A)`                 | A re-armed into another bucket   |
+//! | `cancel(A)` then `start(A)` flagged `REARM` | A re-armed into another bucket   |
 //! | `cancel(A)` then anything else, or nothing  | A died early (`timer_shutdown_sync`) |
-//! | `start(A)` flagged `REBORN`                 | A's memory is reused: old A died |
+//!
+//! `REARM` is the kernel's proof (no other timer event on that CPU between the two); a start
+//! of A without it is a birth on A's memory, so the old A died at its detach.
 //!
 //! The detach and its expiry/re-arm run back to back on one CPU with nothing of ours in
 //! between (timewait timers are only touched from softirq or process context, which cannot
@@ -27,10 +29,6 @@ use twtrace_common::{flags, kind, TwRecord};
 /// Default window after which an unsettled cancel is an early death. Expiries and re-arms
 /// settle within microseconds.
 pub const SETTLE_NS: u64 = 20_000_000;
-
-/// Longest gap between a re-arm's detach and its start (both inside one `__mod_timer` call,
-/// IRQs off; the gap is our own programs' run time).
-const REARM_MAX_GAP_NS: u64 = 1_000_000;
 
 #[derive(Clone, Debug)]
 struct Live {
@@ -389,20 +387,15 @@ impl Lifecycle {
     }
 
     fn on_start(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
-        let reborn = r.flags & flags::REBORN != 0;
+        // The kernel proves a re-arm: the detach and the start were consecutive timer events
+        // on this CPU (one `__mod_timer` call). Anything else is a birth, on memory that may
+        // have held a socket that just died (the slab reuses it at once).
+        let rearm = r.flags & flags::REARM != 0 && !self.taken.contains(&r.tw);
         match self.pending.remove(&r.cpu) {
-            // A re-arm's detach and start run back to back under the timer base lock; a new
-            // socket on the same memory needs a whole connection in between, and the kernel
-            // flags it when it saw the memory reinitialised.
-            Some(p)
-                if p.tw == r.tw
-                    && !reborn
-                    && !self.taken.contains(&p.tw)
-                    && r.ts_ns.saturating_sub(p.ts_ns) < REARM_MAX_GAP_NS =>
-            {
-                return self.rearm(r, out)
-            }
+            Some(p) if p.tw == r.tw && rearm => return self.rearm(r, out),
             Some(p) => self.settle(&p, out),
+            // A re-arm whose detach record we did not see (lost): still not a birth.
+            None if rearm && self.live.contains_key(&r.tw) => return self.rearm(r, out),
             None => {}
         }
         self.settle_other_cpus(r.tw, out);
@@ -714,7 +707,8 @@ mod tests {
         let mut s = rec(kind::TIMER_START, 0xA, 0, 1000);
         s.substate = TCP_FIN_WAIT2;
         let c = rec(kind::TIMER_CANCEL, 0xA, 1, 4000);
-        let s2 = rec(kind::TIMER_START, 0xA, 1, 4000);
+        let mut s2 = rec(kind::TIMER_START, 0xA, 1, 4000);
+        s2.flags |= flags::REARM;
         let mut out = run(&mut lc, &[s, c, s2]);
         lc.tick(10_000 * MS, &mut out);
         assert!(exits(&out).is_empty(), "{out:?}");
@@ -770,17 +764,15 @@ mod tests {
     #[test]
     fn reused_memory_on_the_same_cpu_is_a_death_then_a_birth() {
         // connect() reuse on CPU 0 kills A; the slab hands A's memory to the next timewait
-        // socket, born on the same CPU before anything else happened there (the kernel saw
-        // timer_init on that memory and flags the birth).
+        // socket, born on the same CPU at once, however soon (no REARM flag: the kernel saw
+        // other timer events between).
         let mut lc = Lifecycle::new(250);
-        let mut reborn = rec(kind::TIMER_START, 0xA, 0, 2000);
-        reborn.flags |= flags::REBORN;
         let ev = run(
             &mut lc,
             &[
                 rec(kind::TIMER_START, 0xA, 0, 1000),
                 rec(kind::TIMER_CANCEL, 0xA, 0, 2000),
-                reborn,
+                rec(kind::TIMER_START, 0xA, 0, 2000),
             ],
         );
         assert_eq!(exits(&ev), vec![(0xA, ExitReason::Unknown, Some(1000))]);
@@ -1092,13 +1084,15 @@ mod tests {
         let mut taken = rec(kind::TW_UNIQUE, 0xA, 0, 2000);
         taken.aux = 1;
         taken.expires = 3; // three others refused before it
+        let mut again = rec(kind::TIMER_START, 0xA, 0, 2000);
+        again.flags |= flags::REARM; // even a start that claims to re-arm it
         let ev = run(
             &mut lc,
             &[
                 rec(kind::TIMER_START, 0xA, 0, 1000),
                 taken,
                 rec(kind::TIMER_CANCEL, 0xA, 0, 2000),
-                rec(kind::TIMER_START, 0xA, 0, 2000),
+                again,
             ],
         );
         assert_eq!(exits(&ev), vec![(0xA, ExitReason::Reused, Some(1000))]);

@@ -63,13 +63,6 @@ pub const HOOKS: &[Hook] = &[
         purpose: "timewait expiries",
     },
     Hook {
-        program: "timer_init",
-        attach: Attach::TpBtf("timer_init"),
-        required: false,
-        fallback: None,
-        purpose: "exact death evidence when a timewait socket's memory is reused",
-    },
-    Hook {
         program: "inet_sock_set_state",
         attach: Attach::TpBtf("inet_sock_set_state"),
         required: false,
@@ -364,7 +357,16 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             purpose: fh.purpose,
         };
         let result = check.and_then(|_| {
-            attach(&mut ebpf, &btf, &hook).map_err(|e| format!("{e:#}").replace('\n', " "))
+            attach(&mut ebpf, &btf, &hook).map_err(|e| {
+                let e = format!("{e:#}").replace('\n', " ");
+                // EPERM for any fexit program: no BPF trampolines here (or a lockdown). Said
+                // once, plainly; other errors keep their whole text.
+                if e.contains("Operation not permitted") {
+                    "this kernel refuses fexit programs (Operation not permitted)".to_string()
+                } else {
+                    e
+                }
+            })
         });
         hooks.push(HookStatus {
             hook,
@@ -395,7 +397,6 @@ pub fn load_floor() -> Result<(Ebpf, Vec<&'static str>)> {
         ("floor_timer_start", "timer_start"),
         ("floor_timer_cancel", "timer_cancel"),
         ("floor_timer_expire", "timer_expire_entry"),
-        ("floor_timer_init", "timer_init"),
         ("floor_set_state", "inet_sock_set_state"),
         ("floor_kfree_skb", "kfree_skb"),
         ("floor_send_reset", "tcp_send_reset"),
