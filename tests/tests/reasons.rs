@@ -283,13 +283,17 @@ fn reuse_mode_2_refuses_non_loopback() {
     .unwrap();
     connect_many(&cli, server.addr, 2, FirstCloser::Client).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(connect_until(
+    if let Some((local, after)) = connect_until(
         &cli,
         server.addr,
         Duration::from_millis(300),
-        Duration::from_millis(50)
-    )
-    .is_none());
+        Duration::from_millis(50),
+    ) {
+        panic!(
+            "connect() found a port ({local}, after {after:?}): {:#?}",
+            tracer.events()
+        );
+    }
     let ev = tracer.wait_for(SOON, |ev| !connect_fails(ev).is_empty());
     let fails = connect_fails(&ev);
     assert!(!fails.is_empty());

@@ -36,7 +36,8 @@ pub mod kind {
     /// {1,0}, unread data at close, abort). `tw` = the socket; `aux` = `enum sk_rst_reason`.
     pub const ABORT: u8 = 10;
     /// SYN_SENT → CLOSE before any segment went out: connect() found no usable local port.
-    /// `tw` = the socket; tuple = what the socket had (source port 0 unless bound).
+    /// `tw` = the socket; tuple = what the socket had (source port 0 unless bound);
+    /// `entry_stamp` = when connect() began (CLOCK_MONOTONIC ms, low 32 bits; 0: not seen).
     pub const CONNECT_FAIL: u8 = 11;
     /// FIN_WAIT2/CLOSING → CLOSE with no timewait socket born for it while the namespace's
     /// timewait count was at `tcp_max_tw_buckets`. `aux` = count, `expires` = the limit.

@@ -382,12 +382,13 @@ unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
         return;
     }
     let req = timer - cfg.rsk_timer as u64;
-    emit_sock(cfg, req, kind::REQSK_START, 0, 0, 0);
+    emit_sock(cfg, req, kind::REQSK_START, 0, 0, 0, 0);
 }
 
 /// Writes a record for a full or request socket (not a timewait one): tuple, netns, current.
 #[inline(always)]
-unsafe fn emit_sock(cfg: &Config, sk: u64, k: u8, aux: u32, expires: u64, f: u8) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn emit_sock(cfg: &Config, sk: u64, k: u8, aux: u32, expires: u64, f: u8, stamp: u32) {
     let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
         bump(counter::LOST);
         return;
@@ -403,7 +404,7 @@ unsafe fn emit_sock(cfg: &Config, sk: u64, k: u8, aux: u32, expires: u64, f: u8)
     (*r).tw = sk;
     (*r).expires = expires;
     (*r).jiffies = bpf_jiffies64();
-    (*r).entry_stamp = 0;
+    (*r).entry_stamp = stamp;
     (*r).ts_recent_stamp = 0;
     (*r).kind = k;
     (*r).substate = read(sk, cfg.skc_state).unwrap_or(0);
@@ -498,9 +499,14 @@ unsafe fn on_connect_end(cfg: &Config, sk: u64) {
     let key = bpf_get_current_pid_tgid();
     // What the function tier counted during this connect(), if it ran (copied out: the entry
     // goes now).
-    let (cflags, refused, last) = match CONNECTING.get(&key) {
-        Some(c) => (c.flags as u8 & flags::CANDIDATES, c.refused, c.last_refused),
-        None => (0, 0, 0),
+    let (cflags, refused, last, started) = match CONNECTING.get(&key) {
+        Some(c) => (
+            c.flags as u8 & flags::CANDIDATES,
+            c.refused,
+            c.last_refused,
+            c.ts_ns,
+        ),
+        None => (0, 0, 0, 0),
     };
     let _ = CONNECTING.remove(&key);
     if cfg.tcp_segs_out == NO_FIELD {
@@ -508,7 +514,14 @@ unsafe fn on_connect_end(cfg: &Config, sk: u64) {
     }
     // A refused or timed-out connect sent its SYN; one that never found a port sent nothing.
     if read::<u32>(sk, cfg.tcp_segs_out).unwrap_or(1) == 0 {
-        emit_sock(cfg, sk, kind::CONNECT_FAIL, refused, last, cflags);
+        // The reuse decisions were made between connect()'s start and now: its start, in
+        // milliseconds like tw_entry_stamp, lets userspace judge them at the right moment.
+        let started_ms = if started != 0 {
+            (started / 1_000_000) as u32
+        } else {
+            0
+        };
+        emit_sock(cfg, sk, kind::CONNECT_FAIL, refused, last, cflags, started_ms);
     }
 }
 
@@ -540,7 +553,7 @@ unsafe fn on_done(cfg: &Config, sk: u64) {
             return; // the normal path (the last free slot was just taken)
         }
     }
-    emit_sock(cfg, sk, kind::OVERFLOW, count, max as u64, 0);
+    emit_sock(cfg, sk, kind::OVERFLOW, count, max as u64, 0, 0);
 }
 
 /// `skb:kfree_skb` with a timewait receiver: a PAWS rejection (the NAT symptom), or the
@@ -632,7 +645,7 @@ fn on_send_reset(sk: u64, skb: u64, reason: u32) -> u32 {
             (*r).aux = reason;
             entry.submit(wakeup_flags());
         } else if skb == 0 {
-            emit_sock(&cfg, sk, kind::ABORT, reason, 0, 0);
+            emit_sock(&cfg, sk, kind::ABORT, reason, 0, 0, 0);
         }
     }
     0

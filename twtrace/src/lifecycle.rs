@@ -277,13 +277,23 @@ impl Lifecycle {
         };
         let all = self.toward(&dest);
         let timewait = all.len() as u32;
+        // The kernel decided somewhere between connect()'s start and this record: judged at
+        // the start, a refusal it made is never mistaken for an allowed reuse (a socket only
+        // gets older), even across a second boundary on a slow machine.
+        let started = match r.entry_stamp {
+            0 => r.ts_ns,
+            ms => {
+                let back_ms = ((r.ts_ns / 1_000_000) as u32).wrapping_sub(ms) as u64;
+                r.ts_ns.saturating_sub(back_ms * 1_000_000)
+            }
+        };
         // With the function tier, the kernel counted the timewait sockets it refused: the
         // refusal is decided on the last of them, not guessed from every one toward `dest`.
         let candidates = self.fn_tier.then_some(r.aux);
         let refusal = match (candidates, self.live.get(&r.expires)) {
             (Some(0), _) => Refusal::NoTimewait,
-            (Some(_), Some(last)) => self.refusal(&[last], &dest, sock.lport != 0, r.ts_ns),
-            _ => self.refusal(&all, &dest, sock.lport != 0, r.ts_ns),
+            (Some(_), Some(last)) => self.refusal(&[last], &dest, sock.lport != 0, started),
+            _ => self.refusal(&all, &dest, sock.lport != 0, started),
         };
         self.stats.reuse_refusals += candidates.unwrap_or(0) as u64;
         out.push(Event {
@@ -312,7 +322,7 @@ impl Lifecycle {
     /// `tcp_tw_reuse` (2 = loopback only), and the socket's age. Since 6.13 (kernels with
     /// `tcp_tw_reuse_delay`): the TIME_WAIT substate and an age past the delay from
     /// `tw_entry_stamp`; before: the monotonic second must have moved past the one in which
-    /// the peer's last timestamp came (`tw_ts_recent_stamp`).
+    /// the peer's last timestamp came (`tw_ts_recent_stamp`). `now_ns`: when connect() began.
     fn refusal(&self, tws: &[&Live], dest: &Dest, bound: bool, now_ns: u64) -> Refusal {
         if tws.is_empty() {
             return Refusal::NoTimewait;
@@ -1135,6 +1145,36 @@ mod tests {
                 (Refusal::NoTimewait, Some(0)),
                 (Refusal::NoTimestamps, Some(1))
             ]
+        );
+    }
+
+    #[test]
+    fn refusals_are_judged_at_the_start_of_connect() {
+        // Before 6.13: the kernel refused in second 7 (stamp 7), the record came in second 8.
+        let mut lc = Lifecycle::new(250);
+        lc.set_sysctls(
+            0,
+            Sysctls {
+                tw_reuse: Some(1),
+                tw_reuse_delay_ms: None,
+                ..Default::default()
+            },
+        );
+        let mut b = rec(kind::TIMER_START, 0xA, 0, 7_100);
+        b.ts_recent_stamp = 7;
+        let mut f = rec(kind::CONNECT_FAIL, 0xF, 0, 8_002);
+        f.lport = 0;
+        f.entry_stamp = 7_995; // connect() began in second 7
+        let ev = run(&mut lc, &[b, f]);
+        assert!(
+            ev.iter().any(|e| matches!(
+                e.body,
+                Body::ConnectFail {
+                    refusal: Refusal::TooYoung,
+                    ..
+                }
+            )),
+            "{ev:?}"
         );
     }
 }
