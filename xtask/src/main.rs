@@ -51,8 +51,12 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         seconds: u64,
     },
-    /// Set up, check formatting and lints, and run every test.
+    /// Set up, check formatting and lints, and run every test: on this machine's kernel, then
+    /// the kernel matrix (Debian 6.1 and 6.12 under QEMU, `vm-test --kernel all`).
     Test {
+        /// Only the host's kernel (skip the kernel matrix; also `TWTRACE_NO_VM=1`).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -96,12 +100,18 @@ fn main() {
         Cmd::Setup => setup(),
         Cmd::Build => setup().and_then(|_| build()),
         Cmd::Run { args } => setup().and_then(|_| build()).and_then(|_| run(&args)),
-        Cmd::Test { args } => setup().and_then(|_| test(&args)),
+        Cmd::Test { no_vm, args } => setup().and_then(|_| test(&args, no_vm)),
         Cmd::Fuzz { seconds } => fuzz::run(&root_dir(), seconds),
         Cmd::Bench { quick, json, args } => {
             setup().and_then(|_| bench::run(quick, json.as_deref(), &args))
         }
-        Cmd::VmTest(a) => vmtest::run(a),
+        Cmd::VmTest(a) => vmtest::run(a).and_then(|c| {
+            if c.ok() {
+                Ok(())
+            } else {
+                bail!("vm-test failed")
+            }
+        }),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");
@@ -240,7 +250,7 @@ fn run(args: &[String]) -> Result<()> {
     std::process::exit(st.code().unwrap_or(1));
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(args: &[String], no_vm: bool) -> Result<()> {
     if !is_root() {
         bail!(
             "the integration tests load eBPF programs and create network namespaces: run as \
@@ -265,20 +275,44 @@ fn test(args: &[String]) -> Result<()> {
             "RUST_TEST_THREADS",
             std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "8".into()),
         );
-    run_counting(&mut cmd)
+    let (h, host) = run_counting(&mut cmd);
+    if no_vm || std::env::var_os("TWTRACE_NO_VM").is_some() || !args.is_empty() {
+        eprintln!("xtask: kernel matrix skipped (--no-vm, TWTRACE_NO_VM or a test filter)");
+        return host;
+    }
+    // The matrix runs even when the host failed: both results are wanted.
+    let v = vmtest::run(vmtest::VmArgs::whole_matrix())?;
+    println!(
+        "tests (host and kernel matrix): {} passed, {} failed, {} skipped",
+        h.passed as usize + v.passed,
+        h.failed as usize + v.failed,
+        h.ignored as usize + v.skipped
+    );
+    host?;
+    if !v.ok() {
+        bail!("the kernel matrix failed (see its report above)");
+    }
+    Ok(())
 }
 
 /// Runs `cargo test`, passing its output through, and ends with one line totalling every
 /// test binary (`tests: N passed, N failed, N skipped`): cargo's own last line belongs to
 /// whichever binary ran last, often one with no tests at all.
-fn run_counting(cmd: &mut Command) -> Result<()> {
+/// The totals are returned whatever happened (for the overall line); the `Result` says
+/// whether the run succeeded.
+fn run_counting(cmd: &mut Command) -> (Totals, Result<()>) {
+    let mut totals = Totals::default();
+    let r = count_into(cmd, &mut totals);
+    (totals, r)
+}
+
+fn count_into(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
     use std::io::{BufRead, BufReader};
     eprintln!("xtask: $ {}", show(cmd));
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("running {}", show(cmd)))?;
-    let mut totals = Totals::default();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line.context("reading cargo test output")?;
@@ -300,7 +334,7 @@ fn run_counting(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-#[derive(Default, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Totals {
     passed: u64,
     failed: u64,
