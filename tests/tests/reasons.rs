@@ -110,6 +110,24 @@ fn reuse_after_delay(test: &str, delay_ms: u64) {
         );
         return;
     }
+    // Rarely (about once in 20 runs of the whole file, never alone) a timewait socket of this
+    // loopback workload is killed at birth by an in-window RST, which twtrace reports as
+    // `rst`; its port is then free and connect() needs no reuse, so that attempt proves
+    // nothing and is made again in a new namespace.
+    for attempt in 1..=3 {
+        if reuse_attempt(test, delay_ms, has_delay) {
+            return;
+        }
+        kernel::partial(
+            test,
+            &format!("attempt {attempt}: a timewait socket was reset before any reuse"),
+        );
+    }
+    panic!("three attempts in a row lost a timewait socket to an RST before any reuse");
+}
+
+/// One run of [`reuse_after_delay`]; false if an RST freed a port first (nothing to check).
+fn reuse_attempt(test: &str, delay_ms: u64, has_delay: bool) -> bool {
     let ns = NetNs::new().unwrap();
     ns.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
     if has_delay {
@@ -151,6 +169,9 @@ fn reuse_after_delay(test: &str, delay_ms: u64) {
             _ => None,
         })
         .collect();
+    if reused.is_empty() && exits(&ev).iter().any(|x| x.reason == ExitReason::Rst) {
+        return false;
+    }
     assert_eq!(reused.len(), 1, "{ev:#?}");
     let (sock, lifetime, task) = reused[0];
     assert_eq!(
@@ -217,6 +238,7 @@ fn reuse_after_delay(test: &str, delay_ms: u64) {
         "{:?}",
         summary.stats
     );
+    true
 }
 
 #[test]
@@ -310,8 +332,8 @@ fn reuse_mode_2_refuses_non_loopback() {
         .any(|e| matches!(&e.body, Body::Netns { sysctls, .. } if sysctls.tw_reuse == Some(2))));
 }
 
-/// tcp_max_tw_buckets=5 and 50 client-first closes: 5 timewait sockets, 45 overflow drops,
-/// matching the namespace's TCPTimeWaitOverflow counter.
+/// tcp_max_tw_buckets=5 and 50 client-first closes: (about) 5 timewait sockets, 45 overflow
+/// drops, matching the namespace's TCPTimeWaitOverflow counter.
 #[test]
 fn max_tw_buckets_overflow_matches_the_counter() {
     const N: usize = 50;
@@ -320,10 +342,12 @@ fn max_tw_buckets_overflow_matches_the_counter() {
     let tracer = trace(&ns);
     let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
     let locals = connect_many(&ns, server.addr, N, FirstCloser::Client).unwrap();
-    let ev = tracer.wait_for(SOON, |ev| count_kind(ev, "overflow") >= N - 5);
+    // Every close has happened once the server saw every connection end.
     std::thread::sleep(Duration::from_millis(300));
-    let ev2 = tracer.events();
     let counter = ns.netstat("TcpExt", "TCPTimeWaitOverflow").unwrap();
+    let ev = tracer.wait_for(SOON, |ev| count_kind(ev, "overflow") as u64 >= counter);
+    std::thread::sleep(Duration::from_millis(100));
+    let ev2 = tracer.events();
     let overflows: Vec<SocketAddr> = ev2
         .iter()
         .filter_map(|e| match &e.body {
@@ -331,18 +355,24 @@ fn max_tw_buckets_overflow_matches_the_counter() {
             _ => None,
         })
         .collect();
-    assert_eq!(counter, (N - 5) as u64, "kernel counter");
+    // The kernel's limit test (count - 1 >= max) is not atomic with the allocation: when
+    // another CPU allocates at the same moment both may pass it, so 6 sockets and 44 drops
+    // happen too. The contract is that every drop the kernel counted is an event.
+    assert!(
+        (N as u64 - 7..=N as u64 - 5).contains(&counter),
+        "kernel counter {counter}"
+    );
     assert_eq!(
         overflows.len() as u64,
         counter,
         "events vs TCPTimeWaitOverflow"
     );
-    assert_eq!(enters(&ev2).len(), 5, "{ev:#?}");
+    assert_eq!(enters(&ev2).len() as u64, N as u64 - counter, "{ev:#?}");
     // The tracer's own cross-check agrees: events seen = the kernel's counter.
     let (_, summary) = tracer.stop().unwrap();
     let ino = ns.inode() as u32;
     assert!(
-        summary.overflow_check.contains(&(ino, 45, 45)),
+        summary.overflow_check.contains(&(ino, counter, counter)),
         "{:?}",
         summary.overflow_check
     );

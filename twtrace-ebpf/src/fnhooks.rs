@@ -14,8 +14,8 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExit
 use twtrace_common::{counter, flags, kind, TwRecord, NO_FIELD, UNIQUE_TWP};
 
 use crate::{
-    bump, fill_tuple, fill_tw, full_sock_port, read, set_current, wakeup_flags, CONFIG,
-    CONNECTING, EVENTS,
+    bump, fill_tuple, fill_tw, full_sock_port, read, set_current, wakeup_flags, CONFIG, CONNECTING,
+    EVENTS,
 };
 
 /// Every reuse decision of connect(). A refusal is only counted, in the task's `CONNECTING`

@@ -200,12 +200,9 @@ const LAST_BIRTH: u32 = 0;
 const LAST_CANCEL: u32 = 1;
 /// How close in time correlated events on one CPU must be. The kernel paths involved run back
 /// to back (microseconds natively; up to milliseconds on an emulated CPU such as QEMU's TCG).
-/// Where identity is checked as well (the same flow, the same socket) the window only guards
-/// against stale memory and can be generous; where any recent detach counts (a SYN's request
-/// socket after a timewait detach, tuples compared in userspace) it stays tight, so that busy
-/// servers do not send a record per SYN.
+/// Identity is always checked as well (the same flow, the same socket), so the window only
+/// guards against stale memory and can be generous.
 const SAME_FLOW_NS: u64 = 100_000_000;
-const ANY_DETACH_NS: u64 = 10_000_000;
 
 /// connect() in progress per task (pid_tgid): CLOSE → SYN_SENT runs in connect() before the
 /// local port is chosen, and a timewait socket reused for it is detached moments later in the
@@ -317,7 +314,11 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
     unsafe {
         // Every start and detach of every timer on this CPU is counted, before the filter:
         // a re-arm is the only way a timewait timer's detach and start are consecutive.
-        let seq = if k == kind::TIMER_EXPIRE { 0 } else { next_seq() };
+        let seq = if k == kind::TIMER_EXPIRE {
+            0
+        } else {
+            next_seq()
+        };
         // The filter reads only the config fields it needs, and `function` once.
         let handler: u64 = hot!(tw_timer_handler);
         let function: u64 = match read(timer, hot!(timer_function)) {
@@ -369,19 +370,30 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
     0
 }
 
-/// A request socket's timer armed (a SYN became a request socket) right after a timewait
-/// detach on this CPU: evidence that the SYN was accepted into TIME_WAIT (TCP_TW_SYN).
-/// Userspace checks that the tuples match.
+/// A request socket's timer armed (a SYN became a request socket) right after the detach of a
+/// timewait socket of the same flow on this CPU: the SYN was accepted into TIME_WAIT
+/// (TCP_TW_SYN). Compared here, not only in userspace: a client that reuses a timewait socket
+/// for its connect() detaches it just before its SYN reaches the (local) listener, so without
+/// the flow check every such connection would cost a record.
 #[inline(always)]
 unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
     if cfg.reqsk_timer_handler == 0 {
         return;
     }
     let function: u64 = read(timer, cfg.timer_function).unwrap_or(0);
-    if function != cfg.reqsk_timer_handler || recent(LAST_CANCEL, bpf_ktime_get_ns(), ANY_DETACH_NS).is_none() {
+    if function != cfg.reqsk_timer_handler {
         return;
     }
+    let Some(last) = recent(LAST_CANCEL, bpf_ktime_get_ns(), SAME_FLOW_NS) else {
+        return;
+    };
     let req = timer - cfg.rsk_timer as u64;
+    let mut slot = core::mem::MaybeUninit::<TwRecord>::uninit();
+    let r = slot.as_mut_ptr();
+    fill_tuple(cfg, req, r);
+    if (*last).key != flow_key(r) {
+        return;
+    }
     emit_sock(cfg, req, kind::REQSK_START, 0, 0, 0, 0);
 }
 
@@ -521,7 +533,15 @@ unsafe fn on_connect_end(cfg: &Config, sk: u64) {
         } else {
             0
         };
-        emit_sock(cfg, sk, kind::CONNECT_FAIL, refused, last, cflags, started_ms);
+        emit_sock(
+            cfg,
+            sk,
+            kind::CONNECT_FAIL,
+            refused,
+            last,
+            cflags,
+            started_ms,
+        );
     }
 }
 
