@@ -7,13 +7,15 @@
 
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use twtrace::lab::{self, NatOptions};
 use twtrace::netns::{all_namespaces, NetNs};
-use twtrace::verify::{self, ClaimId, Interrupted, Wheel, TIMEWAIT_MS};
+use twtrace::verify::{self, ClaimId, Interrupted, ReuseRule, Wheel, TIMEWAIT_MS};
+use twtrace_tests::kernel;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -104,6 +106,8 @@ fn verify_measures_every_claim() {
     for id in &ids {
         assert!(table.contains(id), "{table}");
     }
+    // Past libtest's capture: the kernel matrix's console logs show what verify measured there.
+    let _ = writeln!(std::io::stderr(), "twtrace verify:\n{table}");
 
     let wheel = Wheel::detect();
     let verdict = |id: &str| by_id[id]["verdict"].as_str().unwrap().to_string();
@@ -182,9 +186,24 @@ fn verify_measures_every_claim() {
         if exists { "not_applicable" } else { "changed" }
     );
 
-    // reuse: never without timestamps; never before tcp_tw_reuse_delay; mode 2 only on
-    // loopback; the tracer explains the refusals the same way.
+    // reuse: never without timestamps; never earlier than the kernel's rule (after
+    // tcp_tw_reuse_delay from TIME_WAIT entry where the sysctl exists, else in a later monotonic
+    // second than the last timestamp); mode 2 only on loopback; the tracer explains the
+    // refusals the same way.
     let u = &by_id["reuse"]["measured"];
+    let delay_exists = kernel::has_sysctl("net.ipv4.tcp_tw_reuse_delay");
+    assert_eq!(
+        get(u, "tcp_tw_reuse_delay_exists").as_bool(),
+        Some(delay_exists)
+    );
+    assert_eq!(
+        get(u, "reuse_rule").as_str(),
+        Some(if delay_exists {
+            "tcp_tw_reuse_delay"
+        } else {
+            "next_second"
+        })
+    );
     let t = |n: &str| get(u, &format!("trials.{n}")).clone();
     assert_eq!(num(&t("timestamps_off"), "reused"), 0);
     let refusals = |n: &str| -> Vec<String> {
@@ -197,16 +216,32 @@ fn verify_measures_every_claim() {
     assert_eq!(num(&t("mode2_veth"), "reused"), 0);
     assert_eq!(refusals("mode2_veth"), vec!["loopback only"]);
     assert!(num(&t("mode2_loopback"), "reused") > 0);
-    assert!(num(&t("mode2_loopback"), "age_ms.min") + 2 >= 1000, "{u:#}");
-    if get(u, "tcp_tw_reuse_delay_exists").as_bool() == Some(true) {
+    assert_eq!(num(u, "early"), 0, "{u:#}");
+    if delay_exists {
+        assert!(num(&t("mode2_loopback"), "age_ms.min") + 2 >= 1000, "{u:#}");
         for (n, delay) in [("delay_200ms", 200), ("delay_1000ms", 1000)] {
             assert!(num(&t(n), "reused") > 0, "{n}: {u:#}");
             assert!(num(&t(n), "age_ms.min") + 2 >= delay, "{n}: {u:#}");
             // Tried every 10 ms: the first reuse comes soon after the delay.
             assert!(num(&t(n), "age_ms.min") < delay + 500, "{n}: {u:#}");
         }
-        assert_eq!(verdict("reuse"), "changed");
+    } else {
+        kernel::partial(
+            "verify_measures_every_claim",
+            "no tcp_tw_reuse_delay (before 6.13): its delay trials do not apply; reuse checked \
+             against the kernel's fixed next-second rule",
+        );
+        for n in ["timestamps_on", "mode2_loopback"] {
+            assert!(num(&t(n), "reused") > 0, "{n}: {u:#}");
+            assert_eq!(num(&t(n), "early"), 0, "{n}: {u:#}");
+            // A socket goes at the first second boundary after its last timestamp (the peer's
+            // FIN, milliseconds after the birth here), and connect() is retried every 10 ms:
+            // no takeover waits half a second more than the rule.
+            assert!(num(&t(n), "age_ms.max") < 1000 + 500, "{n}: {u:#}");
+        }
     }
+    // Mode 2 was loopback-only: the blog's rule changed whatever the delay rule.
+    assert_eq!(verdict("reuse"), "changed");
 
     // max_tw_buckets: capped at the limit in its namespace, one overflow (event and kernel
     // counter) per extra close; the other namespace unaffected.
@@ -223,7 +258,14 @@ fn verify_measures_every_claim() {
     // linger0: one RST and no TIME_WAIT per close; the control closes leave TIME_WAIT.
     let l = &by_id["linger0"]["measured"];
     let n = num(l, "n");
-    assert_eq!(num(l, "abort_events"), n);
+    match verify::abort_events_available() {
+        Ok(()) => assert_eq!(num(l, "abort_events"), n),
+        Err(why) => {
+            kernel::partial("verify_measures_every_claim", &why);
+            assert!(l["abort_events"].is_null(), "{l:#}");
+            assert_eq!(num(l, "TCPAbortOnData"), n, "{l:#}");
+        }
+    }
     assert_eq!(num(l, "timewait_linger0"), 0);
     assert!(num(l, "OutRsts") >= n);
     assert_eq!(num(l, "control_timewait"), n);
@@ -237,9 +279,19 @@ fn verify_measures_every_claim() {
     assert_eq!(num(p, "no_reuse.connected"), plain, "{p:#}");
     assert_eq!(num(p, "no_reuse.eaddrnotavail"), n - plain, "{p:#}");
     assert_eq!(num(p, "no_reuse.first_failure_attempt"), plain + 1);
-    let delay = num(p, "tw_reuse.tcp_tw_reuse_delay_ms");
-    let reused = verify::predicted_successes(ports, n, rate, delay);
-    assert_eq!(num(p, "tw_reuse.result.connected"), reused, "{p:#}");
+    // With reuse, the prediction follows the kernel's rule: exact for tcp_tw_reuse_delay; for
+    // the fixed next-second rule, over every phase of the run within the second.
+    let rule = match p["tw_reuse"]["tcp_tw_reuse_delay_ms"].as_u64() {
+        Some(d) => ReuseRule::Delay(d),
+        None => ReuseRule::NextSecond,
+    };
+    assert_eq!(matches!(rule, ReuseRule::Delay(_)), delay_exists);
+    assert_eq!(get(p, "tw_reuse.rule").as_str(), Some(rule.as_str()));
+    let (lo, hi) = rule.predicted_range(ports, n, rate);
+    // The workload is sized so that reuse makes a difference whatever the phase.
+    assert!(lo > plain, "{lo} vs {plain}");
+    let connected = num(p, "tw_reuse.result.connected");
+    assert!((lo..=hi).contains(&connected), "{lo}..={hi}: {p:#}");
     assert_eq!(verdict("port_exhaustion"), "confirmed");
 }
 
@@ -249,7 +301,6 @@ fn verify_interrupted_leaves_no_namespace() {
     let before = ours(&all_namespaces());
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
-    let t0 = Instant::now();
     let run = std::thread::spawn(move || {
         verify::run(
             &[ClaimId::Duration, ClaimId::FinTimeout, ClaimId::Reuse],
@@ -257,12 +308,19 @@ fn verify_interrupted_leaves_no_namespace() {
             |_| {},
         )
     });
-    // Mid-run: namespaces exist, workloads are waiting.
-    std::thread::sleep(Duration::from_secs(4));
+    // Mid-run: namespaces exist, workloads are waiting. How soon they exist depends on the
+    // machine (seconds under emulation): wait for them, bounded, then a little more so that
+    // workloads are under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ours(&all_namespaces()).len() <= before.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         ours(&all_namespaces()).len() > before.len(),
-        "the run made no namespaces"
+        "the run made no namespaces in 30 s"
     );
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = Instant::now();
     cancel.store(true, Ordering::Relaxed);
     let r = run.join().unwrap();
     let err = r.expect_err("an interrupted run is an error");
@@ -288,6 +346,31 @@ fn nat_lab_follows_the_timestamps() {
     assert!(json["phases"].as_array().is_some_and(|p| p.len() == 2));
     let text = lab::render_nat(&r);
     assert!(text.contains("Findings:"), "{text}");
+    let _ = writeln!(std::io::stderr(), "twtrace lab nat:\n{text}");
+    // What the kernel lacks is said, never an error: the counters as /proc/net/netstat has them.
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let has_counter =
+        |name: &str| twtrace::netns::parse_netstat(&netstat, "TcpExt", name).is_some();
+    assert_eq!(
+        r.kernel
+            .counters_unavailable
+            .contains(&"TcpExt:PAWSTimewait".to_string()),
+        !has_counter("PAWSTimewait"),
+        "{text}"
+    );
+    let delay_exists = kernel::has_sysctl("net.ipv4.tcp_tw_reuse_delay");
+    assert_eq!(
+        r.kernel.reuse_rule,
+        if delay_exists {
+            "tcp_tw_reuse_delay"
+        } else {
+            "next_second"
+        }
+    );
+    let paws_events = verify::paws_events_available();
+    assert_eq!(r.kernel.paws_events_unavailable, paws_events.clone().err());
+    let rst_reason = verify::rst_reason_available();
+    assert_eq!(r.kernel.rst_reason_unavailable, rst_reason.clone().err());
     let (cf, sf) = (&r.phases[0], &r.phases[1]);
 
     // Clients close first: TIME_WAIT on the clients only (one per connection).
@@ -297,14 +380,18 @@ fn nat_lab_follows_the_timestamps() {
     let (c1, c2) = (&cf.clients["c1"], &cf.clients["c2"]);
     assert_eq!(cf.timewait["c1"], c1.connected, "{text}");
     assert_eq!(cf.timewait["c2"], c2.connected, "{text}");
-    // c1 (tcp_tw_reuse=1) takes over its TIME_WAIT sockets behind the NAT, never before the
-    // default 1 s delay, and the kernel counts each; c2 (the default 2) never does for a
-    // non-loopback peer, and runs out of its 4 ports.
+    // c1 (tcp_tw_reuse=1) takes over its TIME_WAIT sockets behind the NAT, never earlier than
+    // the kernel's rule (the default 1 s delay, or before 6.13 a later second than the last
+    // timestamp), and the kernel counts each; c2 (the default 2) never does for a non-loopback
+    // peer, and runs out of its 4 ports.
     assert_eq!(c1.tcp_tw_reuse, "1");
     assert_eq!(c1.failed, 0, "{text}");
     assert!(c1.reused > 0, "{text}");
-    assert!(c1.reuse_age_ms.unwrap().min + 2 >= 1000, "{text}");
-    let recycled = |c: &str| cf.counters[c]["TWRecycled"] as usize;
+    assert_eq!(c1.reuse_early, 0, "{text}");
+    if delay_exists {
+        assert!(c1.reuse_age_ms.unwrap().min + 2 >= 1000, "{text}");
+    }
+    let recycled = |c: &str| cf.counters[c]["TWRecycled"].expect("TWRecycled") as usize;
     assert_eq!(recycled("c1"), c1.reused, "{text}");
     assert_eq!(c2.tcp_tw_reuse, "2");
     assert_eq!(c2.reused, 0);
@@ -321,21 +408,46 @@ fn nat_lab_follows_the_timestamps() {
     let meetings: Vec<&lab::Met> = sf.attempts.iter().flat_map(|a| &a.met).collect();
     assert!(!meetings.is_empty(), "{text}");
     // Each meeting went as the measured timestamps say: newer → accepted as a new incarnation;
-    // older → dropped by PAWS, and the TIME_WAIT killed by the client's RST.
+    // older → dropped by PAWS, and the TIME_WAIT killed by the client's RST. Where the kernel
+    // cannot report PAWS drops per packet, the count is unknown (not zero), and where its
+    // tracepoints cannot show the RST (6.1) the kill is `unknown`.
+    for why in [&paws_events, &rst_reason]
+        .into_iter()
+        .filter_map(|r| r.as_ref().err())
+    {
+        kernel::partial("nat_lab_follows_the_timestamps", why);
+    }
     for m in &meetings {
+        assert_eq!(m.paws_rejected.is_some(), paws_events.is_ok(), "{m:?}");
         match m.timestamp {
-            "newer" => assert!(m.accepted == 1 && m.paws_rejected == 0, "{m:?}\n{text}"),
-            "older" => assert!(
-                m.accepted == 0 && m.paws_rejected >= 1 && m.rst_killed == 1,
+            "newer" => assert!(
+                m.accepted == 1 && m.paws_rejected.unwrap_or(0) == 0,
                 "{m:?}\n{text}"
             ),
+            "older" => {
+                assert!(m.accepted == 0, "{m:?}\n{text}");
+                if let Some(n) = m.paws_rejected {
+                    assert!(n >= 1, "{m:?}\n{text}");
+                }
+                // Killed by the client's RST: told as such where the tracer can.
+                let (told, untold) = if rst_reason.is_ok() { (1, 0) } else { (0, 1) };
+                assert_eq!(
+                    (m.rst_killed, m.other_killed),
+                    (told, untold),
+                    "{m:?}\n{text}"
+                );
+            }
             _ => {}
         }
     }
-    assert_eq!(
-        sf.counters["server"]["PAWSTimewait"], sf.paws_rejected as u64,
-        "{text}"
-    );
+    let older = meetings.iter().filter(|m| m.timestamp == "older").count() as u64;
+    let server = &sf.counters["server"];
+    match (server["PAWSTimewait"], sf.paws_rejected) {
+        (Some(c), Some(n)) => assert_eq!(c, n as u64, "{text}"),
+        (Some(c), None) => assert!(c >= older, "{text}"),
+        // Before PAWSTimewait, a TIME_WAIT socket's PAWS drops count in PAWSEstab.
+        (None, _) => assert!(server["PAWSEstab"].expect("PAWSEstab") >= older, "{text}"),
+    }
     // Every connection got through in the end (a PAWS drop costs a SYN retransmission).
     assert_eq!(connected, sf.attempts.len(), "{text}");
 }

@@ -15,9 +15,12 @@
 //! random offset): newer → accepted as a new incarnation (`syn`), older → dropped by PAWS.
 
 use crate::event::{Body, Event, ExitReason};
-use crate::netns::NetNs;
+use crate::netns::{parse_netstat, NetNs};
 use crate::sysinfo::monotonic_ns;
-use crate::verify::{snmp, Interrupted, Spread, Watch};
+use crate::verify::{
+    paws_events_available, proc_net, reuses, rst_reason_available, Interrupted, ReuseRule, Spread,
+    Watch,
+};
 use crate::workload::{serve, FirstCloser};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -99,6 +102,8 @@ pub struct ClientSummary {
     /// Timewait sockets connect() took over in this client (tcp_tw_reuse), with their ages.
     pub reused: usize,
     pub reuse_age_ms: Option<Spread>,
+    /// Takeovers earlier than this kernel's reuse rule allows ([`ReuseRule::early`]).
+    pub reuse_early: usize,
     /// Why connect() could not take one over (as the tracer classified it).
     pub refusals: BTreeMap<&'static str, usize>,
     pub tcp_tw_reuse: String,
@@ -115,10 +120,13 @@ pub struct Met {
     /// `TCP_TIMESTAMP`s predict: `newer` (accept), `older` (PAWS drop), `close` or `unknown`.
     pub timestamp: &'static str,
     /// Server events in the attempt: accepted as a new incarnation (`syn` exit), dropped by
-    /// PAWS (`paws_reject`), TIME_WAIT killed by RST (`rst` exit).
+    /// PAWS (`paws_reject`; `None` where the kernel cannot report them), TIME_WAIT killed by
+    /// RST (`rst` exit), or ended early for a reason the tracer could not tell (`unknown`
+    /// exit: an RST on kernels whose tracepoints do not show it).
     pub accepted: usize,
-    pub paws_rejected: usize,
+    pub paws_rejected: Option<usize>,
     pub rst_killed: usize,
+    pub other_killed: usize,
 }
 
 /// Outcomes of the SYNs that met a server TIME_WAIT socket, by what the timestamps predict.
@@ -127,8 +135,9 @@ pub struct Outcome {
     pub timestamp: &'static str,
     pub n: usize,
     pub accepted: usize,
-    pub paws_rejected: usize,
+    pub paws_rejected: Option<usize>,
     pub rst_killed: usize,
+    pub other_killed: usize,
     pub connect_failed: usize,
     pub connect_ms: Option<Spread>,
 }
@@ -141,13 +150,16 @@ pub struct PhaseReport {
     /// Timewait sockets born per namespace (c1, c2, router, server).
     pub timewait: BTreeMap<&'static str, usize>,
     pub clients: BTreeMap<&'static str, ClientSummary>,
-    /// Server-side fates of SYNs that met a TIME_WAIT socket.
+    /// Server-side fates of SYNs that met a TIME_WAIT socket (`paws_rejected`: `None` where
+    /// the kernel cannot report PAWS drops).
     pub syn_accepted: usize,
-    pub paws_rejected: usize,
+    pub paws_rejected: Option<usize>,
     pub rst_killed: usize,
+    pub other_killed: usize,
     pub outcomes: Vec<Outcome>,
-    /// Kernel counter deltas over the phase, per namespace.
-    pub counters: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Kernel counter deltas over the phase, per namespace (`None`: not available on this
+    /// kernel).
+    pub counters: BTreeMap<&'static str, BTreeMap<&'static str, Option<u64>>>,
     pub attempts: Vec<Attempt>,
 }
 
@@ -160,10 +172,27 @@ pub struct Offsets {
     pub tuples: usize,
 }
 
+/// What the running kernel lets the lab observe.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelSupport {
+    /// The rule connect() reuses by: `tcp_tw_reuse_delay` (≥ 6.13) or `next_second`.
+    pub reuse_rule: &'static str,
+    pub reuse_rule_text: String,
+    /// Why the tracer cannot report `paws_reject` events here (`None`: it can).
+    pub paws_events_unavailable: Option<String>,
+    /// Why the tracer cannot tell an RST kill (`rst` exit) here (`None`: it can): such a
+    /// death is an `unknown` exit.
+    pub rst_reason_unavailable: Option<String>,
+    /// Counters this kernel does not have (`TcpExt:PAWSTimewait` before it was split out of
+    /// `PAWSEstab`).
+    pub counters_unavailable: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct NatReport {
     pub nat_tool: String,
     pub nat_ports: [u16; 2],
+    pub kernel: KernelSupport,
     pub timestamp_offsets: Offsets,
     pub phases: Vec<PhaseReport>,
     /// One-line answers, derived from the phases.
@@ -392,31 +421,44 @@ fn attempt(
     })
 }
 
-const COUNTERS: [(&str, &str); 5] = [
+/// `PAWSTimewait` counts the PAWS drops of TIME_WAIT sockets on kernels that have it; older
+/// ones (6.1, 6.12) count them in `PAWSEstab`, together with established sockets' drops.
+const COUNTERS: [(&str, &str); 6] = [
     ("TcpExt", "TW"),
     ("TcpExt", "TWRecycled"),
     ("TcpExt", "PAWSTimewait"),
+    ("TcpExt", "PAWSEstab"),
     ("Tcp", "OutRsts"),
     ("Tcp", "RetransSegs"),
 ];
 const NAMES: [&str; 4] = ["c1", "c2", "router", "server"];
 
-fn read_counters(lab: &Lab) -> Result<BTreeMap<&'static str, BTreeMap<&'static str, u64>>> {
+type Counters = BTreeMap<&'static str, BTreeMap<&'static str, Option<u64>>>;
+
+/// Every counter of [`COUNTERS`] in every namespace; `None` for one this kernel lacks.
+fn read_counters(lab: &Lab) -> Result<Counters> {
     let mut out = BTreeMap::new();
     for n in NAMES {
         let ns = lab.ns(n);
+        let netstat = proc_net(ns, "netstat")?;
+        let snmp = proc_net(ns, "snmp")?;
         let mut m = BTreeMap::new();
         for (g, c) in COUNTERS {
-            let v = if g == "Tcp" {
-                snmp(ns, c)?
-            } else {
-                ns.netstat(g, c)?
-            };
-            m.insert(c, v);
+            let text = if g == "Tcp" { &snmp } else { &netstat };
+            m.insert(c, parse_netstat(text, g, c));
         }
         out.insert(n, m);
     }
     Ok(out)
+}
+
+/// The counters of [`COUNTERS`] missing from `c` (the kernel has no such counter).
+fn missing_counters(c: &Counters) -> Vec<String> {
+    COUNTERS
+        .iter()
+        .filter(|(_, name)| c.values().any(|m| m.get(name).copied().flatten().is_none()))
+        .map(|(g, name)| format!("{g}:{name}"))
+        .collect()
 }
 
 /// Runs the lab. `on_phase` hears what it is doing, for a spinner.
@@ -436,6 +478,9 @@ pub fn run_nat(
         .map(|n| (lab.ns(n).inode() as u32, *n))
         .collect();
     let all = [&lab.c1, &lab.c2, &lab.r, &lab.s];
+    let rule = ReuseRule::of(&lab.c1)?;
+    let paws_unavailable = paws_events_available().err();
+    let mut counters_unavailable = Vec::new();
     let mut phases = Vec::new();
     for (name, first, port) in [
         (
@@ -453,6 +498,7 @@ pub fn run_nat(
         let dst = SocketAddr::new(IpAddr::V4(SERVER), port);
         let server = serve(&lab.s, dst, first, Duration::ZERO)?;
         let before = read_counters(&lab)?;
+        counters_unavailable = missing_counters(&before);
         let t_start = monotonic_ns();
         let mut attempts = Vec::new();
         for i in 0..opts.per_client * 2 {
@@ -496,11 +542,19 @@ pub fn run_nat(
             &ev,
             &before,
             &after,
-        ));
+            paws_unavailable.is_none(),
+        )?);
     }
+    let kernel = KernelSupport {
+        reuse_rule: rule.as_str(),
+        reuse_rule_text: rule.describe(),
+        paws_events_unavailable: paws_unavailable,
+        rst_reason_unavailable: rst_reason_available().err(),
+        counters_unavailable,
+    };
     let offsets = offsets(&phases);
     let lost = w.lost();
-    let findings = findings(&phases, &offsets, lost);
+    let findings = findings(&phases, &offsets, &kernel, lost);
     let nat_tool = lab.nat_tool.clone();
     drop(lab);
     w.stop()?;
@@ -510,6 +564,7 @@ pub fn run_nat(
     Ok(NatReport {
         nat_tool,
         nat_ports: [NAT_PORTS.0, NAT_PORTS.1],
+        kernel,
         timestamp_offsets: offsets,
         phases,
         findings,
@@ -582,10 +637,13 @@ fn analyse(
     inode_name: &BTreeMap<u32, &'static str>,
     mut attempts: Vec<Attempt>,
     ev: &[Event],
-    before: &BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
-    after: &BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
-) -> PhaseReport {
+    before: &Counters,
+    after: &Counters,
+    paws_events: bool,
+) -> Result<PhaseReport> {
     let ns_of = |netns: u32| inode_name.get(&netns).copied().unwrap_or("?");
+    // Where the kernel cannot report PAWS drops, their count is unknown, not zero.
+    let paws = |n: usize| paws_events.then_some(n);
     let mut p = PhaseReport {
         name,
         first_closer: match first {
@@ -593,6 +651,7 @@ fn analyse(
             FirstCloser::Server => "server",
         },
         server: dst.to_string(),
+        paws_rejected: paws(0),
         ..Default::default()
     };
     for n in NAMES {
@@ -633,6 +692,11 @@ fn analyse(
                     reason: ExitReason::Rst,
                     ..
                 } => (sock.rport, 2),
+                Body::Exit {
+                    sock,
+                    reason: ExitReason::Unknown,
+                    ..
+                } => (sock.rport, 3),
                 // The server's TIME_WAIT socket of this attempt's own connection.
                 Body::Enter { sock, .. } => {
                     own_port = Some(sock.rport);
@@ -651,16 +715,22 @@ fn analyse(
                             .map(|a| timestamp_class(a, &attempts[i]))
                             .unwrap_or("unknown"),
                         accepted: 0,
-                        paws_rejected: 0,
+                        paws_rejected: paws(0),
                         rst_killed: 0,
+                        other_killed: 0,
                     });
                     met.len() - 1
                 }
             };
             match kind {
                 0 => met[k].accepted += 1,
-                1 => met[k].paws_rejected += 1,
-                _ => met[k].rst_killed += 1,
+                1 => {
+                    if let Some(n) = &mut met[k].paws_rejected {
+                        *n += 1
+                    }
+                }
+                2 => met[k].rst_killed += 1,
+                _ => met[k].other_killed += 1,
             }
         }
         attempts[i].met = met;
@@ -675,8 +745,9 @@ fn analyse(
         .collect();
     for (_, m) in &mets {
         p.syn_accepted += m.accepted;
-        p.paws_rejected += m.paws_rejected;
+        p.paws_rejected = p.paws_rejected.zip(m.paws_rejected).map(|(a, b)| a + b);
         p.rst_killed += m.rst_killed;
+        p.other_killed += m.other_killed;
     }
     for class in ["newer", "older", "close", "unknown"] {
         let these: Vec<&(&Attempt, &Met)> =
@@ -689,8 +760,9 @@ fn analyse(
             timestamp: class,
             n: these.len(),
             accepted: sum(|m| m.accepted),
-            paws_rejected: sum(|m| m.paws_rejected),
+            paws_rejected: paws(sum(|m| m.paws_rejected.unwrap_or(0))),
             rst_killed: sum(|m| m.rst_killed),
+            other_killed: sum(|m| m.other_killed),
             connect_failed: these.iter().filter(|(a, _)| a.errno.is_some()).count(),
             connect_ms: Spread::of(
                 &these
@@ -725,52 +797,62 @@ fn analyse(
                 .unwrap_or_default(),
             ..Default::default()
         };
-        let mut ages = Vec::new();
+        let rule = ReuseRule::of(lab.ns(client))?;
+        let taken = reuses(ev, |sock| sock.netns == ns && sock.rport == dst.port());
+        s.reused = taken.len();
+        s.reuse_early = taken
+            .iter()
+            .filter(|r| rule.early(r.birth_ns, r.exit_ns))
+            .count();
+        s.reuse_age_ms = Spread::of(&taken.iter().map(|r| r.age_ms).collect::<Vec<_>>());
         for e in ev {
-            match &e.body {
-                Body::Exit {
-                    sock,
-                    reason: ExitReason::Reused,
-                    lifetime_ms,
-                    ..
-                } if sock.netns == ns && sock.rport == dst.port() => {
-                    s.reused += 1;
-                    ages.extend(*lifetime_ms);
-                }
-                Body::ConnectFail { sock, refusal, .. }
-                    if sock.netns == ns && sock.rport == dst.port() =>
-                {
+            if let Body::ConnectFail { sock, refusal, .. } = &e.body {
+                if sock.netns == ns && sock.rport == dst.port() {
                     *s.refusals.entry(refusal.as_str()).or_default() += 1;
                 }
-                _ => {}
             }
         }
-        s.reuse_age_ms = Spread::of(&ages);
         p.clients.insert(client, s);
     }
     for n in NAMES {
         let mut m = BTreeMap::new();
         for (_, c) in COUNTERS {
-            let get = |x: &BTreeMap<&'static str, BTreeMap<&'static str, u64>>| {
-                x.get(n).and_then(|m| m.get(c)).copied().unwrap_or(0)
-            };
-            m.insert(c, get(after).saturating_sub(get(before)));
+            let get = |x: &Counters| x.get(n).and_then(|m| m.get(c)).copied().flatten();
+            let delta = get(after)
+                .zip(get(before))
+                .map(|(a, b)| a.saturating_sub(b));
+            m.insert(c, delta);
         }
         p.counters.insert(n, m);
     }
     p.attempts = attempts;
-    p
+    Ok(p)
 }
 
-fn counter(p: &PhaseReport, ns: &str, name: &str) -> u64 {
+/// A counter's delta over phase `p` in namespace `ns`; `None` where the kernel lacks it.
+pub fn counter(p: &PhaseReport, ns: &str, name: &str) -> Option<u64> {
     p.counters
         .get(ns)
         .and_then(|m| m.get(name))
         .copied()
-        .unwrap_or(0)
+        .flatten()
 }
 
-fn findings(phases: &[PhaseReport], offsets: &Offsets, lost: u64) -> Vec<String> {
+/// A counter delta for text: the number, or "n/a" where the kernel lacks the counter.
+fn shown(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "n/a".into())
+}
+
+fn shown_usize(v: Option<usize>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "n/a".into())
+}
+
+fn findings(
+    phases: &[PhaseReport],
+    offsets: &Offsets,
+    kernel: &KernelSupport,
+    lost: u64,
+) -> Vec<String> {
     let mut out = Vec::new();
     for p in phases {
         let where_tw: Vec<String> = p.timewait.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -785,13 +867,21 @@ fn findings(phases: &[PhaseReport], offsets: &Offsets, lost: u64) -> Vec<String>
                     .reuse_age_ms
                     .map(|a| format!(" at ages {}", a.ms()))
                     .unwrap_or_default();
+                let early = if s.reused > 0 {
+                    format!(
+                        ", {} of them earlier than this kernel's reuse rule allows",
+                        s.reuse_early
+                    )
+                } else {
+                    String::new()
+                };
                 out.push(format!(
                     "{}: {c} (tcp_tw_reuse={}) took over {} of its TIME_WAIT sockets behind the \
-                     NAT{ages} (TWRecycled +{}); {} of {} connects failed{}",
+                     NAT{ages} (TWRecycled +{}){early}; {} of {} connects failed{}",
                     p.name,
                     s.tcp_tw_reuse,
                     s.reused,
-                    counter(p, c, "TWRecycled"),
+                    shown(counter(p, c, "TWRecycled")),
                     s.failed,
                     s.attempts,
                     refusal_text(&s.refusals)
@@ -800,36 +890,59 @@ fn findings(phases: &[PhaseReport], offsets: &Offsets, lost: u64) -> Vec<String>
             continue;
         }
         let met = p.attempts.iter().filter(|a| !a.met.is_empty()).count();
+        // PAWS drops: per packet where the kernel reports them; otherwise only the counters
+        // speak, and a missing event proves nothing.
+        let paws_text = match (p.paws_rejected, &kernel.paws_events_unavailable) {
+            (Some(n), _) => format!(
+                "{n} dropped by PAWS (paws_reject events; server PAWSTimewait +{})",
+                shown(counter(p, "server", "PAWSTimewait"))
+            ),
+            (None, why) => format!(
+                "PAWS drops not reported per packet ({}; server {})",
+                why.as_deref().unwrap_or("not available on this kernel"),
+                match counter(p, "server", "PAWSTimewait") {
+                    Some(n) => format!("PAWSTimewait +{n}"),
+                    None => format!(
+                        "PAWSEstab +{}: without PAWSTimewait this kernel counts a TIME_WAIT \
+                         socket's PAWS drops there, with established sockets' ones",
+                        shown(counter(p, "server", "PAWSEstab"))
+                    ),
+                }
+            ),
+        };
+        let other = match (p.other_killed, &kernel.rst_reason_unavailable) {
+            (0, _) => String::new(),
+            (n, Some(why)) => format!(", {n} ended with exit reason unknown ({why})"),
+            (n, None) => format!(", {n} ended for a reason the tracer could not tell (unknown)"),
+        };
         out.push(format!(
             "{}: {met} of {} connections' SYNs met a server TIME_WAIT socket on the same \
-             translated 4-tuple ({} meetings): {} accepted as a new incarnation (syn exits), {} dropped by PAWS \
-             (paws_reject events; server PAWSTimewait +{}), {} of those TIME_WAIT sockets then \
-             killed by RST (the client's answer to the old connection's ACK; client OutRsts \
-             +{}), {} connects failed",
+             translated 4-tuple ({} meetings): {} accepted as a new incarnation (syn exits), \
+             {paws_text}, {} of those TIME_WAIT sockets then killed by RST (the client's answer \
+             to the old connection's ACK; client OutRsts +{}){other}, {} connects failed",
             p.name,
             p.attempts.len(),
             p.outcomes.iter().map(|o| o.n).sum::<usize>(),
             p.syn_accepted,
-            p.paws_rejected,
-            counter(p, "server", "PAWSTimewait"),
             p.rst_killed,
-            counter(p, "c1", "OutRsts") + counter(p, "c2", "OutRsts"),
+            counter(p, "c1", "OutRsts").unwrap_or(0) + counter(p, "c2", "OutRsts").unwrap_or(0),
             p.outcomes.iter().map(|o| o.connect_failed).sum::<usize>()
         ));
         for o in &p.outcomes {
             out.push(format!(
                 "{}: SYN timestamp {} than the TIME_WAIT's last: n={} → {} accepted, {} PAWS \
-                 drops, {} RST kills, {} failed; connect {}",
+                 drops, {} RST kills{}, {} failed; connect {}",
                 p.name,
-                match o.timestamp {
-                    "newer" => "newer",
-                    "older" => "older",
-                    other => other,
-                },
+                o.timestamp,
                 o.n,
                 o.accepted,
-                o.paws_rejected,
+                shown_usize(o.paws_rejected),
                 o.rst_killed,
+                if o.other_killed > 0 {
+                    format!(", {} unknown kills", o.other_killed)
+                } else {
+                    String::new()
+                },
                 o.connect_failed,
                 o.connect_ms.map(|s| s.ms()).unwrap_or("-".into())
             ));
@@ -841,6 +954,16 @@ fn findings(phases: &[PhaseReport], offsets: &Offsets, lost: u64) -> Vec<String>
          server TIME_WAIT on a reused translated tuple sees older timestamps at random",
         offsets.connections, offsets.tuples, offsets.distinct
     ));
+    out.push(format!(
+        "kernel: connect() reuses by {}",
+        kernel.reuse_rule_text
+    ));
+    if !kernel.counters_unavailable.is_empty() {
+        out.push(format!(
+            "kernel: not available on this kernel: {} (shown as n/a)",
+            kernel.counters_unavailable.join(", ")
+        ));
+    }
     if lost > 0 {
         out.push(format!(
             "{lost} events were lost by the kernel: counts may be low"
@@ -871,6 +994,23 @@ pub fn render_nat(r: &NatReport) -> String {
          {PORT_SERVER_FIRST} translated into {}-{}) → server {SERVER}",
         r.nat_tool, r.nat_ports[0], r.nat_ports[1]
     );
+    let _ = writeln!(
+        s,
+        "kernel: reuse rule {}; paws_reject events {}{}",
+        r.kernel.reuse_rule,
+        match &r.kernel.paws_events_unavailable {
+            None => "available".to_string(),
+            Some(why) => format!("not available ({why})"),
+        },
+        if r.kernel.counters_unavailable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; counters not available on this kernel: {}",
+                r.kernel.counters_unavailable.join(", ")
+            )
+        }
+    );
     for p in &r.phases {
         let _ = writeln!(s, "\n== {} ({} → {}) ==", p.name, p.first_closer, p.server);
         let _ = writeln!(
@@ -895,7 +1035,7 @@ pub fn render_nat(r: &NatReport) -> String {
                 cs.connect_ms.map(|x| x.ms()).unwrap_or("-".into()),
                 cs.reused,
                 cs.reuse_age_ms
-                    .map(|a| format!(" (ages {})", a.ms()))
+                    .map(|a| format!(" (ages {}, {} early)", a.ms(), cs.reuse_early))
                     .unwrap_or_default(),
                 refusal_text(&cs.refusals)
             );
@@ -903,30 +1043,39 @@ pub fn render_nat(r: &NatReport) -> String {
         if p.first_closer == "server" {
             let _ = writeln!(
                 s,
-                "  SYNs meeting a server TIME_WAIT: {} accepted (syn), {} PAWS drops, {} RST kills",
-                p.syn_accepted, p.paws_rejected, p.rst_killed
+                "  SYNs meeting a server TIME_WAIT: {} accepted (syn), {} PAWS drops, {} RST \
+                 kills, {} unknown kills",
+                p.syn_accepted,
+                shown_usize(p.paws_rejected),
+                p.rst_killed,
+                p.other_killed
             );
             for o in &p.outcomes {
                 let _ = writeln!(
                     s,
-                    "    timestamp {:<7} n={} accepted={} paws={} rst={} failed={} connect {}",
+                    "    timestamp {:<7} n={} accepted={} paws={} rst={} unknown={} failed={} \
+                     connect {}",
                     o.timestamp,
                     o.n,
                     o.accepted,
-                    o.paws_rejected,
+                    shown_usize(o.paws_rejected),
                     o.rst_killed,
+                    o.other_killed,
                     o.connect_failed,
                     o.connect_ms.map(|x| x.ms()).unwrap_or("-".into())
                 );
             }
         }
-        let _ = writeln!(s, "  kernel counters (delta):");
+        let _ = writeln!(
+            s,
+            "  kernel counters (delta; n/a: not available on this kernel):"
+        );
         for (n, m) in &p.counters {
             let _ = writeln!(
                 s,
                 "    {n:<7} {}",
                 m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
+                    .map(|(k, v)| format!("{k}={}", shown(*v)))
                     .collect::<Vec<_>>()
                     .join(" ")
             );
@@ -938,8 +1087,15 @@ pub fn render_nat(r: &NatReport) -> String {
                 .iter()
                 .map(|m| {
                     format!(
-                        "; met TIME_WAIT :{} left by {} (timestamp {}): syn={} paws={} rst={}",
-                        m.port, m.previous, m.timestamp, m.accepted, m.paws_rejected, m.rst_killed
+                        "; met TIME_WAIT :{} left by {} (timestamp {}): syn={} paws={} rst={} \
+                         unknown={}",
+                        m.port,
+                        m.previous,
+                        m.timestamp,
+                        m.accepted,
+                        shown_usize(m.paws_rejected),
+                        m.rst_killed,
+                        m.other_killed
                     )
                 })
                 .collect();
@@ -968,4 +1124,101 @@ pub fn render_nat(r: &NatReport) -> String {
         let _ = writeln!(s, "  - {f}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase_with(server: BTreeMap<&'static str, Option<u64>>) -> PhaseReport {
+        PhaseReport {
+            name: "server closes first",
+            first_closer: "server",
+            counters: [("server", server)].into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    fn kernel(paws: Option<&str>) -> KernelSupport {
+        KernelSupport {
+            reuse_rule: ReuseRule::NextSecond.as_str(),
+            reuse_rule_text: ReuseRule::NextSecond.describe(),
+            paws_events_unavailable: paws.map(str::to_string),
+            rst_reason_unavailable: None,
+            counters_unavailable: vec!["TcpExt:PAWSTimewait".into()],
+        }
+    }
+
+    #[test]
+    fn counters_a_kernel_lacks_are_named() {
+        let netstat = "TcpExt: TW TWRecycled PAWSEstab\nTcpExt: 6 3 2\n";
+        let mut m = BTreeMap::new();
+        for (g, c) in COUNTERS {
+            if g == "TcpExt" {
+                m.insert(c, parse_netstat(netstat, g, c));
+            } else {
+                m.insert(c, Some(0));
+            }
+        }
+        let c: Counters = [("server", m)].into_iter().collect();
+        assert_eq!(missing_counters(&c), vec!["TcpExt:PAWSTimewait"]);
+    }
+
+    #[test]
+    fn missing_paws_events_are_not_zero_drops() {
+        let counters = [("PAWSTimewait", None), ("PAWSEstab", Some(2))]
+            .into_iter()
+            .collect();
+        let mut p = phase_with(counters);
+        p.paws_rejected = None;
+        let f = findings(&[p], &Offsets::default(), &kernel(Some("no reason")), 0).join("\n");
+        assert!(
+            f.contains("PAWS drops not reported per packet (no reason"),
+            "{f}"
+        );
+        assert!(f.contains("PAWSEstab +2"), "{f}");
+        assert!(!f.contains("dropped by PAWS"), "{f}");
+        assert!(
+            f.contains("not available on this kernel: TcpExt:PAWSTimewait"),
+            "{f}"
+        );
+        assert!(f.contains("0 to 1 s"), "{f}");
+
+        // Where the kernel reports them, the events and the counter are given.
+        let counters = [("PAWSTimewait", Some(3)), ("PAWSEstab", Some(0))]
+            .into_iter()
+            .collect();
+        let mut p = phase_with(counters);
+        p.paws_rejected = Some(3);
+        let mut k = kernel(None);
+        k.counters_unavailable.clear();
+        let f = findings(&[p], &Offsets::default(), &k, 0).join("\n");
+        assert!(
+            f.contains("3 dropped by PAWS (paws_reject events; server PAWSTimewait +3)"),
+            "{f}"
+        );
+        assert!(!f.contains("not available"), "{f}");
+    }
+
+    #[test]
+    fn unavailable_counters_render_as_na() {
+        let p = phase_with([("PAWSTimewait", None)].into_iter().collect());
+        let r = NatReport {
+            nat_tool: "nftables".into(),
+            nat_ports: [NAT_PORTS.0, NAT_PORTS.1],
+            kernel: kernel(Some("no reason")),
+            timestamp_offsets: Offsets::default(),
+            phases: vec![p],
+            findings: vec![],
+        };
+        let text = render_nat(&r);
+        assert!(text.contains("PAWSTimewait=n/a"), "{text}");
+        assert!(
+            text.contains("paws_reject events not available (no reason)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["phases"][0]["counters"]["server"]["PAWSTimewait"].is_null());
+        assert!(json["phases"][0]["paws_rejected"].is_null());
+    }
 }
