@@ -110,10 +110,10 @@ fn reuse_after_delay(test: &str, delay_ms: u64) {
         );
         return;
     }
-    // Rarely (about once in 20 runs of the whole file, never alone) a timewait socket of this
-    // loopback workload is killed at birth by an in-window RST, which twtrace reports as
-    // `rst`; its port is then free and connect() needs no reuse, so that attempt proves
-    // nothing and is made again in a new namespace.
+    // Sometimes (about 1 in 8 runs of this file on a loaded machine, none in 50 on a quiet
+    // one) a timewait socket of this loopback workload is killed at birth by an in-window
+    // RST, which twtrace reports as `rst`; its port is then free and connect() needs no
+    // reuse, so that attempt proves nothing and is made again in a new namespace.
     for attempt in 1..=3 {
         if reuse_attempt(test, delay_ms, has_delay) {
             return;
