@@ -585,17 +585,36 @@ fn rst_does_not_kill_timewait_with_rfc1337_on() {
 #[test]
 fn namespace_deletion_purges() {
     const N: usize = 3;
-    let ns = NetNs::new().unwrap();
-    let tracer = trace(&ns);
-    {
-        let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
-        connect_many(&ns, server.addr, N, FirstCloser::Client).unwrap();
+    // A socket killed at birth by an RST (see `reuse_after_delay`) cannot be purged: such an
+    // attempt is made again, at most three times.
+    for attempt in 1..=3 {
+        let ns = NetNs::new().unwrap();
+        let tracer = trace(&ns);
+        {
+            let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
+            connect_many(&ns, server.addr, N, FirstCloser::Client).unwrap();
+        }
+        let ev = tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
+        assert_eq!(enters(&ev).len(), N);
+        std::thread::sleep(Duration::from_millis(100));
+        let early = exits(&tracer.events());
+        if !early.is_empty() {
+            assert!(
+                early.iter().all(|x| x.reason == ExitReason::Rst),
+                "{early:#?}"
+            );
+            kernel::partial(
+                "namespace_deletion_purges",
+                &format!("attempt {attempt}: a timewait socket was reset at birth"),
+            );
+            continue;
+        }
+        drop(ns);
+        let ev = tracer.wait_for(Duration::from_secs(30), |ev| exits(ev).len() >= N);
+        let ex = exits(&ev);
+        assert_eq!(ex.len(), N, "{ev:#?}");
+        assert!(ex.iter().all(|x| x.reason == ExitReason::Purged), "{ex:#?}");
+        return;
     }
-    let ev = tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
-    assert_eq!(enters(&ev).len(), N);
-    drop(ns);
-    let ev = tracer.wait_for(Duration::from_secs(30), |ev| exits(ev).len() >= N);
-    let ex = exits(&ev);
-    assert_eq!(ex.len(), N, "{ev:#?}");
-    assert!(ex.iter().all(|x| x.reason == ExitReason::Purged), "{ex:#?}");
+    panic!("three attempts in a row lost a timewait socket to an RST at birth");
 }
