@@ -387,8 +387,10 @@ fn attempt(
         };
         loop {
             let c0 = Instant::now();
-            // Long enough for two SYN retransmissions (1 s, then 2 s more).
-            match TcpStream::connect_timeout(&dst, Duration::from_secs(4)) {
+            // Long enough for three SYN retransmissions (1 s, 2 s and 4 s apart): each may be
+            // translated onto another port whose TIME_WAIT drops it too (seen on 6.1: three in
+            // a row, under emulation).
+            match TcpStream::connect_timeout(&dst, Duration::from_secs(8)) {
                 Ok(mut s) => {
                     a.connect_ms = c0.elapsed().as_millis() as u64;
                     a.local = s.local_addr().ok();
