@@ -421,13 +421,31 @@ fn nat_lab_follows_the_timestamps() {
     {
         kernel::partial("nat_lab_follows_the_timestamps", why);
     }
-    for m in &meetings {
+    let with_attempt = sf
+        .attempts
+        .iter()
+        .flat_map(|a| a.met.iter().map(move |m| (a, m)));
+    for (a, m) in with_attempt {
         assert_eq!(m.paws_rejected.is_some(), paws_events.is_ok(), "{m:?}");
         match m.timestamp {
             "newer" => assert!(
                 m.accepted == 1 && m.paws_rejected.unwrap_or(0) == 0,
                 "{m:?}\n{text}"
             ),
+            // The older SYN was dropped, but the TIME_WAIT socket outlived it (the client's
+            // RST did not kill it) and the SYN retransmitted a second later, its timestamp
+            // now the newer, was accepted (seen once on 6.1 under QEMU).
+            "older" if m.accepted == 1 => {
+                assert!(
+                    a.connect_ms >= 900 && m.rst_killed + m.other_killed == 0,
+                    "{m:?} after {} ms\n{text}",
+                    a.connect_ms
+                );
+                kernel::partial(
+                    "nat_lab_follows_the_timestamps",
+                    "an older SYN's retransmission was accepted into the TIME_WAIT socket",
+                );
+            }
             "older" => {
                 assert!(m.accepted == 0, "{m:?}\n{text}");
                 if let Some(n) = m.paws_rejected {
