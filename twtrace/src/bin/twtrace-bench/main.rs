@@ -860,6 +860,8 @@ fn overhead(env: &mut Env, plan: &Plan) -> Result<Value> {
     Ok(json!({
         "overhead_ratio": ratio,
         "overhead_ratio_compare": rate_of(Tool::Compare).map(|r| r / base),
+        // Empty programs on the same hooks: the least any tracer on them can cost.
+        "floor_ratio": rate_of(Tool::Floor).map(|r| r / base),
         "overhead_ratio_cpu": base_cpu.zip(cpu_of(Tool::Live)).map(|(b, c)| b / c),
         "overhead": {"baseline_conns_per_s": base, "configs": configs},
     }))
