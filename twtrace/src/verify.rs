@@ -312,23 +312,34 @@ impl Wheel {
 }
 
 /// `jiffies` as `/proc/timer_list` shows it (root only).
-fn timer_list_jiffies() -> Option<u64> {
+/// (`now at` in ns, `jiffies`) from one dump of /proc/timer_list: both read by the kernel
+/// within the same dump, so how long the read takes (tens of ms on a loaded machine) does not
+/// skew a rate computed from two dumps.
+fn timer_list_jiffies() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/timer_list").ok()?;
     parse_timer_list_jiffies(&text)
 }
 
-pub fn parse_timer_list_jiffies(text: &str) -> Option<u64> {
-    text.lines()
+pub fn parse_timer_list_jiffies(text: &str) -> Option<(u64, u64)> {
+    let now = text
+        .lines()
+        .find_map(|l| l.strip_prefix("now at "))
+        .and_then(|v| v.trim().strip_suffix("nsecs"))
+        .and_then(|v| v.trim().parse().ok())?;
+    let jiffies = text
+        .lines()
         .find_map(|l| l.strip_prefix("jiffies: "))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| v.trim().parse().ok())?;
+    Some((now, jiffies))
 }
 
-/// HZ measured: jiffies counted against CLOCK_MONOTONIC over 300 ms, to the nearest standard
-/// value (a NOHZ kernel catches jiffies up on wake-up, so a sleep does not skew it).
+/// HZ measured: jiffies counted against the kernel's own clock over about a second, to the
+/// nearest standard value (a NOHZ kernel catches jiffies up on wake-up, so a sleep does not
+/// skew it).
 fn measure_hz() -> Option<u64> {
-    let (j0, t0) = (timer_list_jiffies()?, crate::sysinfo::monotonic_ns());
-    std::thread::sleep(Duration::from_millis(300));
-    let (j1, t1) = (timer_list_jiffies()?, crate::sysinfo::monotonic_ns());
+    let (t0, j0) = timer_list_jiffies()?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let (t1, j1) = timer_list_jiffies()?;
     let secs = t1.saturating_sub(t0) as f64 / 1e9;
     (j1 > j0 && secs > 0.0).then(|| crate::sysinfo::nearest_hz((j1 - j0) as f64 / secs))
 }
@@ -2562,8 +2573,12 @@ mod tests {
     fn timer_list() {
         let t = "Timer List Version: v0.9\nnow at 1 nsecs\n\ncpu: 0\n .expires_next   : 5\n\
                  jiffies: 4297867720\n";
-        assert_eq!(parse_timer_list_jiffies(t), Some(4_297_867_720));
-        assert_eq!(parse_timer_list_jiffies("jiffies: x\n"), None);
+        assert_eq!(parse_timer_list_jiffies(t), Some((1, 4_297_867_720)));
+        assert_eq!(
+            parse_timer_list_jiffies("now at 1 nsecs\njiffies: x\n"),
+            None
+        );
+        assert_eq!(parse_timer_list_jiffies("jiffies: 5\n"), None);
         // Measured here, it agrees with the kernel config where there is one.
         let hz = measure_hz().expect("/proc/timer_list (root)");
         if let Some(c) = crate::sysinfo::config_hz() {

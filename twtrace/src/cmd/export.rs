@@ -266,9 +266,25 @@ mod tests {
         write_csv(&e, &Clock { offset_ns: 0 }, "h", &mut s);
         assert_eq!(
             s,
-            "1970-01-01T00:00:00.000001Z,1000,abort,7,4,127.0.0.1,1,::1,2,,,,,,,,,,,,9,\"a,\"\"b\"\"\",0xffff888100000100,,h"
+            "1970-01-01T00:00:00.000001Z,1000,abort,7,4,127.0.0.1,1,::1,2,,,,,,,,,,,,9,\"a,\"\"b\"\"\",0xffff888100000100,,h,"
         );
         // One separator fewer than columns, plus the comma inside the quoted comm.
         assert_eq!(s.matches(',').count() - 1, CSV_COLUMNS.len() - 1);
+        // The function tier's candidate count is the last column (appended in trace minor 1).
+        let f = Event {
+            ts_ns: 1_000,
+            body: Body::ConnectFail {
+                sock: Sock::v4(1, 7, [127, 0, 0, 1], 0, [127, 0, 0, 1], 80),
+                errno: libc::EADDRNOTAVAIL,
+                refusal: twtrace::event::Refusal::TooYoung,
+                timewait: 4,
+                candidates: Some(3),
+                task: None,
+            },
+        };
+        let mut s = String::new();
+        write_csv(&f, &Clock { offset_ns: 0 }, "h", &mut s);
+        assert!(s.ends_with(",too young,4,,,,0x1,,h,3"), "{s}");
+        assert_eq!(CSV_COLUMNS.last(), Some(&"candidates"));
     }
 }

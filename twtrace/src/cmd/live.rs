@@ -148,6 +148,13 @@ pub fn summary_line(tracer: &Tracer, shown: u64) -> String {
         s.connect_fails,
         s.paws_rejects,
     );
+    // The function tier's own count, where it runs (the reused exits include these).
+    if twtrace::loader::fn_hook_on(&tracer.hooks, "tcp_twsk_unique") {
+        line.push_str(&format!(
+            "; {} reuses confirmed by tcp_twsk_unique, {} timewait sockets it refused",
+            s.reuses_confirmed, s.reuse_refusals
+        ));
+    }
     if tracer.decode_errors > 0 {
         line.push_str(&format!("; {} undecodable records", tracer.decode_errors));
     }
