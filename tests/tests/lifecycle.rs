@@ -179,7 +179,13 @@ fn fin_wait2_rearm_is_not_a_death() {
     let en = enters(&ev);
     assert_eq!(en.len(), 1, "{ev:#?}");
     assert_eq!(en[0].substate, Substate::FinWait2);
-    assert_eq!(en[0].timeout_ms, 10_000, "tcp_fin_timeout=10 arms 10 s");
+    // expires - jiffies as the program reads them: on an emulated CPU jiffies can catch up
+    // a few ticks between the arming and the program (seen: 3 on 6.1 under QEMU).
+    assert!(
+        (9_960..=10_000).contains(&en[0].timeout_ms),
+        "tcp_fin_timeout=10 arms 10 s: {}",
+        en[0].timeout_ms
+    );
     assert_eq!(addr(&en[0].sock, true), local);
     assert_eq!(count_kind(&ev, "promote"), 1, "{ev:#?}");
     std::thread::sleep(Duration::from_millis(300));

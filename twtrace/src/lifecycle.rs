@@ -26,6 +26,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use twtrace_common::{flags, kind, TwRecord};
 
+/// How far `ktime_get_seconds()` (tick-updated) may lag CLOCK_MONOTONIC when the kernel
+/// applies the pre-6.13 reuse rule.
+const SECONDS_LAG_NS: u64 = 50_000_000;
+
 /// Default window after which an unsettled cancel is an early death. Expiries and re-arms
 /// settle within microseconds.
 pub const SETTLE_NS: u64 = 20_000_000;
@@ -350,8 +354,10 @@ impl Lifecycle {
         // Sysctls not read (yet): assume this kernel's rule with the default delay.
         let delay = sys.map_or(Some(1000), |s| s.tw_reuse_delay_ms);
         let Some(delay_ms) = delay else {
-            // Before 6.13: ktime_get_seconds() must be after tw_ts_recent_stamp.
-            let now_s = (now_ns / 1_000_000_000) as u32;
+            // Before 6.13: ktime_get_seconds() must be after tw_ts_recent_stamp. That clock
+            // is updated by the tick, so it lags the precise one we have by up to a tick (on
+            // an emulated CPU, several: seen a refusal 20 ms into the next second on 6.1).
+            let now_s = (now_ns.saturating_sub(SECONDS_LAG_NS) / 1_000_000_000) as u32;
             return if eligible
                 .iter()
                 .all(|l| (now_s.wrapping_sub(l.ts_recent_stamp) as i32) <= 0)
@@ -1084,9 +1090,11 @@ mod tests {
         };
         run(&mut lc, &[b]);
         assert_eq!(refusal(&mut lc, 7_900, 0), Refusal::TooYoung);
-        assert_eq!(refusal(&mut lc, 8_000, 0), Refusal::Unknown);
+        assert_eq!(refusal(&mut lc, 8_100, 0), Refusal::Unknown);
         // Judged when connect() began: the kernel refused in second 7, the record came in 8.
         assert_eq!(refusal(&mut lc, 8_002, 7_995), Refusal::TooYoung);
+        // ktime_get_seconds() still said 7 just past the boundary (it lags by a tick or more).
+        assert_eq!(refusal(&mut lc, 8_030, 8_020), Refusal::TooYoung);
     }
 
     #[test]
