@@ -280,9 +280,15 @@ fn verify_measures_every_claim() {
     let (n, ports, rate) = (num(p, "n"), num(p, "ports"), num(p, "rate_per_s"));
     let plain = verify::predicted_successes(ports, n, rate, TIMEWAIT_MS);
     assert_eq!(plain, ports.min(n));
-    assert_eq!(num(p, "no_reuse.connected"), plain, "{p:#}");
-    assert_eq!(num(p, "no_reuse.eaddrnotavail"), n - plain, "{p:#}");
-    assert_eq!(num(p, "no_reuse.first_failure_attempt"), plain + 1);
+    // A TIME_WAIT socket reset at birth (loopback, rarely) gives its port back once.
+    let early = num(p, "no_reuse.timewait_reset_early");
+    assert!(early <= 2, "{p:#}");
+    let expect = (plain + early).min(n);
+    assert_eq!(num(p, "no_reuse.connected"), expect, "{p:#}");
+    assert_eq!(num(p, "no_reuse.eaddrnotavail"), n - expect, "{p:#}");
+    let first = num(p, "no_reuse.first_failure_attempt");
+    assert!((plain + 1..=expect + 1).contains(&first), "{p:#}");
+    let plain = expect;
     // With reuse, the prediction follows the kernel's rule: exact for tcp_tw_reuse_delay; for
     // the fixed next-second rule, over every phase of the run within the second.
     let rule = match p["tw_reuse"]["tcp_tw_reuse_delay_ms"].as_u64() {
