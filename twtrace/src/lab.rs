@@ -617,13 +617,14 @@ fn timestamp_class(prev: &Attempt, next: &Attempt) -> &'static str {
     };
     // prev's last segment came at most (end - read) after its read; next's first SYN left
     // connect_ms before its read.
+    // prev's last timestamp lies between its read (`p`) and that bound; only a SYN newer than
+    // the upper end is surely newer, and only one older than the lower end surely older.
     let prev_last =
         p.wrapping_add((prev.end_ns.saturating_sub(prev.tsval_ns) / 1_000_000) as u32 + 1);
     let syn = n.wrapping_sub(next.connect_ms as u32 + 1);
-    let d = syn.wrapping_sub(prev_last) as i32;
-    if d > TS_MARGIN_MS {
+    if syn.wrapping_sub(prev_last) as i32 > TS_MARGIN_MS {
         "newer"
-    } else if d < -TS_MARGIN_MS {
+    } else if (syn.wrapping_sub(p) as i32) < -TS_MARGIN_MS {
         "older"
     } else {
         "close"
