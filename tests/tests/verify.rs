@@ -459,7 +459,7 @@ fn nat_lab_follows_the_timestamps() {
                 );
                 kernel::partial(
                     "nat_lab_follows_the_timestamps",
-                    "an older SYN's retransmission was accepted into the TIME_WAIT socket",
+                    "a SYN predicted older (or its retransmission) was accepted into the TIME_WAIT socket",
                 );
             }
             "older" => {
