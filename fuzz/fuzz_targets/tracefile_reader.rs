@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use twtrace::tracefile::{Reader, MAGIC, SYNC, VERSION_MAJOR, VERSION_MINOR};
+use twtrace::sink::tracefile::{Reader, MAGIC, SYNC, VERSION_MAJOR, VERSION_MINOR};
 
 fn header(fields: &[u8]) -> Vec<u8> {
     let mut f = MAGIC.to_vec();

@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use twtrace::event::{Body, Event, ExitReason, Sock, Substate};
-use twtrace::netns::NetNs;
-use twtrace::tracer::{Background, TracerOptions};
+use twtrace::host::netns::NetNs;
+use twtrace::pipeline::event::{Body, Event, ExitReason, Sock, Substate};
+use twtrace::pipeline::tracer::{Background, TracerOptions};
 
 /// A tracer that keeps only the events of `ns`.
 pub fn trace(ns: &NetNs) -> Background {
@@ -14,7 +14,7 @@ pub fn trace(ns: &NetNs) -> Background {
 
 pub fn trace_opts(ns: &NetNs, opts: TracerOptions) -> Background {
     let ino = ns.inode();
-    let filter = twtrace::filter::Filter {
+    let filter = twtrace::pipeline::filter::Filter {
         netns: vec![ino],
         ..Default::default()
     };
@@ -103,7 +103,7 @@ pub const SOON: Duration = Duration::from_secs(10);
 pub mod kernel {
     use std::io::Write;
     use std::path::Path;
-    use twtrace::btf::{KernelBtf, VMLINUX};
+    use twtrace::kernel::btf::{KernelBtf, VMLINUX};
 
     /// Whether the sysctl `key` (e.g. `net.ipv4.tcp_tw_reuse_delay`, new in Linux 6.13) exists.
     /// Network sysctls exist in every namespace alike, so the test's own namespace answers.

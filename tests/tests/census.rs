@@ -2,9 +2,9 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
-use twtrace::netns::NetNs;
-use twtrace::tracer::{Tracer, TracerOptions};
-use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
+use twtrace::host::netns::NetNs;
+use twtrace::pipeline::tracer::{Tracer, TracerOptions};
 
 #[test]
 fn census_counts_states_per_namespace() {

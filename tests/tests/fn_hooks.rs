@@ -9,9 +9,9 @@
 use aya::maps::{MapData, RingBuf};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
-use twtrace::loader::Loaded;
-use twtrace::netns::NetNs;
-use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
+use twtrace::host::netns::NetNs;
+use twtrace::kernel::loader::Loaded;
 use twtrace_common::{flags, kind, TwRecord, UNIQUE_TWP};
 use twtrace_tests::kernel;
 
@@ -29,7 +29,7 @@ struct Tier {
 /// Loads twtrace (which attaches the function hooks where the kernel allows them), or says why
 /// this kernel cannot have them.
 fn start(test: &str) -> Option<Tier> {
-    let mut loaded = twtrace::loader::load(1 << 22).expect("loading twtrace");
+    let mut loaded = twtrace::kernel::loader::load(1 << 22).expect("loading twtrace");
     for h in loaded.hooks.iter().filter(|h| h.is_fn_tier()) {
         if let Err(e) = &h.result {
             // EPERM from BPF_PROG_LOAD for any fexit program: the kernel does not allow the

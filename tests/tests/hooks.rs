@@ -1,7 +1,7 @@
 //! The whole hook table loads, passes the verifier and attaches on this kernel: an optional
 //! hook that silently fails would quietly turn its reasons into `unknown`.
 
-use twtrace::loader::Attach;
+use twtrace::kernel::loader::Attach;
 use twtrace_tests::kernel;
 
 /// The argument the verifier says a program reads and this kernel's tracepoint does not pass
@@ -16,12 +16,12 @@ fn missing_argument(error: &str) -> Option<usize> {
 
 #[test]
 fn every_hook_attaches_on_this_kernel() {
-    let t = twtrace::tracer::Tracer::start(&twtrace::tracer::TracerOptions {
+    let t = twtrace::pipeline::tracer::Tracer::start(&twtrace::pipeline::tracer::TracerOptions {
         snapshot: false,
         ..Default::default()
     })
     .unwrap();
-    let kbtf = twtrace::fnsig::open_kernel_btf().unwrap();
+    let kbtf = twtrace::kernel::prototypes::open_kernel_btf().unwrap();
     let mut failed = Vec::new();
     for h in t.hooks.iter() {
         let Err(e) = &h.result else { continue };
@@ -40,7 +40,7 @@ fn every_hook_attaches_on_this_kernel() {
         if let (false, Attach::TpBtf(tp), Some(n)) =
             (h.hook.required, h.hook.attach, missing_argument(e))
         {
-            if twtrace::fnsig::tracepoint_arity(&kbtf, tp).is_some_and(|a| a < n) {
+            if twtrace::kernel::prototypes::tracepoint_arity(&kbtf, tp).is_some_and(|a| a < n) {
                 kernel::partial(
                     "every_hook_attaches_on_this_kernel",
                     &format!(
@@ -57,16 +57,18 @@ fn every_hook_attaches_on_this_kernel() {
     assert!(failed.is_empty(), "{failed:#?}");
     assert_eq!(
         t.hooks.len(),
-        twtrace::loader::HOOKS.len() + twtrace::fnsig::FN_HOOKS.len()
+        twtrace::kernel::loader::HOOKS.len() + twtrace::kernel::prototypes::FN_HOOKS.len()
     );
     // Evidence this kernel's layout lacks (the reasons resting on it become `unknown`): said
     // here so that a kernel matrix run lists them.
-    let btf = twtrace::btf::KernelBtf::open(std::path::Path::new(twtrace::btf::VMLINUX)).unwrap();
-    let syms = twtrace::loader::Symbols {
+    let btf =
+        twtrace::kernel::btf::KernelBtf::open(std::path::Path::new(twtrace::kernel::btf::VMLINUX))
+            .unwrap();
+    let syms = twtrace::kernel::loader::Symbols {
         tw_timer_handler: 1,
         reqsk_timer_handler: None,
     };
-    let c = twtrace::loader::resolve_config(&btf, syms).unwrap();
+    let c = twtrace::kernel::loader::resolve_config(&btf, syms).unwrap();
     for (field, off) in [
         ("net.ns refcount (purged)", c.net_ns_ref),
         ("tcp_death_row.tw_refcount (overflow)", c.net_tw_refcount),

@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
-use twtrace::event::{ExitReason, Substate};
-use twtrace::netns::NetNs;
-use twtrace::sysinfo;
-use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
+use twtrace::host::netns::NetNs;
+use twtrace::kernel::sysinfo;
+use twtrace::pipeline::event::{ExitReason, Substate};
 use twtrace_tests::*;
 
 fn lo4() -> SocketAddr {

@@ -5,15 +5,15 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use twtrace::aggregate::{Aggregator, Report, SLOT_TW, SLOT_TW_FW2};
-use twtrace::event::Event;
-use twtrace::filter::Filter;
-use twtrace::netns::NetNs;
-use twtrace::sysctls::Sysctls;
-use twtrace::sysinfo;
-use twtrace::tracer::{Tracer, TracerOptions};
-use twtrace::tui::{buffer_text, render_buffer, risk_at, HostInfo, Model, ViewState};
-use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace::analysis::aggregate::{Aggregator, Report, SLOT_TW, SLOT_TW_FW2};
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
+use twtrace::frontend::tui::{buffer_text, render_buffer, risk_at, HostInfo, Model, ViewState};
+use twtrace::host::netns::NetNs;
+use twtrace::host::sysctls::Sysctls;
+use twtrace::kernel::sysinfo;
+use twtrace::pipeline::event::Event;
+use twtrace::pipeline::filter::Filter;
+use twtrace::pipeline::tracer::{Tracer, TracerOptions};
 use twtrace_tests::SOON;
 
 /// Feeds the events of `ns` to `agg` (and keeps them in `seen`, for failure messages) until
@@ -94,7 +94,7 @@ fn kernel_timewait_toward(ns: &NetNs, to: SocketAddr) -> u64 {
 }
 
 /// The kernel's timewait count in `ns` (both substates), from the census.
-fn kernel_timewait(tracer: &mut Tracer, ns: u64) -> (u64, twtrace::snapshot::NetnsCensus) {
+fn kernel_timewait(tracer: &mut Tracer, ns: u64) -> (u64, twtrace::kernel::snapshot::NetnsCensus) {
     let c = tracer
         .census()
         .unwrap()
@@ -276,7 +276,7 @@ fn live_view_shows_what_the_kernel_did() {
         // 27 births in a second or two toward 64 ports with tw_reuse=0: at risk, and reuse would help
         // (loopback peer; timestamps not disproved).
         assert!(
-            risk_at(&buf, 1, y_busy as u16) > twtrace::forecast::Risk::None,
+            risk_at(&buf, 1, y_busy as u16) > twtrace::analysis::forecast::Risk::None,
             "busy row highlighted: {row}"
         );
         let note = if w >= 200 {
@@ -299,7 +299,7 @@ fn live_view_shows_what_the_kernel_did() {
     let (tw2, c2) = kernel_timewait(&mut tracer, ino);
     eprintln!(
         "census of {} namespaces took {:?}",
-        twtrace::netns::all_namespaces().len(),
+        twtrace::host::netns::all_namespaces().len(),
         t.elapsed()
     );
     assert_eq!(tw2, total, "{c2:?}");

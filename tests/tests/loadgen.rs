@@ -3,8 +3,8 @@
 //! twtrace must see what it makes. Each test owns its network namespace.
 
 use std::time::{Duration, Instant};
-use twtrace::loadgen::{self, LoadSpec, NsTuning};
-use twtrace::netns::NetNs;
+use twtrace::host::netns::NetNs;
+use twtrace::testkit::loadgen::{self, LoadSpec, NsTuning};
 use twtrace_tests::*;
 
 fn spec(workers: usize, max_conns: u64, max_time: Duration) -> LoadSpec {
@@ -142,7 +142,8 @@ fn twtrace_sees_every_reuse() {
     let r = loadgen::run(&ns, &spec(1, 2000, Duration::from_secs(20))).unwrap();
     assert_eq!((r.conns, r.errors), (2000, 0), "{r:?}");
     assert!(r.tw_recycled > 1900, "{r:?}");
-    let live = |ev: &[twtrace::event::Event]| enters(ev).iter().filter(|e| !e.snapshot).count();
+    let live =
+        |ev: &[twtrace::pipeline::event::Event]| enters(ev).iter().filter(|e| !e.snapshot).count();
     tracer.wait_for(SOON, |ev| live(ev) >= 2000);
     std::thread::sleep(Duration::from_millis(300));
     let (ev, summary) = tracer.stop().unwrap();

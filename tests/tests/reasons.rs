@@ -5,9 +5,9 @@ use socket2::{Domain, Socket, Type};
 use std::io::Read;
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
-use twtrace::event::{Body, Event, ExitReason, Refusal};
-use twtrace::netns::NetNs;
-use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
+use twtrace::host::netns::NetNs;
+use twtrace::pipeline::event::{Body, Event, ExitReason, Refusal};
 use twtrace_tests::*;
 
 fn lo4() -> SocketAddr {

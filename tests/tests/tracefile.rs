@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use twtrace::event::{Body, Event};
-use twtrace::netns::NetNs;
-use twtrace::tracefile::{self, Header, Summary, Writer, WriterOptions};
-use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
+use twtrace::host::netns::NetNs;
+use twtrace::pipeline::event::{Body, Event};
+use twtrace::sink::tracefile::{self, Header, Summary, Writer, WriterOptions};
 use twtrace_tests::*;
 
 fn temp_file(tag: &str) -> std::path::PathBuf {

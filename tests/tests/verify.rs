@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use twtrace::lab::{self, NatOptions};
-use twtrace::netns::{all_namespaces, NetNs};
-use twtrace::verify::{self, ClaimId, Interrupted, ReuseRule, Wheel, TIMEWAIT_MS};
+use twtrace::experiments::lab::{self, NatOptions};
+use twtrace::experiments::verify::{self, ClaimId, Interrupted, ReuseRule, Wheel, TIMEWAIT_MS};
+use twtrace::host::netns::{all_namespaces, NetNs};
 use twtrace_tests::kernel;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -360,7 +360,7 @@ fn nat_lab_follows_the_timestamps() {
     // What the kernel lacks is said, never an error: the counters as /proc/net/netstat has them.
     let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
     let has_counter =
-        |name: &str| twtrace::netns::parse_netstat(&netstat, "TcpExt", name).is_some();
+        |name: &str| twtrace::host::netns::parse_netstat(&netstat, "TcpExt", name).is_some();
     assert_eq!(
         r.kernel
             .counters_unavailable

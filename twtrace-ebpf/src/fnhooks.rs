@@ -4,7 +4,7 @@
 //!
 //! Each program reads its arguments by position, so each records the prototype it was written
 //! against on a `match-proto:` line (source file and the oldest kernel checked). Userspace
-//! (`twtrace::fnsig`) compares it with the running kernel's BTF before attaching and leaves the
+//! (`twtrace::kernel::prototypes`) compares it with the running kernel's BTF before attaching and leaves the
 //! hook off on a mismatch.
 //!
 //! Records go to the same ring buffer as the tracepoint tier's, so that each CPU's records stay

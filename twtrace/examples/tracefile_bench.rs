@@ -6,8 +6,8 @@
 //! events in a temporary file, removed afterwards).
 
 use std::time::Instant;
-use twtrace::event::Event;
-use twtrace::tracefile::{self, synthetic, Header, Reader, Summary, Writer, WriterOptions};
+use twtrace::pipeline::event::Event;
+use twtrace::sink::tracefile::{self, synthetic, Header, Reader, Summary, Writer, WriterOptions};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     // front would measure the generator and need gigabytes.
     let mut pool: Vec<Event> = synthetic::events(200_000, 42);
     let span = pool.last().map(|e| e.ts_ns).unwrap_or(0) - pool[0].ts_ns + 1;
-    let header = Header::capture(twtrace::sysinfo::Clock::now(), 250, &[]);
+    let header = Header::capture(twtrace::kernel::sysinfo::Clock::now(), 250, &[]);
 
     let t0 = Instant::now();
     let mut w = Writer::create(&path, &header, WriterOptions::default())?;

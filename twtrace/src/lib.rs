@@ -1,29 +1,31 @@
 //! twtrace: the TCP TIME_WAIT lifecycle, traced with eBPF.
 //!
-//! Flow (one way): kernel programs → ring buffer → [`decode`] → [`lifecycle`] → [`event::Event`]
-//! → sinks ([`output`]). [`loader`] owns BTF offsets, kallsyms and the hook table; [`netns`] and
-//! [`workload`] are shared by the tests, `verify` and the benchmarks.
+//! The folders are the stages, and data flows one way through them:
+//!
+//! ```text
+//! kernel programs ─▶ ring buffer ─▶ pipeline::decode ─▶ pipeline::lifecycle ─▶ pipeline::event
+//!   (kernel/: loader, BTF, features)                                              │
+//!                                   pipeline::session fans every event out to sinks:
+//!            sink/ (lines, NDJSON, trace files) · analysis/ (one aggregator) ─▶ frontend/ (TUI, metrics)
+//! ```
+//!
+//! - [`kernel`]: what the running kernel offers, computed once at load (BTF offsets, kallsyms,
+//!   prototypes, the hook table, HZ, the reuse rule) and asked everywhere else.
+//! - [`pipeline`]: records → typed events (one enum), filters, and the session driver.
+//! - [`host`]: network namespaces and their sysctls, as `/proc` shows them (for display and
+//!   for the experiments; decisions use the values the kernel programs read at the moment).
+//! - [`sink`]: the line/NDJSON printer and the trace-file format.
+//! - [`analysis`]: the aggregator (per peer, namespace, process; census; forecast).
+//! - [`frontend`]: the full-screen view and the Prometheus exposition.
+//! - [`experiments`]: `verify` (the blog's claims) and `lab nat`, with their workloads.
+//! - `testkit` (feature `testkit`): the load generator shared by the benchmarks and tests.
 
-pub mod aggregate;
-pub mod btf;
-pub mod decode;
-pub mod event;
-pub mod filter;
-pub mod fnsig;
-pub mod forecast;
-pub mod kallsyms;
-pub mod lab;
-pub mod lifecycle;
-pub mod loader;
-pub mod loadgen;
-pub mod metrics;
-pub mod netns;
-pub mod output;
-pub mod snapshot;
-pub mod sysctls;
-pub mod sysinfo;
-pub mod tracefile;
-pub mod tracer;
-pub mod tui;
-pub mod verify;
-pub mod workload;
+pub mod analysis;
+pub mod experiments;
+pub mod frontend;
+pub mod host;
+pub mod kernel;
+pub mod pipeline;
+pub mod sink;
+#[cfg(feature = "testkit")]
+pub mod testkit;

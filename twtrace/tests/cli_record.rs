@@ -11,10 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use twtrace::event::{Body, Event};
-use twtrace::netns::NetNs;
-use twtrace::tracefile::{self, Reader, SysctlsByNetns};
-use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
+use twtrace::host::netns::NetNs;
+use twtrace::pipeline::event::{Body, Event};
+use twtrace::sink::tracefile::{self, Reader, SysctlsByNetns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_twtrace");
 
@@ -127,7 +127,7 @@ impl Drop for Recorder {
 
 /// One line per event, for assertion messages.
 fn dump(ev: &[Event]) -> String {
-    let clock = twtrace::sysinfo::Clock { offset_ns: 0 };
+    let clock = twtrace::kernel::sysinfo::Clock { offset_ns: 0 };
     let mut out = String::new();
     for e in ev {
         e.write_line(&clock, &mut out);
@@ -279,9 +279,9 @@ fn records_real_traffic_and_exports_it() {
     let h = &t.header;
     assert_eq!(
         h.kernel_release,
-        twtrace::sysinfo::kernel_release().unwrap()
+        twtrace::kernel::sysinfo::kernel_release().unwrap()
     );
-    assert_eq!(h.hostname, twtrace::sysinfo::hostname());
+    assert_eq!(h.hostname, twtrace::kernel::sysinfo::hostname());
     assert!(h.hz >= 100, "{h:?}");
     assert!(h
         .hooks
@@ -294,7 +294,7 @@ fn records_real_traffic_and_exports_it() {
             .cloned()
     };
     assert!(reuse(&h.sysctls, ino).is_some(), "{:?}", h.sysctls);
-    let here = twtrace::netns::current_inode().unwrap();
+    let here = twtrace::host::netns::current_inode().unwrap();
     assert_eq!(
         reuse(&h.sysctls, here),
         Some(
@@ -482,7 +482,8 @@ fn export_reports_damage_by_offset_and_keeps_the_rest() {
     let dir = TempDir::new("damage");
     let file = dir.0.join("t.twt");
     let events = tracefile::synthetic::events(2000, 7);
-    let header = tracefile::Header::capture(twtrace::sysinfo::Clock { offset_ns: 0 }, 250, &[]);
+    let header =
+        tracefile::Header::capture(twtrace::kernel::sysinfo::Clock { offset_ns: 0 }, 250, &[]);
     let mut w = tracefile::Writer::create(
         &file,
         &header,
@@ -528,7 +529,7 @@ fn report_takes_several_hosts() {
     for (i, host) in ["alpha", "beta"].iter().enumerate() {
         let events = tracefile::synthetic::events(3000 + 1000 * i, 11 + i as u64);
         let mut header =
-            tracefile::Header::capture(twtrace::sysinfo::Clock { offset_ns: 0 }, 250, &[]);
+            tracefile::Header::capture(twtrace::kernel::sysinfo::Clock { offset_ns: 0 }, 250, &[]);
         header.hostname = host.to_string();
         let path = dir.0.join(format!("{host}.twt"));
         let mut w =

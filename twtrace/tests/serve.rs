@@ -13,11 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use twtrace::event::{Body, Event, ExitReason};
-use twtrace::filter::Filter;
-use twtrace::netns::NetNs;
-use twtrace::tracer::{Background, TracerOptions};
-use twtrace::workload::{connect_many, serve, FirstCloser};
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
+use twtrace::host::netns::NetNs;
+use twtrace::pipeline::event::{Body, Event, ExitReason};
+use twtrace::pipeline::filter::Filter;
+use twtrace::pipeline::tracer::{Background, TracerOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_twtrace");
 /// Generous bound for anything that should take milliseconds to a couple of seconds.
@@ -610,7 +610,7 @@ fn prometheus_scrapes_what_the_tracer_saw() {
     // The namespaces' cgroup (this test's), as an info metric.
     let ours = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
-        .and_then(|t| twtrace::metrics::cgroup_path(&t))
+        .and_then(|t| twtrace::frontend::metrics::cgroup_path(&t))
         .filter(|c| c != "/");
     if let Some(cg) = ours {
         let q = format!("twtrace_netns_info{{netns=\"{ns_r}\"}}");

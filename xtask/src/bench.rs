@@ -74,7 +74,15 @@ pub fn run(quick: bool, json: Option<&Path>, extra: &[String]) -> Result<()> {
             eprintln!("xtask: could not install them ({e:#}); the bench will skip those tools");
         }
     }
-    sh(cargo().args(["build", "--release", "-p", "twtrace", "--bins"]))?;
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "twtrace",
+        "--bins",
+        "--features",
+        "testkit",
+    ]))?;
     let bin = target_dir().join("release/twtrace-bench");
     let mut cmd = Command::new(&bin);
     if quick {

@@ -7,9 +7,9 @@ use clap::{Args, ValueEnum};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
-use twtrace::event::{errno_name, rfc3339_micros, Body, Event};
-use twtrace::sysinfo::Clock;
-use twtrace::tracefile::Reader;
+use twtrace::kernel::sysinfo::Clock;
+use twtrace::pipeline::event::{errno_name, rfc3339_micros, Body, Event};
+use twtrace::sink::tracefile::Reader;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
@@ -86,7 +86,7 @@ pub fn write_csv(e: &Event, clock: &Clock, host: &str, out: &mut String) {
         cols[8] = s.rport.to_string();
         cols[22] = format!("{:#x}", s.tw);
     }
-    let mut task = |t: &Option<twtrace::event::Task>| {
+    let mut task = |t: &Option<twtrace::pipeline::event::Task>| {
         if let Some(t) = t {
             cols[20] = t.pid.to_string();
             cols[21] = t.comm.clone();
@@ -169,7 +169,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let sink: Box<dyn Write> = match &args.output {
         // Mode 0600 like the trace itself: the export holds the same addresses.
         Some(p) => Box::new(
-            twtrace::tracefile::create_private(p)
+            twtrace::sink::tracefile::create_private(p)
                 .with_context(|| format!("creating {}", p.display()))?,
         ),
         None => Box::new(std::io::stdout().lock()),
@@ -241,7 +241,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twtrace::event::{Sock, Task};
+    use twtrace::pipeline::event::{Sock, Task};
 
     #[test]
     fn csv_rows_have_every_column_and_quote_what_needs_it() {
@@ -276,7 +276,7 @@ mod tests {
             body: Body::ConnectFail {
                 sock: Sock::v4(1, 7, [127, 0, 0, 1], 0, [127, 0, 0, 1], 80),
                 errno: libc::EADDRNOTAVAIL,
-                refusal: twtrace::event::Refusal::TooYoung,
+                refusal: twtrace::pipeline::event::Refusal::TooYoung,
                 timewait: 4,
                 candidates: Some(3),
                 task: None,

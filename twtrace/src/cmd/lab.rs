@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
 use std::time::Duration;
-use twtrace::lab::{self, NatOptions};
+use twtrace::experiments::lab::{self, NatOptions};
 
 #[derive(Args, Debug, Clone)]
 pub struct LabArgs {

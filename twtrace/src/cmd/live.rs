@@ -9,14 +9,14 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use twtrace::aggregate::{self, Aggregator};
-use twtrace::event::ExitReason;
-use twtrace::filter::Filter;
-use twtrace::output::{Format, Printer};
-use twtrace::sysctls::SysctlWatch;
-use twtrace::sysinfo;
-use twtrace::tracer::{Tracer, TracerOptions};
-use twtrace::tui::{HostInfo, Model, Screen, ViewState};
+use twtrace::analysis::aggregate::{self, Aggregator};
+use twtrace::frontend::tui::{HostInfo, Model, Screen, ViewState};
+use twtrace::host::sysctls::SysctlWatch;
+use twtrace::kernel::sysinfo;
+use twtrace::pipeline::event::ExitReason;
+use twtrace::pipeline::filter::Filter;
+use twtrace::pipeline::tracer::{Tracer, TracerOptions};
+use twtrace::sink::printer::{Format, Printer};
 
 /// What every tracing subcommand takes: filters and tracer settings.
 #[derive(Args, Debug, Clone)]
@@ -93,7 +93,7 @@ pub fn start_tracer(args: &TraceArgs) -> Result<Tracer> {
         for h in &tracer.hooks {
             eprintln!("{}", h.report_line());
         }
-        eprintln!("{}", twtrace::loader::tier_line(&tracer.hooks));
+        eprintln!("{}", twtrace::kernel::loader::tier_line(&tracer.hooks));
         for w in &tracer.warnings {
             eprintln!("warning: {w}");
         }
@@ -149,7 +149,7 @@ pub fn summary_line(tracer: &Tracer, shown: u64) -> String {
         s.paws_rejects,
     );
     // The function tier's own count, where it runs (the reused exits include these).
-    if twtrace::loader::fn_hook_on(&tracer.hooks, "tcp_twsk_unique") {
+    if twtrace::kernel::loader::fn_hook_on(&tracer.hooks, "tcp_twsk_unique") {
         line.push_str(&format!(
             "; {} reuses confirmed by tcp_twsk_unique, {} timewait sockets it refused",
             s.reuses_confirmed, s.reuse_refusals
@@ -203,7 +203,7 @@ pub fn run(args: LiveArgs) -> Result<()> {
     let mut shown = 0u64;
     // Only with --summary-every: the plain path stays as cheap as it was without.
     let mut agg = summary_every.map(|_| Aggregator::default());
-    let mut emit = |batch: &mut Vec<twtrace::event::Event>,
+    let mut emit = |batch: &mut Vec<twtrace::pipeline::event::Event>,
                     printer: &mut Printer<_>,
                     agg: &mut Option<Aggregator>|
      -> bool {
@@ -273,7 +273,7 @@ const CENSUS_EVERY: Duration = Duration::from_secs(5);
 /// How often the live view redraws when no key is pressed.
 const REDRAW_EVERY: Duration = Duration::from_secs(1);
 
-/// The full-screen view ([`twtrace::tui`]), the default on a terminal.
+/// The full-screen view ([`twtrace::frontend::tui`]), the default on a terminal.
 fn run_view(args: &LiveArgs) -> Result<()> {
     let filter = args.trace.filter();
     // No hook report on stderr: the view's header shows the hooks, and the alternate screen

@@ -8,10 +8,10 @@ pub mod report;
 pub mod serve;
 pub mod verify;
 
-use twtrace::aggregate::Aggregator;
-use twtrace::filter::Filter;
-use twtrace::sysctls::SysctlWatch;
-use twtrace::tracer::Tracer;
+use twtrace::analysis::aggregate::Aggregator;
+use twtrace::host::sysctls::SysctlWatch;
+use twtrace::pipeline::filter::Filter;
+use twtrace::pipeline::tracer::Tracer;
 
 /// Re-syncs the aggregator's state census from the kernel (live view and serve): namespaces
 /// outside the filter are dropped, and namespaces without traffic get their sysctls here (the
@@ -24,7 +24,7 @@ pub fn resync_census(
     sysctls: &mut SysctlWatch,
 ) -> anyhow::Result<()> {
     // Events polled so far are older than this; later ones update the census.
-    let at = twtrace::sysinfo::monotonic_ns();
+    let at = twtrace::kernel::sysinfo::monotonic_ns();
     let mut census = tracer.census()?;
     census.retain(|c| filter.netns.is_empty() || filter.netns.contains(&c.netns));
     agg.set_census(at, &census);

@@ -7,10 +7,10 @@ use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use twtrace::event::Event;
-use twtrace::sysctls::Sysctls;
-use twtrace::sysinfo;
-use twtrace::tracefile::{
+use twtrace::host::sysctls::Sysctls;
+use twtrace::kernel::sysinfo;
+use twtrace::pipeline::event::Event;
+use twtrace::sink::tracefile::{
     sysctls_kv, Header, Summary, SysctlsByNetns, Writer, WriterOptions, MIN_MAX_SIZE,
 };
 
@@ -74,11 +74,11 @@ fn describe_filter(t: &TraceArgs) -> String {
 /// later arrive in the stream as `netns` events from the tracer.
 fn initial_sysctls(filter_netns: &[u64]) -> SysctlsByNetns {
     let mut out = SysctlsByNetns::new();
-    if let Ok(here) = twtrace::netns::current_inode() {
+    if let Ok(here) = twtrace::host::netns::current_inode() {
         out.insert(here, sysctls_kv(&Sysctls::read_current()));
     }
     if !filter_netns.is_empty() {
-        let paths = twtrace::netns::all_namespaces();
+        let paths = twtrace::host::netns::all_namespaces();
         for ns in filter_netns {
             if let Some(s) = paths.get(ns).and_then(|p| Sysctls::read_in(p).ok()) {
                 out.insert(*ns, sysctls_kv(&s));

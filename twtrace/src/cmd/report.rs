@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use twtrace::aggregate::{Aggregator, Report};
-use twtrace::filter::Filter;
-use twtrace::sysctls::Sysctls;
-use twtrace::tracefile::Reader;
+use twtrace::analysis::aggregate::{Aggregator, Report};
+use twtrace::host::sysctls::Sysctls;
+use twtrace::pipeline::filter::Filter;
+use twtrace::sink::tracefile::Reader;
 
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
@@ -218,7 +218,7 @@ mod tests {
             rfc1337: Some(0),
             port_range: Some((32768, 60999)),
         };
-        assert_eq!(typed(&twtrace::tracefile::sysctls_kv(&s)), s);
+        assert_eq!(typed(&twtrace::sink::tracefile::sysctls_kv(&s)), s);
         let mut kv = BTreeMap::new();
         kv.insert("net.ipv4.tcp_tw_reuse".to_string(), "x".to_string());
         kv.insert(

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use twtrace::aggregate::Aggregator;
-use twtrace::metrics::{self, Health, Metrics, NetnsOwner, Options};
-use twtrace::sysctls::SysctlWatch;
-use twtrace::sysinfo;
-use twtrace::tracer::Tracer;
+use twtrace::analysis::aggregate::Aggregator;
+use twtrace::frontend::metrics::{self, Health, Metrics, NetnsOwner, Options};
+use twtrace::host::sysctls::SysctlWatch;
+use twtrace::kernel::sysinfo;
+use twtrace::pipeline::tracer::Tracer;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {

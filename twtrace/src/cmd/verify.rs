@@ -5,7 +5,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
-use twtrace::verify::{self, ClaimId};
+use twtrace::experiments::verify::{self, ClaimId};
 
 #[derive(Args, Debug, Clone)]
 pub struct VerifyArgs {

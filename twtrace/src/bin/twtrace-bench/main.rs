@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use twtrace::loadgen::{self, LoadReport, LoadSpec, NsTuning};
-use twtrace::netns::NetNs;
+use twtrace::host::netns::NetNs;
+use twtrace::testkit::loadgen::{self, LoadReport, LoadSpec, NsTuning};
 
 /// How long a tracer may take to attach (bpftrace compiles its script with LLVM first).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -336,7 +336,7 @@ fn floor() -> Result<()> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let (_ebpf, attached) = twtrace::loader::load_floor()?;
+    let (_ebpf, attached) = twtrace::kernel::loader::load_floor()?;
     eprintln!("{READY_LINE} (empty programs on {})", attached.join(", "));
     let mut sig = 0;
     // SAFETY: `set` is initialised above.
@@ -1305,7 +1305,7 @@ fn machine() -> Value {
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     json!({
-        "kernel": twtrace::sysinfo::kernel_release().unwrap_or_default(),
+        "kernel": twtrace::kernel::sysinfo::kernel_release().unwrap_or_default(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": model,
         "hypervisor": cpuinfo.contains(" hypervisor"),

@@ -122,7 +122,7 @@ fn read_ns(ns_path: &Path) -> Result<(Sysctls, Option<u64>)> {
         setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
         let overflow = std::fs::read_to_string("/proc/thread-self/net/netstat")
             .ok()
-            .and_then(|t| crate::netns::parse_netstat(&t, "TcpExt", "TCPTimeWaitOverflow"));
+            .and_then(|t| crate::host::netns::parse_netstat(&t, "TcpExt", "TCPTimeWaitOverflow"));
         Ok((Sysctls::read_current(), overflow))
     })
     .join()
@@ -175,7 +175,7 @@ impl SysctlWatch {
 
     /// Records every existing namespace's overflow counter: the baseline of the cross-check.
     pub fn baseline(&mut self) {
-        self.paths = crate::netns::all_namespaces();
+        self.paths = crate::host::netns::all_namespaces();
         self.last_scan = Some(std::time::Instant::now());
         for (ino, p) in &self.paths {
             if let Ok((_, Some(c))) = read_ns(p) {
@@ -192,7 +192,7 @@ impl SysctlWatch {
             return None;
         }
         self.last_scan = Some(std::time::Instant::now());
-        self.paths = crate::netns::all_namespaces();
+        self.paths = crate::host::netns::all_namespaces();
         self.paths.get(&(netns as u64)).cloned()
     }
 

@@ -23,8 +23,8 @@ mod tests;
 pub use reader::{read_all, Reader, Trace};
 pub use writer::{create_private, part_path, Writer, WriterOptions, MIN_MAX_SIZE};
 
-use crate::loader::HookStatus;
-use crate::sysinfo::{self, Clock};
+use crate::kernel::loader::HookStatus;
+use crate::kernel::sysinfo::{self, Clock};
 use codec::{put_bytes, put_varint, Cursor};
 use std::collections::BTreeMap;
 
@@ -339,7 +339,7 @@ pub(crate) mod nsfield {
 
 /// Typed sysctls (from a `netns` event or a live read) as the header's key/value strings,
 /// named after the sysctls and formatted as `/proc/sys` shows them.
-pub fn sysctls_kv(s: &crate::sysctls::Sysctls) -> BTreeMap<String, String> {
+pub fn sysctls_kv(s: &crate::host::sysctls::Sysctls) -> BTreeMap<String, String> {
     let mut kv = BTreeMap::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {

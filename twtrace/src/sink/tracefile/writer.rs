@@ -7,8 +7,8 @@ use super::{
     kind, nsfield, sysctls_kv, Header, Summary, BLOCK_HEADER_LEN, MAX_BLOCK_LEN, SYNC,
     VERSION_MAJOR, VERSION_MINOR,
 };
-use crate::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
-use crate::sysctls::Sysctls;
+use crate::host::sysctls::Sysctls;
+use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};

@@ -3,7 +3,7 @@
 //!
 //! Every loop here is bounded in count and in time.
 
-use crate::netns::NetNs;
+use crate::host::netns::NetNs;
 use anyhow::{Context, Result};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

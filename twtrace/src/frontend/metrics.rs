@@ -43,8 +43,8 @@
 //! split by errno and refusal here (the aggregator keeps totals per row). [`Metrics::observe`]
 //! keeps those two from the same events; everything else comes from the aggregator.
 
-use crate::aggregate::{Aggregator, Side, SLOT_TW, SLOT_TW_FW2};
-use crate::event::{errno_name, Body, Event, ExitReason, Refusal};
+use crate::analysis::aggregate::{Aggregator, Side, SLOT_TW, SLOT_TW_FW2};
+use crate::pipeline::event::{errno_name, Body, Event, ExitReason, Refusal};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -769,9 +769,9 @@ impl Collector for Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Sock, Substate, Task};
-    use crate::snapshot::NetnsCensus;
-    use crate::sysctls::Sysctls;
+    use crate::host::sysctls::Sysctls;
+    use crate::kernel::snapshot::NetnsCensus;
+    use crate::pipeline::event::{Sock, Substate, Task};
     use std::collections::{BTreeMap, BTreeSet};
 
     const NSX: u32 = 4026532000;
@@ -955,7 +955,7 @@ mod tests {
         }
         ev_list.push(ev(5.0, Body::Lost { count: 7 }));
         feed(&mut agg, &mut m, &ev_list);
-        let mut counts = [0u64; crate::aggregate::CENSUS_SLOTS];
+        let mut counts = [0u64; crate::analysis::aggregate::CENSUS_SLOTS];
         counts[SLOT_TW] = 4;
         agg.set_census(
             63 * S,
@@ -966,7 +966,7 @@ mod tests {
                 },
                 NetnsCensus {
                     netns: u64::from(NSY),
-                    counts: [0; crate::aggregate::CENSUS_SLOTS],
+                    counts: [0; crate::analysis::aggregate::CENSUS_SLOTS],
                 },
             ],
         );

@@ -1,6 +1,6 @@
 use super::codec::{put_bytes, put_varint, zigzag};
 use super::*;
-use crate::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
+use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -187,7 +187,7 @@ fn every_variant() -> Vec<Event> {
     bodies.push(Body::PawsReject { sock: sock4(9, 9) });
     bodies.push(Body::Netns {
         netns: 4026532999,
-        sysctls: crate::sysctls::Sysctls {
+        sysctls: crate::host::sysctls::Sysctls {
             tw_reuse: Some(2),
             tw_reuse_delay_ms: Some(1000),
             max_tw_buckets: Some(u64::MAX),
@@ -199,7 +199,7 @@ fn every_variant() -> Vec<Event> {
     });
     bodies.push(Body::Netns {
         netns: 0,
-        sysctls: crate::sysctls::Sysctls::default(),
+        sysctls: crate::host::sysctls::Sysctls::default(),
     });
     bodies.push(Body::Lost { count: 0 });
     bodies.push(Body::Lost { count: u64::MAX });
@@ -276,8 +276,8 @@ fn every_variant_round_trips() {
 
 #[test]
 fn hook_errors_are_cut_to_their_first_line() {
-    let status = |e: &str| crate::loader::HookStatus {
-        hook: crate::loader::HOOKS[0],
+    let status = |e: &str| crate::kernel::loader::HookStatus {
+        hook: crate::kernel::loader::HOOKS[0],
         result: Err(e.to_string()),
         fallback_used: false,
     };
@@ -377,7 +377,7 @@ fn rotation_splits_into_readable_parts_under_the_limit() {
             ts_ns: events[10].ts_ns,
             body: Body::Netns {
                 netns: 77,
-                sysctls: crate::sysctls::Sysctls {
+                sysctls: crate::host::sysctls::Sysctls {
                     tw_reuse: Some(1),
                     ..Default::default()
                 },
@@ -421,7 +421,7 @@ fn sysctls_recorded_mid_trace_are_read() {
             ts_ns: 7,
             body: Body::Netns {
                 netns: 4026532999,
-                sysctls: crate::sysctls::Sysctls {
+                sysctls: crate::host::sysctls::Sysctls {
                     max_tw_buckets: Some(5),
                     port_range: Some((1000, 2000)),
                     ..Default::default()

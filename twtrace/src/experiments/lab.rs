@@ -14,14 +14,14 @@
 //! translated tuple meets it, and its fate depends on the timestamps (each client has its own
 //! random offset): newer → accepted as a new incarnation (`syn`), older → dropped by PAWS.
 
-use crate::event::{Body, Event, ExitReason};
-use crate::netns::{parse_netstat, NetNs};
-use crate::sysinfo::monotonic_ns;
-use crate::verify::{
+use crate::experiments::verify::{
     paws_events_available, proc_net, reuses, rst_reason_available, Interrupted, ReuseRule, Spread,
     Watch,
 };
-use crate::workload::{serve, FirstCloser};
+use crate::experiments::workload::{serve, FirstCloser};
+use crate::host::netns::{parse_netstat, NetNs};
+use crate::kernel::sysinfo::monotonic_ns;
+use crate::pipeline::event::{Body, Event, ExitReason};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;

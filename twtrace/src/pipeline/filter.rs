@@ -1,6 +1,6 @@
 //! Event filters shared by the live printer, `record` and `report`.
 
-use crate::event::Event;
+use crate::pipeline::event::Event;
 use std::net::IpAddr;
 
 #[derive(Clone, Debug, Default)]
@@ -20,7 +20,7 @@ impl Filter {
 
     /// Events without a socket (lost-event reports) always pass: they must never be hidden.
     pub fn matches(&self, e: &Event) -> bool {
-        if let crate::event::Body::Netns { netns, .. } = &e.body {
+        if let crate::pipeline::event::Body::Netns { netns, .. } = &e.body {
             return self.netns.is_empty() || self.netns.contains(&(*netns as u64));
         }
         let Some(s) = e.sock() else { return true };
@@ -33,7 +33,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Body, Sock};
+    use crate::pipeline::event::{Body, Sock};
 
     fn ev(netns: u32, lport: u16, rport: u16, raddr: [u8; 4]) -> Event {
         let mut r = [0u8; 16];

@@ -2,8 +2,8 @@
 //! with a few network namespaces and processes, talking to a few hundred peers; sockets enter
 //! TIME_WAIT and leave it ~60 s later (or early, by reuse), with the rarer kinds sprinkled in.
 
-use crate::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
-use crate::sysctls::Sysctls;
+use crate::host::sysctls::Sysctls;
+use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -8,7 +8,7 @@
 //! rendered the same way and compared: parameter count, each parameter's type and the return
 //! type (names may differ). A mismatch, or a function this kernel does not have, disables that
 //! hook with a one-line message; the tracepoint tier goes on alone. The loader
-//! (`crate::loader::load`) runs the checks and attaches what passes.
+//! (`crate::kernel::loader::load`) runs the checks and attaches what passes.
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, BtfType, Type};
@@ -248,7 +248,7 @@ pub fn tracepoint_arity(btf: &Btf, tp: &str) -> Option<usize> {
 
 /// Opens the running kernel's BTF for the checks.
 pub fn open_kernel_btf() -> Result<Btf> {
-    let path = Path::new(crate::btf::VMLINUX);
+    let path = Path::new(crate::kernel::btf::VMLINUX);
     Btf::from_file(path)
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("parsing BTF from {}", path.display()))

@@ -1,7 +1,7 @@
 //! The typed events every sink consumes: the one enum of the pipeline
-//! (kernel records → [`crate::lifecycle`] → `Event` → printer / files / aggregator).
+//! (kernel records → [`crate::pipeline::lifecycle`] → `Event` → printer / files / aggregator).
 
-use crate::sysinfo::Clock;
+use crate::kernel::sysinfo::Clock;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -249,7 +249,7 @@ pub enum Body {
     /// A network namespace's TIME_WAIT sysctls, when it first shows up and when they change.
     Netns {
         netns: u32,
-        sysctls: crate::sysctls::Sysctls,
+        sysctls: crate::host::sysctls::Sysctls,
     },
     /// Events the kernel could not queue (ring buffer full): `count` more since the last one.
     Lost { count: u64 },

@@ -11,13 +11,13 @@
 //! Keys: `q` quit, `s` next sort column, `p` pause, `/` filter (Enter applies, Esc cancels),
 //! `n` next network namespace (all → each → all).
 
-use crate::aggregate::{
+use crate::analysis::aggregate::{
     self, describe_sysctls, fit, fit_columns, fmt_count, fmt_opt_ms, fmt_pct, fmt_rate, Aggregator,
     Col, PeerKey, Side, BINS, CENSUS_SLOTS, N_BINS, SLOT_TW, SLOT_TW_FW2,
 };
-use crate::event::ExitReason;
-use crate::forecast::{short_duration, Exhaustion, Forecast, Risk};
-use crate::sysctls::Sysctls;
+use crate::analysis::forecast::{short_duration, Exhaustion, Forecast, Risk};
+use crate::host::sysctls::Sysctls;
+use crate::pipeline::event::ExitReason;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use ratatui::crossterm::event::{
@@ -993,7 +993,7 @@ impl Drop for Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Body, Event, Sock, Substate};
+    use crate::pipeline::event::{Body, Event, Sock, Substate};
 
     const NSX: u32 = 4026532001;
 
@@ -1040,7 +1040,7 @@ mod tests {
         counts[10] = 2;
         a.set_census(
             base - 1,
-            &[crate::snapshot::NetnsCensus {
+            &[crate::kernel::snapshot::NetnsCensus {
                 netns: u64::from(NSX),
                 counts,
             }],

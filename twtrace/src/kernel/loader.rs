@@ -1,8 +1,8 @@
 //! Loading the kernel programs: pre-flight checks with actionable messages, BTF offsets and
 //! kallsyms into the programs' `CONFIG`, and the hook table attached by what the kernel offers.
 
-use crate::btf::{KernelBtf, VMLINUX};
-use crate::kallsyms;
+use crate::kernel::btf::{KernelBtf, VMLINUX};
+use crate::kernel::kallsyms;
 use anyhow::{bail, Context, Result};
 use aya::programs::{BtfTracePoint, FExit, Iter};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -18,7 +18,7 @@ pub enum Attach {
     TpBtf(&'static str),
     /// BPF iterator (`iter/…`), run on demand rather than attached to an event.
     Iter(&'static str),
-    /// Function hook (`fexit/…`) of the optional tier ([`crate::fnsig::FN_HOOKS`]), attached
+    /// Function hook (`fexit/…`) of the optional tier ([`crate::kernel::prototypes::FN_HOOKS`]), attached
     /// only if the kernel's prototype matches the one the program was written against.
     FExit(&'static str),
 }
@@ -39,7 +39,7 @@ pub struct Hook {
 }
 
 /// The baseline tier: tracepoints every BTF kernel has; it must always work alone. The
-/// function-hook tier ([`crate::fnsig::FN_HOOKS`]) joins it where a kernel allows fexit.
+/// function-hook tier ([`crate::kernel::prototypes::FN_HOOKS`]) joins it where a kernel allows fexit.
 pub const HOOKS: &[Hook] = &[
     Hook {
         program: "timer_start",
@@ -303,9 +303,14 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
     let config =
         resolve_config(&kbtf, symbols).context("resolving kernel structure offsets from BTF")?;
     // The function hooks' prototypes are checked against our parse, before it goes.
-    let fn_checks: Vec<_> = crate::fnsig::FN_HOOKS
+    let fn_checks: Vec<_> = crate::kernel::prototypes::FN_HOOKS
         .iter()
-        .map(|h| (*h, crate::fnsig::check(kbtf.raw(), h).map(|_| ())))
+        .map(|h| {
+            (
+                *h,
+                crate::kernel::prototypes::check(kbtf.raw(), h).map(|_| ()),
+            )
+        })
         .collect();
     // Free our parse of the kernel BTF before aya makes its own: both at once were most of
     // the start-up memory peak.

@@ -20,8 +20,8 @@
 //! `settle_ns` is an early death, timed at the cancel. The ring buffer keeps each CPU's records
 //! in the order they were made, which is all this needs.
 
-use crate::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
-use crate::sysctls::Sysctls;
+use crate::host::sysctls::Sysctls;
+use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use twtrace_common::{flags, kind, TwRecord};
@@ -649,7 +649,7 @@ fn same_tuple(a: &TwRecord, b: &TwRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::blank;
+    use crate::pipeline::decode::blank;
     use twtrace_common::{TCP_FIN_WAIT2, TCP_TIME_WAIT};
 
     const MS: u64 = 1_000_000;

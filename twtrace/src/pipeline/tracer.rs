@@ -4,13 +4,13 @@
 //! the tests both drive it from a thread of their own, and sinks consume the `Event`s it
 //! produces.
 
-use crate::decode::decode;
-use crate::event::{Body, Event};
-use crate::lifecycle::{Lifecycle, Stats, SETTLE_NS};
-use crate::loader::{self, HookStatus};
-use crate::snapshot;
-use crate::sysctls::SysctlWatch;
-use crate::sysinfo::{self, Clock};
+use crate::host::sysctls::SysctlWatch;
+use crate::kernel::loader::{self, HookStatus};
+use crate::kernel::snapshot;
+use crate::kernel::sysinfo::{self, Clock};
+use crate::pipeline::decode::decode;
+use crate::pipeline::event::{Body, Event};
+use crate::pipeline::lifecycle::{Lifecycle, Stats, SETTLE_NS};
 use anyhow::{Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::Iter;

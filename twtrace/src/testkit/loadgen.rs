@@ -14,7 +14,7 @@
 //! (so each connection is one TIME_WAIT entry *and* one exit), [`NsTuning::accumulate`] keeps
 //! every timewait socket alive for its 60 s.
 
-use crate::netns::NetNs;
+use crate::host::netns::NetNs;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{setsockopt, sockopt};

@@ -1,7 +1,7 @@
 //! The line / NDJSON printer sink.
 
-use crate::event::{Event, LINE_HEADER};
-use crate::sysinfo::Clock;
+use crate::kernel::sysinfo::Clock;
+use crate::pipeline::event::{Event, LINE_HEADER};
 use std::io::Write;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Summaries of the event stream: per peer, per network namespace, per process, plus the
 //! state census kept current between kernel re-syncs. One implementation behind three front
-//! ends: the live view ([`crate::tui`] and `--summary-every`), `twtrace report` (trace files)
+//! ends: the live view ([`crate::frontend::tui`] and `--summary-every`), `twtrace report` (trace files)
 //! and `twtrace serve` (Prometheus). Pure: no I/O, no wall clock: time comes from the events'
 //! monotonic timestamps (and [`Aggregator::advance`] when nothing happens), so a replay of a
 //! trace file gives the same numbers as the live session did.
@@ -35,10 +35,10 @@
 //! slack, plus 60 s for a FIN_WAIT2-substate socket that may be re-armed) is cleared and the
 //! clearing counted ([`Totals::stale_cleared`]). The census is re-synced from the kernel.
 
-use crate::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
-use crate::forecast::{self, Forecast, ForecastInput, PortRange};
-use crate::snapshot::NetnsCensus;
-use crate::sysctls::Sysctls;
+use crate::analysis::forecast::{self, Forecast, ForecastInput, PortRange};
+use crate::host::sysctls::Sysctls;
+use crate::kernel::snapshot::NetnsCensus;
+use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -370,14 +370,14 @@ impl PeerKey {
     pub fn local(&self) -> String {
         match self.side {
             Side::Client => addr_str(&self.laddr),
-            Side::Server => crate::event::endpoint(&self.laddr, self.port),
+            Side::Server => crate::pipeline::event::endpoint(&self.laddr, self.port),
         }
     }
 
     /// `10.0.0.2:443` (client rows) or `10.0.0.2:*` (server rows: many client ports).
     pub fn remote(&self) -> String {
         match self.side {
-            Side::Client => crate::event::endpoint(&self.raddr, self.port),
+            Side::Client => crate::pipeline::event::endpoint(&self.raddr, self.port),
             Side::Server => format!("{}:*", bracket(&self.raddr)),
         }
     }
@@ -1693,8 +1693,8 @@ pub fn summary_text(agg: &Aggregator, n: usize, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Task;
-    use crate::forecast::Exhaustion;
+    use crate::analysis::forecast::Exhaustion;
+    use crate::pipeline::event::Task;
 
     const NSX: u32 = 4026532000;
 

@@ -6,10 +6,10 @@
 //! derived from what was measured with the kernel's rules (timer wheel, `tcp_time_wait`,
 //! `tcp_twsk_unique`, …): nothing here knows the expected answer for this kernel.
 
-use crate::event::{Body, Event, ExitReason, Substate};
-use crate::netns::{parse_netstat, NetNs};
-use crate::tracer::{Background, TracerOptions};
-use crate::workload::{serve, FirstCloser};
+use crate::experiments::workload::{serve, FirstCloser};
+use crate::host::netns::{parse_netstat, NetNs};
+use crate::pipeline::event::{Body, Event, ExitReason, Substate};
+use crate::pipeline::tracer::{Background, TracerOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -269,7 +269,7 @@ impl Wheel {
     /// HZ from the kernel config; where there is none (a minimal system, a VM booted without
     /// /boot), measured from the jiffies counter; else assumed 250.
     pub fn detect() -> Wheel {
-        match crate::sysinfo::config_hz().or_else(measure_hz) {
+        match crate::kernel::sysinfo::config_hz().or_else(measure_hz) {
             Some(hz) => Wheel { hz, hz_known: true },
             None => Wheel {
                 hz: 250,
@@ -341,7 +341,7 @@ fn measure_hz() -> Option<u64> {
     std::thread::sleep(Duration::from_millis(1000));
     let (t1, j1) = timer_list_jiffies()?;
     let secs = t1.saturating_sub(t0) as f64 / 1e9;
-    (j1 > j0 && secs > 0.0).then(|| crate::sysinfo::nearest_hz((j1 - j0) as f64 / secs))
+    (j1 > j0 && secs > 0.0).then(|| crate::kernel::sysinfo::nearest_hz((j1 - j0) as f64 / secs))
 }
 
 /// How close to a second boundary (ms) a timewait socket's birth may be and still have had its
@@ -463,8 +463,8 @@ impl ReuseRule {
 /// `tcp:tcp_send_reset` tracepoint (with or without its newer `reason` argument: the loader
 /// falls back to a program that does not read it). `Err` says why not.
 pub fn abort_events_available() -> std::result::Result<(), String> {
-    let btf = crate::fnsig::open_kernel_btf().map_err(|e| format!("{e:#}"))?;
-    match crate::fnsig::tracepoint_arity(&btf, "tcp_send_reset") {
+    let btf = crate::kernel::prototypes::open_kernel_btf().map_err(|e| format!("{e:#}"))?;
+    match crate::kernel::prototypes::tracepoint_arity(&btf, "tcp_send_reset") {
         Some(n) if n >= 2 => Ok(()),
         _ => {
             Err("this kernel has no tcp_send_reset tracepoint, so the tracer sees no aborts".into())
@@ -476,8 +476,8 @@ pub fn abort_events_available() -> std::result::Result<(), String> {
 /// `rst`): it needs the receiving socket of `skb:kfree_skb` (`rx_sk`, 6.10+); 6.1 has none,
 /// and such a death is reported `unknown`.
 pub fn rst_reason_available() -> std::result::Result<(), String> {
-    let btf = crate::fnsig::open_kernel_btf().map_err(|e| format!("{e:#}"))?;
-    if crate::fnsig::tracepoint_arity(&btf, "kfree_skb").is_some_and(|n| n >= 4) {
+    let btf = crate::kernel::prototypes::open_kernel_btf().map_err(|e| format!("{e:#}"))?;
+    if crate::kernel::prototypes::tracepoint_arity(&btf, "kfree_skb").is_some_and(|n| n >= 4) {
         return Ok(());
     }
     Err(
@@ -491,13 +491,14 @@ pub fn rst_reason_available() -> std::result::Result<(), String> {
 /// reason `SKB_DROP_REASON_TCP_RFC7323_TW_PAWS` (newer than 6.12) and a `kfree_skb`
 /// tracepoint that names the receiving socket (`rx_sk`; 6.1 has none). `Err` says why not.
 pub fn paws_events_available() -> std::result::Result<(), String> {
-    let btf = crate::fnsig::open_kernel_btf().map_err(|e| format!("{e:#}"))?;
+    let btf = crate::kernel::prototypes::open_kernel_btf().map_err(|e| format!("{e:#}"))?;
     let reason = has_enumerator(
         &btf,
         "skb_drop_reason",
         "SKB_DROP_REASON_TCP_RFC7323_TW_PAWS",
     );
-    let rx_sk = crate::fnsig::tracepoint_arity(&btf, "kfree_skb").is_some_and(|n| n >= 4);
+    let rx_sk =
+        crate::kernel::prototypes::tracepoint_arity(&btf, "kfree_skb").is_some_and(|n| n >= 4);
     let mut why = Vec::new();
     if !reason {
         why.push("no drop reason SKB_DROP_REASON_TCP_RFC7323_TW_PAWS");
@@ -870,7 +871,7 @@ fn set_linger_zero(s: &TcpStream) -> Result<()> {
     Ok(())
 }
 
-fn addr(s: &crate::event::Sock, local: bool) -> SocketAddr {
+fn addr(s: &crate::pipeline::event::Sock, local: bool) -> SocketAddr {
     if local {
         SocketAddr::new(s.laddr, s.lport)
     } else {
@@ -901,7 +902,7 @@ pub struct Reuse {
 
 /// Every takeover (`exit` reason `reused`) in `ev` of a socket `mine` accepts, with the
 /// birth of that socket.
-pub fn reuses(ev: &[Event], mine: impl Fn(&crate::event::Sock) -> bool) -> Vec<Reuse> {
+pub fn reuses(ev: &[Event], mine: impl Fn(&crate::pipeline::event::Sock) -> bool) -> Vec<Reuse> {
     let mut born: BTreeMap<u64, u64> = BTreeMap::new();
     let mut out = Vec::new();
     for e in ev {
@@ -1092,13 +1093,13 @@ fn duration(w: &Watch, wheel: Wheel) -> Result<Claim> {
              level {level}, whose buckets are {gran_j} jiffies = {} wide and round expiry up, so \
              a socket lives 60 s + (0, {}] — all {N} did",
             TIMEWAIT_MS * wheel.hz / 1000,
-            crate::event::secs(gran_ms),
-            crate::event::secs(gran_ms)
+            crate::pipeline::event::secs(gran_ms),
+            crate::pipeline::event::secs(gran_ms)
         ),
         _ => format!(
             "only {in_window} of {N} lifetimes fell in 60 s + (0, {}] (the timer-wheel rounding \
              at {hz_note}, level {level}, {gran_j}-jiffy buckets): TIME_WAIT is not 60 s here",
-            crate::event::secs(gran_ms)
+            crate::pipeline::event::secs(gran_ms)
         ),
     };
     Ok(Claim {
@@ -2273,7 +2274,7 @@ fn exhaust(
                 Err(e) => out.push(Some(e.raw_os_error().unwrap_or(0))),
             }
         }
-        Ok((out, crate::sysinfo::monotonic_ns()))
+        Ok((out, crate::kernel::sysinfo::monotonic_ns()))
     })??;
     let (outcomes, last_attempt_ns) = outcomes;
     let failed = outcomes
@@ -2599,7 +2600,7 @@ mod tests {
         assert_eq!(parse_timer_list_jiffies("jiffies: 5\n"), None);
         // Measured here, it agrees with the kernel config where there is one.
         let hz = measure_hz().expect("/proc/timer_list (root)");
-        if let Some(c) = crate::sysinfo::config_hz() {
+        if let Some(c) = crate::kernel::sysinfo::config_hz() {
             assert_eq!(hz, c);
         }
     }
@@ -2607,9 +2608,10 @@ mod tests {
     #[test]
     fn enumerators_as_the_loader_reads_them() {
         // The loader's reading of the same BTF (KernelBtf::enum_value) is the reference.
-        let btf = crate::fnsig::open_kernel_btf().expect("kernel BTF");
-        let kbtf = crate::btf::KernelBtf::open(std::path::Path::new(crate::btf::VMLINUX))
-            .expect("kernel BTF");
+        let btf = crate::kernel::prototypes::open_kernel_btf().expect("kernel BTF");
+        let kbtf =
+            crate::kernel::btf::KernelBtf::open(std::path::Path::new(crate::kernel::btf::VMLINUX))
+                .expect("kernel BTF");
         for name in [
             "SKB_DROP_REASON_NOT_SPECIFIED",
             "SKB_DROP_REASON_TCP_RFC7323_TW_PAWS",
@@ -2632,7 +2634,8 @@ mod tests {
                 &btf,
                 "skb_drop_reason",
                 "SKB_DROP_REASON_TCP_RFC7323_TW_PAWS"
-            ) && crate::fnsig::tracepoint_arity(&btf, "kfree_skb").is_some_and(|n| n >= 4)
+            ) && crate::kernel::prototypes::tracepoint_arity(&btf, "kfree_skb")
+                .is_some_and(|n| n >= 4)
         );
     }
 

@@ -10,8 +10,8 @@ use super::{
     kind, nsfield, sysctls_kv, Damage, Header, Summary, SysctlsByNetns, Version, BLOCK_HEADER_LEN,
     FILE_PREFIX_LEN, MAGIC, MAX_BLOCK_LEN, MAX_HEADER_LEN, SYNC, VERSION_MAJOR,
 };
-use crate::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
-use crate::sysctls::Sysctls;
+use crate::host::sysctls::Sysctls;
+use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use anyhow::{anyhow, Context, Result};
 use std::fs::File;
 use std::io::{self, Read};

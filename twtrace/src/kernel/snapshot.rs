@@ -5,8 +5,8 @@
 //! (`bpf_iter_create`), so the snapshot enters every namespace it can find in turn, on a
 //! short-lived thread, and creates one iterator there.
 
-use crate::decode::decode;
-use crate::netns;
+use crate::host::netns;
+use crate::pipeline::decode::decode;
 use anyhow::{Context, Result};
 use aya::maps::{Array, MapData};
 use aya::programs::Iter;
