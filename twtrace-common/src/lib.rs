@@ -125,6 +125,65 @@ pub struct TwRecord {
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
     pub comm: [u8; TASK_COMM_LEN],
+    /// The namespace's settings as the kernel held them when the record was made, read from
+    /// the socket's own `struct net`: filled for the records whose meaning depends on them
+    /// (`CONNECT_FAIL`, `OVERFLOW`, `TW_ALLOC_FAIL`, `TW_UNIQUE`, and a `TIMER_CANCEL` flagged
+    /// `IN_CONNECT`); `valid == 0` elsewhere.
+    pub conf: NetConf,
+}
+
+/// `NetConf::valid` bits: which fields this kernel has and the program read.
+pub mod netconf {
+    pub const TW_REUSE: u8 = 1;
+    /// `tcp_tw_reuse_delay` (Linux 6.13+).
+    pub const TW_REUSE_DELAY: u8 = 2;
+    pub const TIMESTAMPS: u8 = 4;
+    pub const PORT_RANGE: u8 = 8;
+    /// `max_tw_buckets` and `tw_count` (`tcp_death_row`).
+    pub const TW_BUCKETS: u8 = 16;
+}
+
+/// A network namespace's TIME_WAIT settings at one moment, read by a kernel program from the
+/// socket's `struct net` (`net->ipv4`), so that a verdict never rests on a copy polled earlier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetConf {
+    /// [`netconf`] bits.
+    pub valid: u8,
+    /// `net.ipv4.tcp_tw_reuse`.
+    pub tw_reuse: u8,
+    /// `net.ipv4.tcp_timestamps`.
+    pub timestamps: u8,
+    pub _pad: u8,
+    /// `net.ipv4.tcp_tw_reuse_delay` (ms).
+    pub tw_reuse_delay_ms: u32,
+    /// `net.ipv4.ip_local_port_range`, inclusive.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// `net.ipv4.tcp_max_tw_buckets`.
+    pub max_tw_buckets: i32,
+    /// The namespace's timewait sockets (`tcp_death_row.tw_refcount` - 1).
+    pub tw_count: u32,
+    pub _pad2: u32,
+}
+
+impl NetConf {
+    pub const NONE: NetConf = NetConf {
+        valid: 0,
+        tw_reuse: 0,
+        timestamps: 0,
+        _pad: 0,
+        tw_reuse_delay_ms: 0,
+        port_lo: 0,
+        port_hi: 0,
+        max_tw_buckets: 0,
+        tw_count: 0,
+        _pad2: 0,
+    };
+
+    pub fn has(&self, bit: u8) -> bool {
+        self.valid & bit != 0
+    }
 }
 
 impl TwRecord {
@@ -232,6 +291,14 @@ pub struct Config {
     pub net_ns_inum: u32,
     // struct inet_sock: the source port, still valid when skc_num is already 0.
     pub inet_sport: u32,
+    // struct net: the sysctls that decide a timewait socket's fate (NO_FIELD: absent).
+    pub net_tw_reuse: u32,
+    pub net_tw_reuse_delay: u32,
+    pub net_timestamps: u32,
+    /// `ipv4.ip_local_ports.range`: one u32 (low | high << 16) or, where
+    /// `port_range_ints` is 1, `int range[2]` (kernels before the seqlock went).
+    pub net_port_range: u32,
+    pub port_range_ints: u32,
 }
 
 impl Config {
@@ -264,6 +331,11 @@ impl Config {
         skc_v6_rcv_saddr: 0,
         net_ns_inum: 0,
         inet_sport: 0,
+        net_tw_reuse: NO_FIELD,
+        net_tw_reuse_delay: NO_FIELD,
+        net_timestamps: NO_FIELD,
+        net_port_range: NO_FIELD,
+        port_range_ints: 0,
     };
 }
 
@@ -311,6 +383,7 @@ mod user {
     unsafe impl aya::Pod for super::Closer {}
     unsafe impl aya::Pod for super::Connecting {}
     unsafe impl aya::Pod for super::LastTw {}
+    unsafe impl aya::Pod for super::NetConf {}
 }
 
 #[cfg(test)]
@@ -321,9 +394,10 @@ mod tests {
     fn layouts_are_stable() {
         // Both sides compile this file, but a silent size change would still break old trace
         // files and the decoder's size checks; pin them.
-        assert_eq!(core::mem::size_of::<TwRecord>(), 112);
+        assert_eq!(core::mem::size_of::<TwRecord>(), 136);
+        assert_eq!(core::mem::size_of::<NetConf>(), 24);
         assert_eq!(core::mem::align_of::<TwRecord>(), 8);
         assert_eq!(core::mem::size_of::<FlowKey>(), 44);
-        assert_eq!(core::mem::size_of::<Config>(), 120);
+        assert_eq!(core::mem::size_of::<Config>(), 140);
     }
 }

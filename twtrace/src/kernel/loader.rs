@@ -272,6 +272,14 @@ pub fn resolve_config(btf: &KernelBtf, syms: Symbols) -> Result<Config> {
         skc_v6_rcv_saddr: v6("skc_v6_rcv_saddr")?,
         net_ns_inum: o("net", "ns.inum")?,
         inet_sport: o("inet_sock", "inet_sport")?,
+        // The sysctls a decision depends on, read by the programs at the moment it applies.
+        net_tw_reuse: first_offset(btf, "net", &["ipv4.sysctl_tcp_tw_reuse"])?,
+        net_tw_reuse_delay: first_offset(btf, "net", &["ipv4.sysctl_tcp_tw_reuse_delay"])?,
+        net_timestamps: first_offset(btf, "net", &["ipv4.sysctl_tcp_timestamps"])?,
+        net_port_range: first_offset(btf, "net", &["ipv4.ip_local_ports.range"])?,
+        // Before the port range became one u32 (low | high << 16) it was `int range[2]` under
+        // a seqlock; the lock's presence tells the two layouts apart.
+        port_range_ints: btf.try_offset("local_ports", "lock")?.is_some() as u32,
     })
 }
 

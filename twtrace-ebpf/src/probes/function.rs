@@ -4,19 +4,18 @@
 //!
 //! Each program reads its arguments by position, so each records the prototype it was written
 //! against on a `match-proto:` line (source file and the oldest kernel checked). Userspace
-//! (`twtrace::kernel::prototypes`) compares it with the running kernel's BTF before attaching and leaves the
-//! hook off on a mismatch.
+//! (`twtrace::kernel::prototypes`) compares it with the running kernel's BTF before attaching
+//! and leaves the hook off on a mismatch.
 //!
 //! Records go to the same ring buffer as the tracepoint tier's, so that each CPU's records stay
 //! in order (a reuse decision precedes the timer detach it causes).
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExitContext};
-use twtrace_common::{counter, flags, kind, TwRecord, NO_FIELD, UNIQUE_TWP};
+use twtrace_common::{flags, kind, UNIQUE_TWP};
 
-use crate::{
-    bump, fill_tuple, fill_tw, full_sock_port, read, set_current, wakeup_flags, CONFIG, CONNECTING,
-    EVENTS,
-};
+use crate::correlate::CONNECTING;
+use crate::record::{emit, fill_conf, fill_sock, fill_tw, net_of, set_current};
+use crate::CONFIG;
 
 /// Every reuse decision of connect(). A refusal is only counted, in the task's `CONNECTING`
 /// entry (a connect() on an exhausted port range asks about every port's timewait socket: one
@@ -25,6 +24,7 @@ use crate::{
 // match-proto:v6.1:net/ipv4/tcp_ipv4.c:int tcp_twsk_unique(struct sock *sk, struct sock *sktw, void *twp)
 #[fexit(function = "tcp_twsk_unique")]
 pub fn tw_unique(ctx: FExitContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
     let sktw: u64 = ctx.arg(1);
     let twp: u64 = ctx.arg(2);
     // An fexit context holds the arguments, then the return value (no helper needed).
@@ -52,17 +52,15 @@ pub fn tw_unique(ctx: FExitContext) -> u32 {
     // SAFETY: kernel memory is read through bpf_probe_read_kernel; `r` points into a ring
     // buffer reservation of size_of::<TwRecord>() bytes, every field of which is written.
     unsafe {
-        let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
-            bump(counter::LOST);
-            return 0;
-        };
-        let r = entry.as_mut_ptr();
-        fill_tw(&cfg, sktw, kind::TW_UNIQUE, r);
-        set_current(r);
-        (*r).aux = 1;
-        (*r).aux2 = if twp != 0 { UNIQUE_TWP } else { 0 };
-        (*r).expires = refused_before as u64;
-        entry.submit(wakeup_flags());
+        emit(|r| {
+            fill_tw(&cfg, sktw, kind::TW_UNIQUE, r);
+            set_current(r);
+            (*r).aux = 1;
+            (*r).aux2 = if twp != 0 { UNIQUE_TWP } else { 0 };
+            (*r).expires = refused_before as u64;
+            // The settings tcp_twsk_unique() just applied, from the connecting socket's net.
+            fill_conf(&cfg, net_of(&cfg, sk), r);
+        });
     }
     0
 }
@@ -79,39 +77,18 @@ pub fn tw_alloc(ctx: FExitContext) -> u32 {
     let cfg = CONFIG.load();
     // SAFETY: as above.
     unsafe {
-        let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
-            bump(counter::LOST);
-            return 0;
-        };
-        let r = entry.as_mut_ptr();
-        if !fill_tuple(&cfg, sk, r) {
-            bump(counter::READ_ERRORS);
-        }
-        full_sock_port(&cfg, sk, r);
-        (*r).ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
-        (*r).tw = sk;
-        (*r).jiffies = aya_ebpf::helpers::bpf_jiffies64();
-        (*r).entry_stamp = 0;
-        (*r).ts_recent_stamp = 0;
-        (*r).kind = kind::TW_ALLOC_FAIL;
-        (*r).substate = read(sk, cfg.skc_state).unwrap_or(0);
-        (*r).flags = 0;
-        (*r).cpu = aya_ebpf::helpers::bpf_get_smp_processor_id() as u16;
-        (*r).aux2 = state as u16;
-        (*r).aux = 0;
-        (*r).expires = 0;
-        if cfg.net_tw_refcount != NO_FIELD && cfg.net_max_tw_buckets != NO_FIELD {
-            let net: u64 = read(sk, cfg.skc_net).unwrap_or(0);
-            if net != 0 {
-                // The same test inet_twsk_alloc() made: refcount - 1 >= max.
-                (*r).aux = read::<u32>(net, cfg.net_tw_refcount)
-                    .unwrap_or(0)
-                    .wrapping_sub(1);
-                (*r).expires = read::<i32>(net, cfg.net_max_tw_buckets).unwrap_or(0) as u64;
+        emit(|r| {
+            // `aux2` = the substate it would have had.
+            fill_sock(&cfg, sk, kind::TW_ALLOC_FAIL, r, true, 0, state as u16, 0);
+            fill_conf(&cfg, net_of(&cfg, sk), r);
+            // The same test inet_twsk_alloc() made (count below the limit: the allocation
+            // itself failed), also kept where older readers look for it.
+            let c = (*r).conf;
+            if c.has(twtrace_common::netconf::TW_BUCKETS) {
+                (*r).aux = c.tw_count;
+                (*r).expires = c.max_tw_buckets as u64;
             }
-        }
-        set_current(r);
-        entry.submit(wakeup_flags());
+        });
     }
     0
 }

@@ -1,0 +1,139 @@
+//! `sock:inet_sock_set_state`: the TCP state changes that matter to TIME_WAIT.
+//! - ESTABLISHED → FIN_WAIT1: who closed (runs in the closing task; the timewait socket is
+//!   born later in softirq context);
+//! - CLOSE → SYN_SENT: a connect() in progress (its reuse of a timewait socket follows);
+//! - SYN_SENT → CLOSE before any segment left: connect() found no local port;
+//! - FIN_WAIT2/CLOSING → CLOSE with no timewait birth just before on this CPU, while the
+//!   namespace's timewait count is at tcp_max_tw_buckets: the overflow drop.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use twtrace_common::{
+    counter, flags, kind, Closer, Config, Connecting, NO_FIELD, TCP_CLOSE, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_SYN_SENT,
+};
+
+use crate::correlate::{last_flow_is, CLOSERS, CONNECTING, LAST_BIRTH};
+use crate::record::{bump, emit, fill_conf, fill_sock, net_of, read, sock_key};
+use crate::CONFIG;
+
+const FIN_WAIT2: i32 = TCP_FIN_WAIT2 as i32;
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: kernel reads go through bpf_probe_read_kernel.
+    unsafe {
+        // CONFIG is loaded only on the 3–4 transitions (of ~10 per connection) that use it.
+        match (oldstate, newstate) {
+            (TCP_ESTABLISHED, TCP_FIN_WAIT1) => on_close(&CONFIG.load(), sk),
+            (TCP_CLOSE, TCP_SYN_SENT) => on_connect(&CONFIG.load(), sk),
+            (TCP_SYN_SENT, TCP_CLOSE) => on_connect_end(&CONFIG.load(), sk),
+            (FIN_WAIT2, TCP_CLOSE) | (TCP_CLOSING, TCP_CLOSE) => on_done(&CONFIG.load(), sk),
+            _ => {}
+        }
+    }
+    0
+}
+
+#[inline(always)]
+unsafe fn on_close(cfg: &Config, sk: u64) {
+    let (key, ok) = sock_key(cfg, sk, false);
+    if !ok {
+        bump(counter::READ_ERRORS);
+        return;
+    }
+    let closer = Closer {
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let _ = CLOSERS.insert(&key, &closer, 0);
+}
+
+#[inline(always)]
+unsafe fn on_connect(cfg: &Config, sk: u64) {
+    let (key, _) = sock_key(cfg, sk, false);
+    let c = Connecting {
+        ts_ns: bpf_ktime_get_ns(),
+        netns: key.netns,
+        rport: key.rport,
+        flags: 0,
+        raddr: key.raddr,
+        refused: 0,
+        _pad: 0,
+        last_refused: 0,
+    };
+    let _ = CONNECTING.insert(&bpf_get_current_pid_tgid(), &c, 0);
+}
+
+#[inline(always)]
+unsafe fn on_connect_end(cfg: &Config, sk: u64) {
+    let key = bpf_get_current_pid_tgid();
+    // What the function tier counted during this connect(), if it ran (copied out: the entry
+    // goes now).
+    let (cflags, refused, last, started) = match CONNECTING.get(&key) {
+        Some(c) => (
+            c.flags as u8 & flags::CANDIDATES,
+            c.refused,
+            c.last_refused,
+            c.ts_ns,
+        ),
+        None => (0, 0, 0, 0),
+    };
+    let _ = CONNECTING.remove(&key);
+    if cfg.tcp_segs_out == NO_FIELD {
+        return;
+    }
+    // A refused or timed-out connect sent its SYN; one that never found a port sent nothing.
+    if read::<u32>(sk, cfg.tcp_segs_out).unwrap_or(1) != 0 {
+        return;
+    }
+    // The reuse decisions were made between connect()'s start and now: its start, in
+    // milliseconds like tw_entry_stamp, lets userspace judge them at the right moment.
+    let started_ms = if started != 0 {
+        (started / 1_000_000) as u32
+    } else {
+        0
+    };
+    emit(|r| {
+        fill_sock(cfg, sk, kind::CONNECT_FAIL, r, true, refused, 0, last);
+        (*r).flags = cflags;
+        (*r).entry_stamp = started_ms;
+        // The settings the port search just applied (microseconds ago, in this task).
+        fill_conf(cfg, net_of(cfg, sk), r);
+    });
+}
+
+#[inline(always)]
+unsafe fn on_done(cfg: &Config, sk: u64) {
+    if cfg.net_tw_refcount == NO_FIELD || cfg.net_max_tw_buckets == NO_FIELD {
+        return;
+    }
+    // The same test inet_twsk_alloc() makes before refusing to allocate; cheap, so first:
+    // almost every close is far from the limit.
+    let net = net_of(cfg, sk);
+    if net == 0 {
+        return;
+    }
+    let count = read::<u32>(net, cfg.net_tw_refcount)
+        .unwrap_or(0)
+        .wrapping_sub(1);
+    let max = read::<i32>(net, cfg.net_max_tw_buckets).unwrap_or(i32::MAX);
+    if max < 0 || (count as i64) < max as i64 {
+        return;
+    }
+    // At the limit: was a timewait socket born for this very connection just now?
+    let (key, _) = sock_key(cfg, sk, true);
+    if last_flow_is(LAST_BIRTH, &key, bpf_ktime_get_ns()) {
+        return; // the normal path (the last free slot was just taken)
+    }
+    emit(|r| {
+        fill_sock(cfg, sk, kind::OVERFLOW, r, true, count, 0, max as u64);
+        fill_conf(cfg, net, r);
+    });
+}

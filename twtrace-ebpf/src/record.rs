@@ -1,0 +1,277 @@
+//! Writing records: the one reserve → fill → submit path, and the readers that fill a record
+//! from a timewait socket, a full socket, the current task and the socket's namespace.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_jiffies64,
+    bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+};
+use twtrace_common::{
+    counter, flags, netconf, Config, FlowKey, NetConf, TwRecord, AF_INET6, NO_FIELD,
+};
+
+use crate::{COUNTERS, EVENTS};
+
+/// Wake the reader only when a good part of the ring is full; otherwise it reads on its own
+/// schedule (its poll timeout, ≤ 100 ms). A wake-up is an irq_work, a self-IPI (a VM exit on
+/// virtual machines): measured at ~6 µs per event here, it was most of our in-kernel cost.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > (1 << 20) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Reserves one record in the ring buffer, lets `fill` write every field of it, and submits
+/// it. A failed reservation is counted (`counter::LOST`), never silent.
+#[inline(always)]
+pub fn emit(fill: impl FnOnce(*mut TwRecord)) {
+    let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
+        bump(counter::LOST);
+        return;
+    };
+    fill(entry.as_mut_ptr());
+    entry.submit(wakeup_flags());
+}
+
+#[inline(always)]
+pub fn bump(idx: u32) {
+    if let Some(v) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+pub unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
+    bpf_probe_read_kernel((base + off as u64) as *const T)
+}
+
+/// One field of CONFIG, read alone (volatile like `Global::load`, but 4–8 bytes instead of
+/// the whole struct): for the filters that run on hooks that fire for much more than
+/// timewait sockets.
+macro_rules! hot {
+    ($f:ident) => {{
+        let p = &crate::CONFIG as *const aya_ebpf::Global<twtrace_common::Config>
+            as *const twtrace_common::Config;
+        core::ptr::read_volatile(&raw const (*p).$f)
+    }};
+}
+pub(crate) use hot;
+
+/// The `struct net` of a `sock_common` (0 if unreadable).
+#[inline(always)]
+pub unsafe fn net_of(cfg: &Config, skc: u64) -> u64 {
+    read(skc, cfg.skc_net).unwrap_or(0)
+}
+
+/// Reads the tuple and netns of a `sock_common` (a full socket or a timewait socket) into `r`.
+/// Returns false if any read failed; fields that failed are zero.
+#[inline(always)]
+pub unsafe fn fill_tuple(cfg: &Config, skc: u64, r: *mut TwRecord) -> bool {
+    let mut ok = true;
+    let family: u16 = read(skc, cfg.skc_family).unwrap_or(0);
+    let num: u16 = read(skc, cfg.skc_num).unwrap_or(0);
+    let dport: u16 = read(skc, cfg.skc_dport).unwrap_or(0);
+    let net = net_of(cfg, skc);
+    (*r).family = family as u8;
+    (*r).lport = num;
+    (*r).rport = u16::from_be(dport);
+    (*r).netns = if net != 0 {
+        read(net, cfg.net_ns_inum).unwrap_or(0)
+    } else {
+        0
+    };
+    (*r).laddr = [0; 16];
+    (*r).raddr = [0; 16];
+    if family as u8 == AF_INET6 {
+        ok &= bpf_probe_read_kernel_buf(
+            (skc + cfg.skc_v6_rcv_saddr as u64) as *const u8,
+            &mut (*r).laddr,
+        )
+        .is_ok();
+        ok &= bpf_probe_read_kernel_buf(
+            (skc + cfg.skc_v6_daddr as u64) as *const u8,
+            &mut (*r).raddr,
+        )
+        .is_ok();
+    } else {
+        let l: [u8; 4] = read(skc, cfg.skc_rcv_saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = read(skc, cfg.skc_daddr).unwrap_or([0; 4]);
+        ((&raw mut (*r).laddr) as *mut [u8; 4]).write(l);
+        ((&raw mut (*r).raddr) as *mut [u8; 4]).write(d);
+    }
+    ok && family != 0 && net != 0
+}
+
+/// A full socket on its way to CLOSE may already have left the bind hash (skc_num = 0, e.g.
+/// after its timewait socket took the port over); its inet_sport still holds the port.
+/// Only for full sockets: request and timewait sockets have no inet_sport.
+#[inline(always)]
+pub unsafe fn full_sock_port(cfg: &Config, sk: u64, r: *mut TwRecord) {
+    if (*r).lport == 0 {
+        (*r).lport = u16::from_be(read(sk, cfg.inet_sport).unwrap_or(0));
+    }
+}
+
+/// The fields every record has: time, kind, CPU, and no namespace settings yet.
+#[inline(always)]
+unsafe fn fill_common(r: *mut TwRecord, k: u8) {
+    (*r).ts_ns = bpf_ktime_get_ns();
+    (*r).kind = k;
+    (*r).jiffies = bpf_jiffies64();
+    (*r).cpu = bpf_get_smp_processor_id() as u16;
+    (*r).conf = NetConf::NONE;
+}
+
+/// Fills every field of `r` from the timewait socket `tw`. Every byte is written: ring buffer
+/// memory is not zeroed by the kernel.
+#[inline(always)]
+pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) {
+    let mut ok = fill_tuple(cfg, tw, r);
+    fill_common(r, k);
+    (*r).tw = tw;
+    let timer = tw + cfg.tw_timer as u64;
+    (*r).expires = read(timer, cfg.timer_expires).unwrap_or(0);
+    let sub: u8 = read(tw, cfg.tw_substate).unwrap_or(0);
+    (*r).substate = sub;
+    ok &= sub != 0;
+    (*r).ts_recent_stamp = read(tw, cfg.tw_ts_recent_stamp).unwrap_or(0);
+    (*r).flags = 0;
+    (*r).entry_stamp = 0;
+    if cfg.tw_entry_stamp != NO_FIELD {
+        (*r).entry_stamp = read(tw, cfg.tw_entry_stamp).unwrap_or(0);
+        (*r).flags = flags::ENTRY_STAMP;
+    }
+    (*r).aux = 0;
+    (*r).aux2 = 0;
+    if !ok {
+        bump(counter::READ_ERRORS);
+    }
+}
+
+/// Fills every field of `r` for a full or request socket (not a timewait one): tuple, netns,
+/// its state in `substate`, the current task; `aux`, `aux2`, `expires`, `entry_stamp` and
+/// `flags` as given.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fill_sock(
+    cfg: &Config,
+    sk: u64,
+    k: u8,
+    r: *mut TwRecord,
+    full: bool,
+    aux: u32,
+    aux2: u16,
+    expires: u64,
+) {
+    if !fill_tuple(cfg, sk, r) {
+        bump(counter::READ_ERRORS);
+    }
+    if full {
+        full_sock_port(cfg, sk, r);
+    }
+    fill_common(r, k);
+    (*r).tw = sk;
+    (*r).expires = expires;
+    (*r).entry_stamp = 0;
+    (*r).ts_recent_stamp = 0;
+    (*r).substate = read(sk, cfg.skc_state).unwrap_or(0);
+    (*r).flags = 0;
+    (*r).aux2 = aux2;
+    (*r).aux = aux;
+    set_current(r);
+}
+
+#[inline(always)]
+pub unsafe fn set_current(r: *mut TwRecord) {
+    (*r).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    (*r).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// Reads the namespace's TIME_WAIT settings from `net` (a `struct net`) into `r.conf`, as they
+/// are at this moment: the values the kernel applies to the decision this record reports.
+/// Only for the few records that need them (a handful of reads each).
+#[inline(always)]
+pub unsafe fn fill_conf(cfg: &Config, net: u64, r: *mut TwRecord) {
+    let c = &raw mut (*r).conf;
+    if net == 0 {
+        return;
+    }
+    let mut valid = 0;
+    if cfg.net_tw_reuse != NO_FIELD {
+        if let Ok(v) = read::<u8>(net, cfg.net_tw_reuse) {
+            (*c).tw_reuse = v;
+            valid |= netconf::TW_REUSE;
+        }
+    }
+    if cfg.net_tw_reuse_delay != NO_FIELD {
+        if let Ok(v) = read::<u32>(net, cfg.net_tw_reuse_delay) {
+            (*c).tw_reuse_delay_ms = v;
+            valid |= netconf::TW_REUSE_DELAY;
+        }
+    }
+    if cfg.net_timestamps != NO_FIELD {
+        if let Ok(v) = read::<u8>(net, cfg.net_timestamps) {
+            (*c).timestamps = v;
+            valid |= netconf::TIMESTAMPS;
+        }
+    }
+    if cfg.net_port_range != NO_FIELD {
+        let range = if cfg.port_range_ints != 0 {
+            read::<[i32; 2]>(net, cfg.net_port_range).map(|[lo, hi]| (lo as u16, hi as u16))
+        } else {
+            read::<u32>(net, cfg.net_port_range).map(|v| (v as u16, (v >> 16) as u16))
+        };
+        if let Ok((lo, hi)) = range {
+            (*c).port_lo = lo;
+            (*c).port_hi = hi;
+            valid |= netconf::PORT_RANGE;
+        }
+    }
+    if cfg.net_tw_refcount != NO_FIELD && cfg.net_max_tw_buckets != NO_FIELD {
+        // The same quantities inet_twsk_alloc() compares: refcount - 1 >= max.
+        if let (Ok(n), Ok(max)) = (
+            read::<u32>(net, cfg.net_tw_refcount),
+            read::<i32>(net, cfg.net_max_tw_buckets),
+        ) {
+            (*c).tw_count = n.wrapping_sub(1);
+            (*c).max_tw_buckets = max;
+            valid |= netconf::TW_BUCKETS;
+        }
+    }
+    (*c).valid = valid;
+}
+
+/// The tuple key of a record (reads only the fields `fill_tuple` writes).
+#[inline(always)]
+pub unsafe fn flow_key(r: *const TwRecord) -> FlowKey {
+    FlowKey {
+        netns: (*r).netns,
+        family: (*r).family as u16,
+        lport: (*r).lport,
+        rport: (*r).rport,
+        _pad: 0,
+        laddr: (*r).laddr,
+        raddr: (*r).raddr,
+    }
+}
+
+/// The tuple key of a socket, read onto the stack (for map lookups, no record sent), and
+/// whether every read succeeded (failed fields are zero).
+#[inline(always)]
+pub unsafe fn sock_key(cfg: &Config, skc: u64, full: bool) -> (FlowKey, bool) {
+    // Not zeroed: a record-sized memset on the BPF stack is a byte-at-a-time loop; fill_tuple
+    // writes every field flow_key reads.
+    let mut slot = core::mem::MaybeUninit::<TwRecord>::uninit();
+    let r = slot.as_mut_ptr();
+    let ok = fill_tuple(cfg, skc, r);
+    if full {
+        full_sock_port(cfg, skc, r);
+    }
+    (flow_key(r), ok)
+}
