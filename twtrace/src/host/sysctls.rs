@@ -157,8 +157,10 @@ impl Default for SysctlWatch {
 }
 
 impl SysctlWatch {
-    /// Re-read period for namespaces already known.
-    pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Re-read period for namespaces already known: a change of a sysctl the kernel programs
+    /// do not carry in their records shows within this (those they carry show with the first
+    /// record). Each re-read is a short thread entering the namespace (~0.1 ms each).
+    pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
     /// Namespaces are listed again (a /proc walk) at most this often when one is not found.
     const RESCAN: std::time::Duration = std::time::Duration::from_millis(100);
 

@@ -66,6 +66,7 @@ pub(crate) fn blank(k: u8) -> TwRecord {
         laddr: [0; 16],
         raddr: [0; 16],
         comm: [0; 16],
+        conf: twtrace_common::NetConf::NONE,
     }
 }
 

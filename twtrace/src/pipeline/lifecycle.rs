@@ -24,7 +24,7 @@ use crate::host::sysctls::Sysctls;
 use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use twtrace_common::{flags, kind, TwRecord};
+use twtrace_common::{flags, kind, netconf, NetConf, TwRecord};
 
 /// How far `ktime_get_seconds()` (tick-updated) may lag CLOCK_MONOTONIC when the kernel
 /// applies the pre-6.13 reuse rule.
@@ -158,6 +158,10 @@ impl Lifecycle {
 
     /// Feeds one kernel record; appends the events it completes to `out`.
     pub fn on_record(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
+        if r.conf.valid != 0 {
+            // First: the record's meaning is judged from the settings it carries.
+            self.observe_conf(r, out);
+        }
         match r.kind {
             kind::TIMER_START => self.on_start(r, out),
             kind::TIMER_CANCEL => {
@@ -237,9 +241,34 @@ impl Lifecycle {
         self.exact_overflow = alloc;
     }
 
-    /// Sets the sysctls of a namespace (they decide connect() refusals).
+    /// Sets the sysctls of a namespace as `/proc` showed them (the fallback for records that
+    /// carry no settings of their own, and the fields the kernel programs do not read).
     pub fn set_sysctls(&mut self, netns: u32, s: Sysctls) {
         self.sysctls.insert(netns, s);
+    }
+
+    /// The namespace model's entry for what `/proc` shows (the tracer's sysctl watch): merged
+    /// in, and a `netns` event emitted only when something changed.
+    pub fn observe_sysctls(&mut self, netns: u32, s: Sysctls, ts_ns: u64, out: &mut Vec<Event>) {
+        if self.sysctls.get(&netns) == Some(&s) {
+            return;
+        }
+        self.sysctls.insert(netns, s.clone());
+        out.push(Event {
+            ts_ns,
+            body: Body::Netns { netns, sysctls: s },
+        });
+    }
+
+    /// The settings a record carries (read by the kernel program from the socket's namespace at
+    /// the moment of the decision) replace what was known of them; the first record that
+    /// carries a different value emits the namespace's `netns` event at once.
+    fn observe_conf(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
+        let known = self.sysctls.get(&r.netns).cloned().unwrap_or_default();
+        let merged = merge_conf(&known, &r.conf);
+        if merged != known {
+            self.observe_sysctls(r.netns, merged, r.ts_ns, out);
+        }
     }
 
     /// A segment dropped by a timewait socket: a PAWS rejection, or the one that killed it.
@@ -624,6 +653,29 @@ impl Lifecycle {
         self.rst_sent
             .retain(|_, ts| now_ns.saturating_sub(*ts) < 1_000_000_000);
     }
+}
+
+/// `known` with the fields the kernel read (`conf`) replaced by the kernel's values.
+fn merge_conf(known: &Sysctls, conf: &NetConf) -> Sysctls {
+    let mut s = known.clone();
+    if conf.has(netconf::TW_REUSE) {
+        s.tw_reuse = Some(conf.tw_reuse);
+        // The programs read the delay wherever the kernel has it: absent means the pre-6.13
+        // rule, whatever an older copy said.
+        s.tw_reuse_delay_ms = conf
+            .has(netconf::TW_REUSE_DELAY)
+            .then_some(conf.tw_reuse_delay_ms);
+    }
+    if conf.has(netconf::TIMESTAMPS) {
+        s.timestamps = Some(conf.timestamps);
+    }
+    if conf.has(netconf::PORT_RANGE) && conf.port_lo <= conf.port_hi {
+        s.port_range = Some((conf.port_lo, conf.port_hi));
+    }
+    if conf.has(netconf::TW_BUCKETS) && conf.max_tw_buckets >= 0 {
+        s.max_tw_buckets = Some(conf.max_tw_buckets as u64);
+    }
+    s
 }
 
 fn is_loopback(a: &IpAddr) -> bool {
@@ -1029,6 +1081,90 @@ mod tests {
         lo(&mut lc, 3, 1000, 7, TCP_TIME_WAIT);
         assert_eq!(fail(&mut lc, 1500), (3, Refusal::TooYoung));
         assert_eq!(fail(&mut lc, 2500), (3, Refusal::Unknown));
+    }
+
+    #[test]
+    fn a_record_is_judged_by_the_settings_it_carries() {
+        // /proc said tw_reuse=1 (a polled copy); the kernel read 0, then 2, at the moments of
+        // the two failures: each refusal follows the record, and each change of value emits
+        // one `netns` event, carried by the first record that has it.
+        let mut lc = Lifecycle::new(250);
+        let polled = Sysctls {
+            tw_reuse: Some(1),
+            tw_reuse_delay_ms: Some(1000),
+            fin_timeout_s: Some(60),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        lc.observe_sysctls(0, polled.clone(), 0, &mut out);
+        lc.observe_sysctls(0, polled, 0, &mut out);
+        assert_eq!(out.len(), 1, "an unchanged copy emits nothing: {out:?}");
+        let mut b = rec(kind::TIMER_START, 0xA, 0, 1000);
+        b.laddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        b.raddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        b.ts_recent_stamp = 1;
+        run(&mut lc, &[b]);
+        let fail = |lc: &mut Lifecycle, ts_ms: u64, reuse: u8| {
+            let mut f = rec(kind::CONNECT_FAIL, 0xF, 0, ts_ms);
+            f.raddr = b.raddr;
+            f.lport = 0;
+            f.conf = NetConf {
+                valid: netconf::TW_REUSE | netconf::TW_REUSE_DELAY | netconf::PORT_RANGE,
+                tw_reuse: reuse,
+                tw_reuse_delay_ms: 60_000,
+                port_lo: 40000,
+                port_hi: 40003,
+                ..NetConf::NONE
+            };
+            run(lc, &[f])
+        };
+        let refusals = |ev: &[Event]| -> Vec<Refusal> {
+            ev.iter()
+                .filter_map(|e| match &e.body {
+                    Body::ConnectFail { refusal, .. } => Some(*refusal),
+                    _ => None,
+                })
+                .collect()
+        };
+        let netns_events = |ev: &[Event]| -> Vec<Sysctls> {
+            ev.iter()
+                .filter_map(|e| match &e.body {
+                    Body::Netns { sysctls, .. } => Some(sysctls.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let ev = fail(&mut lc, 1500, 0);
+        assert_eq!(refusals(&ev), vec![Refusal::ReuseOff]);
+        let ns = netns_events(&ev);
+        assert_eq!(ns.len(), 1, "{ev:?}");
+        assert_eq!(ns[0].tw_reuse, Some(0));
+        assert_eq!(ns[0].tw_reuse_delay_ms, Some(60_000));
+        assert_eq!(ns[0].port_range, Some((40000, 40003)));
+        assert_eq!(ns[0].fin_timeout_s, Some(60), "kept from /proc");
+        // The same values again: no new netns event.
+        let ev = fail(&mut lc, 1600, 0);
+        assert_eq!(refusals(&ev), vec![Refusal::ReuseOff]);
+        assert!(netns_events(&ev).is_empty(), "{ev:?}");
+        let ev = fail(&mut lc, 1700, 2);
+        assert_eq!(refusals(&ev), vec![Refusal::LoopbackOnly]);
+        assert_eq!(netns_events(&ev).len(), 1);
+        let ev = fail(&mut lc, 1800, 1);
+        assert_eq!(
+            refusals(&ev),
+            vec![Refusal::TooYoung],
+            "60 s delay, 0.8 s old"
+        );
+        // A kernel without the delay sysctl: the pre-6.13 rule, whatever /proc said before.
+        let mut f = rec(kind::CONNECT_FAIL, 0xF, 0, 1900);
+        f.raddr = b.raddr;
+        f.conf = NetConf {
+            valid: netconf::TW_REUSE,
+            tw_reuse: 1,
+            ..NetConf::NONE
+        };
+        let ev = run(&mut lc, &[f]);
+        assert_eq!(netns_events(&ev)[0].tw_reuse_delay_ms, None);
     }
 
     #[test]

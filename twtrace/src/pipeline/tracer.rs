@@ -117,14 +117,7 @@ impl Tracer {
             }
             for r in &snap.records {
                 if let Some(s) = sysctls.observe(r.netns) {
-                    lifecycle.set_sysctls(r.netns, s.clone());
-                    initial.push(Event {
-                        ts_ns: r.ts_ns,
-                        body: Body::Netns {
-                            netns: r.netns,
-                            sysctls: s,
-                        },
-                    });
+                    lifecycle.observe_sysctls(r.netns, s, r.ts_ns, &mut initial);
                 }
                 lifecycle.on_record(r, &mut initial);
             }
@@ -201,14 +194,7 @@ impl Tracer {
             match decoded {
                 Ok(r) => {
                     if let Some(s) = self.sysctls.observe(r.netns) {
-                        self.lifecycle.set_sysctls(r.netns, s.clone());
-                        out.push(Event {
-                            ts_ns: r.ts_ns,
-                            body: Body::Netns {
-                                netns: r.netns,
-                                sysctls: s,
-                            },
-                        });
+                        self.lifecycle.observe_sysctls(r.netns, s, r.ts_ns, out);
                     }
                     self.lifecycle.on_record(&r, out)
                 }
@@ -219,11 +205,7 @@ impl Tracer {
         self.lifecycle.tick(now, out);
         let refreshed = self.sysctls.refresh_due();
         for (netns, s) in self.sysctls.refresh() {
-            self.lifecycle.set_sysctls(netns, s.clone());
-            out.push(Event {
-                ts_ns: now,
-                body: Body::Netns { netns, sysctls: s },
-            });
+            self.lifecycle.observe_sysctls(netns, s, now, out);
         }
         if refreshed {
             self.check_overflows();
