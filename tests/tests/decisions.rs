@@ -113,9 +113,8 @@ fn change_then_fail(s: &Setup, key: &str, value: &str) -> (Event, u64) {
     );
     let seen = |ev: &[Event]| {
         ev.iter()
-            .filter(|e| e.ts_ns >= changed && matches!(e.body, Body::ConnectFail { .. }))
+            .find(|e| e.ts_ns >= changed && matches!(e.body, Body::ConnectFail { .. }))
             .cloned()
-            .next()
     };
     let ev = s.tracer.wait_for(SOON, |ev| seen(ev).is_some());
     let fail = seen(&ev).unwrap_or_else(|| panic!("no connect_fail after {key}={value}"));
