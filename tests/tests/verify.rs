@@ -73,8 +73,9 @@ fn verify_measures_every_claim() {
     let before = ours(&all_namespaces());
     let t0 = Instant::now();
     let report = verify::run(&[], Arc::new(AtomicBool::new(false)), |_| {}).expect("verify");
-    let took = t0.elapsed();
-    assert!(took < Duration::from_secs(100), "took {took:?}");
+    // How long it takes is reported, not asserted: speed is the bench's business, and an
+    // emulated CPU or a busy host is slower.
+    eprintln!("verify: the whole run took {:?}", t0.elapsed());
     assert_no_namespace_left(&before);
 
     // The --json contract.
