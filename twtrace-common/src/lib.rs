@@ -353,6 +353,9 @@ pub mod census {
     /// `ITER_MODE[0]` values.
     pub const MODE_SNAPSHOT: u32 = 0;
     pub const MODE_COUNT: u32 = 1;
+    /// Both in one walk (`twtrace census`): counts, and a record per timewait socket, so the
+    /// table and the destinations come from the same instant.
+    pub const MODE_BOTH: u32 = 2;
     /// Slots: the kernel's TCP state numbers (1..=12), plus this one for timewait sockets
     /// still in their FIN_WAIT2 substate (slot 6 then counts the TIME_WAIT substate only).
     pub const TW_FIN_WAIT2: u32 = 15;

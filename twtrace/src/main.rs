@@ -44,6 +44,10 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
     /// Self-contained network labs in private namespaces (`lab nat`: TIME_WAIT behind NAT).
     Lab(cmd::lab::LabArgs),
+    /// The socket state table per network namespace, exactly (the kernel's own tables, one
+    /// walk each): TIME_WAIT split into its two substates, and the destinations TIME_WAIT
+    /// sockets hold ports toward with their port pressure. --watch SECS repeats it.
+    Census(cmd::census::CensusArgs),
     /// Trace headless and serve Prometheus metrics on /metrics (and /healthz), loopback by
     /// default: the fleet front end of the same aggregation as the live view and `report`.
     Serve(cmd::serve::ServeArgs),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Some(Command::Verify(a)) => cmd::verify::run(a),
         Some(Command::Lab(a)) => cmd::lab::run(a),
         Some(Command::Serve(a)) => cmd::serve::run(a),
+        Some(Command::Census(a)) => cmd::census::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

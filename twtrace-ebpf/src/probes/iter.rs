@@ -56,7 +56,8 @@ pub fn snapshot_tcp(ctx: *mut BpfIterTcp) -> i32 {
             r.kind = kind::SNAPSHOT_END;
         } else {
             let state: u8 = read(skc, cfg.skc_state).unwrap_or(0);
-            if ITER_MODE.get(0).copied().unwrap_or(0) == census::MODE_COUNT {
+            let mode = ITER_MODE.get(0).copied().unwrap_or(0);
+            if mode != census::MODE_SNAPSHOT {
                 let mut slot = state as u32;
                 if state == TCP_TIME_WAIT {
                     let sub: u8 = read(skc, cfg.tw_substate).unwrap_or(0);
@@ -67,7 +68,9 @@ pub fn snapshot_tcp(ctx: *mut BpfIterTcp) -> i32 {
                 if let Some(c) = CENSUS.get_ptr_mut(slot) {
                     *c += 1; // one iterator runs at a time: no concurrent writer
                 }
-                return 0;
+                if mode == census::MODE_COUNT {
+                    return 0;
+                }
             }
             if state != TCP_TIME_WAIT {
                 return 0;

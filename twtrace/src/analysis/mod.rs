@@ -2,4 +2,5 @@
 //! port-exhaustion forecast).
 
 pub mod aggregate;
+pub mod census;
 pub mod forecast;

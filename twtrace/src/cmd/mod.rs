@@ -1,5 +1,6 @@
 //! One module per subcommand: argument parsing and wiring; the work is in the library.
 
+pub mod census;
 pub mod export;
 pub mod lab;
 pub mod live;

@@ -290,11 +290,8 @@ pub struct Loaded {
     pub hooks: Vec<HookStatus>,
 }
 
-/// Pre-flight, resolve, load and attach. `ring_bytes` sizes the event ring buffer (a power of
-/// two, multiple of the page size).
-pub fn load(ring_bytes: u32) -> Result<Loaded> {
-    preflight()?;
-    let kbtf = KernelBtf::open(Path::new(VMLINUX))?;
+/// The symbols and structure offsets of the running kernel, for the programs' `CONFIG`.
+fn running_config(kbtf: &KernelBtf) -> Result<Config> {
     let syms = kallsyms::lookup_running(&["tw_timer_handler", "reqsk_timer_handler"])?;
     let Some(handler) = syms[0] else {
         bail!(
@@ -308,8 +305,35 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
         tw_timer_handler: handler,
         reqsk_timer_handler: syms[1],
     };
-    let config =
-        resolve_config(&kbtf, symbols).context("resolving kernel structure offsets from BTF")?;
+    resolve_config(kbtf, symbols).context("resolving kernel structure offsets from BTF")
+}
+
+/// Loads the object with only the `iter/tcp` program usable (nothing attached to a
+/// tracepoint): what `twtrace census` needs, at the cost of one walk.
+pub fn load_iter() -> Result<Ebpf> {
+    preflight()?;
+    let config = running_config(&KernelBtf::open(Path::new(VMLINUX))?)?;
+    let btf = Btf::from_sys_fs().context("loading kernel BTF")?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("CONFIG", &config, true)
+        .load(OBJECT)
+        .context("loading twtrace's eBPF object into the kernel")?;
+    let prog: &mut Iter = ebpf
+        .program_mut("snapshot_tcp")
+        .context("the iter/tcp program is missing")?
+        .try_into()?;
+    prog.load("tcp", &btf)
+        .context("loading the iter/tcp program (needs Linux 5.9+ with BTF)")?;
+    Ok(ebpf)
+}
+
+/// Pre-flight, resolve, load and attach. `ring_bytes` sizes the event ring buffer (a power of
+/// two, multiple of the page size).
+pub fn load(ring_bytes: u32) -> Result<Loaded> {
+    preflight()?;
+    let kbtf = KernelBtf::open(Path::new(VMLINUX))?;
+    let config = running_config(&kbtf)?;
     // The function hooks' prototypes are checked against our parse, before it goes.
     let fn_checks: Vec<_> = crate::kernel::prototypes::FN_HOOKS
         .iter()

@@ -115,6 +115,76 @@ impl NetnsCensus {
     }
 }
 
+/// One namespace's census and its timewait sockets, from the same iterator walk.
+#[derive(Clone, Debug)]
+pub struct NetnsSockets {
+    pub census: NetnsCensus,
+    /// Every timewait socket (both substates) of the namespace.
+    pub timewait: Vec<TwRecord>,
+    /// A path to enter the namespace (for its sysctls).
+    pub path: std::path::PathBuf,
+}
+
+/// Counts sockets per state and lists the timewait sockets, in one walk per namespace, in
+/// every namespace found or only those in `only` (inodes; empty: all).
+pub fn census_with_sockets(
+    prog: &mut Iter,
+    mode: &mut Array<MapData, u32>,
+    counts: &mut Array<MapData, u64>,
+    only: &[u64],
+) -> Result<Vec<NetnsSockets>> {
+    mode.set(0, census::MODE_BOTH, 0)
+        .context("setting iterator mode")?;
+    let own = netns::current_inode().ok();
+    let mut out = Vec::new();
+    let mut walk = || -> Result<()> {
+        for (ino, path) in netns::all_namespaces() {
+            if !only.is_empty() && !only.contains(&ino) {
+                continue;
+            }
+            for i in 0..census::SLOTS {
+                counts.set(i, 0, 0)?;
+            }
+            let enter = (Some(ino) != own).then_some(path.as_path());
+            let bytes = match iterate(prog, enter) {
+                Ok(b) => b,
+                Err(e) => {
+                    // A namespace that vanished between listing and entering is not an error.
+                    log::debug!("census of netns {ino}: {e:#}");
+                    continue;
+                }
+            };
+            let mut timewait = Vec::new();
+            for chunk in bytes.chunks(TwRecord::SIZE) {
+                let r = decode(chunk).context("decoding an iterator record")?;
+                if r.kind == kind::SNAPSHOT {
+                    timewait.push(r);
+                }
+            }
+            let mut c = NetnsCensus {
+                netns: ino,
+                counts: [0; census::SLOTS as usize],
+            };
+            for (i, slot) in c.counts.iter_mut().enumerate() {
+                *slot = counts.get(&(i as u32), 0).unwrap_or(0);
+            }
+            out.push(NetnsSockets {
+                census: c,
+                timewait,
+                path,
+            });
+        }
+        Ok(())
+    };
+    let walked = walk();
+    let reset = mode
+        .set(0, census::MODE_SNAPSHOT, 0)
+        .context("resetting iterator mode");
+    walked?;
+    reset?;
+    Ok(out)
+}
+
 /// Counts sockets per state in every namespace found, with the iterator in count mode.
 pub fn census(
     prog: &mut Iter,
