@@ -54,8 +54,18 @@ pub mod kind {
     /// had; `aux` = the namespace's timewait count and `expires` = `tcp_max_tw_buckets` where
     /// the layout is known (count below the limit: the allocation itself failed).
     pub const TW_ALLOC_FAIL: u8 = 14;
+    /// `syscalls:sys_exit_bind` returned EADDRINUSE for a bind() to port 0: the namespace's one
+    /// pool of ports for bind()-before-connect() is exhausted (a port held by a timewait
+    /// socket toward any destination is not free for it). `tw` = 0; tuple: family and netns
+    /// only; `aux` = errno; pid/comm/cgroup = the binding task; `conf` = the namespace's
+    /// settings (its port range is the pool).
+    pub const BIND_FAIL: u8 = 15;
+    /// connect() on a socket already bound to a port (bind() before connect()): sent once per
+    /// process (the kernel keeps a set), so userspace knows which processes draw from the one
+    /// shared pool. `tw` = the socket; tuple its (lport = the bound port).
+    pub const BOUND_CONNECT: u8 = 16;
     /// The highest kind this build knows (decoders reject anything above).
-    pub const LAST: u8 = TW_ALLOC_FAIL;
+    pub const LAST: u8 = BOUND_CONNECT;
 }
 
 /// `TwRecord::flags` bits.
@@ -130,6 +140,10 @@ pub struct TwRecord {
     /// (`CONNECT_FAIL`, `OVERFLOW`, `TW_ALLOC_FAIL`, `TW_UNIQUE`, and a `TIMER_CANCEL` flagged
     /// `IN_CONNECT`); `valid == 0` elsewhere.
     pub conf: NetConf,
+    /// The cgroup (v2) id of the socket's owner: the full socket's `sk_cgrp_data` (for a
+    /// timewait socket's birth, read when its connection closed), or the current task's for
+    /// `BIND_FAIL`. 0: unknown (a socket that existed before start-up, a request socket).
+    pub cgroup: u64,
 }
 
 /// `NetConf::valid` bits: which fields this kernel has and the program read.
@@ -240,6 +254,9 @@ pub struct FlowKey {
 pub struct Closer {
     pub pid: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    pub _pad: u32,
+    /// The closing socket's cgroup id (see `TwRecord::cgroup`).
+    pub cgroup: u64,
 }
 
 /// Sentinel for an offset whose field does not exist on the running kernel.
@@ -299,6 +316,18 @@ pub struct Config {
     /// `port_range_ints` is 1, `int range[2]` (kernels before the seqlock went).
     pub net_port_range: u32,
     pub port_range_ints: u32,
+    /// `struct sock.sk_cgrp_data.cgroup`, `struct cgroup.kn`, `struct kernfs_node.id`: a
+    /// socket's cgroup id (NO_FIELD: unknown).
+    pub sock_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    /// `struct task_struct.nsproxy`, `struct nsproxy.net_ns`: the current task's namespace.
+    pub task_nsproxy: u32,
+    pub nsproxy_net: u32,
+    /// Offsets in the classic tracepoint records (from tracefs's `format` files at load):
+    /// `syscalls:sys_enter_bind`'s `umyaddr` and `syscalls:sys_exit_bind`'s `ret`.
+    pub tp_bind_addr: u32,
+    pub tp_bind_ret: u32,
 }
 
 impl Config {
@@ -336,6 +365,13 @@ impl Config {
         net_timestamps: NO_FIELD,
         net_port_range: NO_FIELD,
         port_range_ints: 0,
+        sock_cgroup: NO_FIELD,
+        cgroup_kn: NO_FIELD,
+        kn_id: NO_FIELD,
+        task_nsproxy: NO_FIELD,
+        nsproxy_net: NO_FIELD,
+        tp_bind_addr: NO_FIELD,
+        tp_bind_ret: NO_FIELD,
     };
 }
 
@@ -397,10 +433,10 @@ mod tests {
     fn layouts_are_stable() {
         // Both sides compile this file, but a silent size change would still break old trace
         // files and the decoder's size checks; pin them.
-        assert_eq!(core::mem::size_of::<TwRecord>(), 136);
+        assert_eq!(core::mem::size_of::<TwRecord>(), 144);
         assert_eq!(core::mem::size_of::<NetConf>(), 24);
         assert_eq!(core::mem::align_of::<TwRecord>(), 8);
         assert_eq!(core::mem::size_of::<FlowKey>(), 44);
-        assert_eq!(core::mem::size_of::<Config>(), 140);
+        assert_eq!(core::mem::size_of::<Config>(), 168);
     }
 }

@@ -126,6 +126,39 @@ unsafe fn fill_common(r: *mut TwRecord, k: u8) {
     (*r).jiffies = bpf_jiffies64();
     (*r).cpu = bpf_get_smp_processor_id() as u16;
     (*r).conf = NetConf::NONE;
+    (*r).cgroup = 0;
+}
+
+/// The cgroup (v2) id of a full socket's owner (`sk_cgrp_data`; 0 if unknown). Only for full
+/// sockets: timewait and request sockets have no cgroup data.
+#[inline(always)]
+pub unsafe fn sock_cgroup(cfg: &Config, sk: u64) -> u64 {
+    if cfg.sock_cgroup == NO_FIELD || cfg.cgroup_kn == NO_FIELD || cfg.kn_id == NO_FIELD {
+        return 0;
+    }
+    let cgrp: u64 = read(sk, cfg.sock_cgroup).unwrap_or(0);
+    if cgrp == 0 {
+        return 0;
+    }
+    let kn: u64 = read(cgrp, cfg.cgroup_kn).unwrap_or(0);
+    if kn == 0 {
+        return 0;
+    }
+    read(kn, cfg.kn_id).unwrap_or(0)
+}
+
+/// The current task's network namespace (`struct net`; 0 if unknown).
+#[inline(always)]
+pub unsafe fn current_net(cfg: &Config) -> u64 {
+    if cfg.task_nsproxy == NO_FIELD || cfg.nsproxy_net == NO_FIELD {
+        return 0;
+    }
+    let task = aya_ebpf::helpers::bpf_get_current_task();
+    let nsproxy: u64 = read(task, cfg.task_nsproxy).unwrap_or(0);
+    if nsproxy == 0 {
+        return 0;
+    }
+    read(nsproxy, cfg.nsproxy_net).unwrap_or(0)
 }
 
 /// Fills every field of `r` from the timewait socket `tw`. Every byte is written: ring buffer
@@ -172,10 +205,11 @@ pub unsafe fn fill_sock(
     if !fill_tuple(cfg, sk, r) {
         bump(counter::READ_ERRORS);
     }
+    fill_common(r, k);
     if full {
         full_sock_port(cfg, sk, r);
+        (*r).cgroup = sock_cgroup(cfg, sk);
     }
-    fill_common(r, k);
     (*r).tw = sk;
     (*r).expires = expires;
     (*r).entry_stamp = 0;
@@ -184,6 +218,28 @@ pub unsafe fn fill_sock(
     (*r).flags = 0;
     (*r).aux2 = aux2;
     (*r).aux = aux;
+    set_current(r);
+}
+
+/// Fills every field of `r` for a record about the current task, not a socket: no tuple but
+/// the family; `aux` as given; the netns is the caller's to set.
+#[inline(always)]
+pub unsafe fn fill_task(r: *mut TwRecord, k: u8, family: u8, aux: u32) {
+    fill_common(r, k);
+    (*r).tw = 0;
+    (*r).expires = 0;
+    (*r).netns = 0;
+    (*r).entry_stamp = 0;
+    (*r).ts_recent_stamp = 0;
+    (*r).family = family;
+    (*r).substate = 0;
+    (*r).flags = 0;
+    (*r).lport = 0;
+    (*r).rport = 0;
+    (*r).aux2 = 0;
+    (*r).aux = aux;
+    (*r).laddr = [0; 16];
+    (*r).raddr = [0; 16];
     set_current(r);
 }
 

@@ -1,6 +1,7 @@
 //! One file per hook group. Each program filters first, then writes at most one record through
 //! `record::emit`.
 
+mod bind;
 mod function;
 mod iter;
 mod segment;

@@ -8,7 +8,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::btf_tracepoint,
+    macros::{btf_tracepoint, map},
+    maps::LruHashMap,
     programs::BtfTracePointContext,
 };
 use twtrace_common::{
@@ -17,10 +18,26 @@ use twtrace_common::{
 };
 
 use crate::correlate::{last_flow_is, CLOSERS, CONNECTING, LAST_BIRTH};
-use crate::record::{bump, emit, fill_conf, fill_sock, net_of, read, sock_key};
+use crate::record::{bump, emit, fill_conf, fill_sock, net_of, read, sock_cgroup, sock_key};
 use crate::CONFIG;
 
 const FIN_WAIT2: i32 = TCP_FIN_WAIT2 as i32;
+
+/// Processes (tgid) already reported as binding before connect() (LRU: a process that goes
+/// away ages out; one that comes back is reported again).
+#[map]
+static BOUND_SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// The first connect() of a process on a socket bound first: one record per process.
+#[inline(always)]
+unsafe fn bound_connect(cfg: &Config, sk: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if BOUND_SEEN.get(&tgid).is_some() {
+        return;
+    }
+    let _ = BOUND_SEEN.insert(&tgid, &0, 0);
+    emit(|r| fill_sock(cfg, sk, kind::BOUND_CONNECT, r, true, 0, 0, 0));
+}
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
@@ -51,6 +68,8 @@ unsafe fn on_close(cfg: &Config, sk: u64) {
     let closer = Closer {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        _pad: 0,
+        cgroup: sock_cgroup(cfg, sk),
     };
     let _ = CLOSERS.insert(&key, &closer, 0);
 }
@@ -58,6 +77,10 @@ unsafe fn on_close(cfg: &Config, sk: u64) {
 #[inline(always)]
 unsafe fn on_connect(cfg: &Config, sk: u64) {
     let (key, _) = sock_key(cfg, sk, false);
+    if key.lport != 0 {
+        // Bound before connect(): this process draws from the namespace's one shared pool.
+        bound_connect(cfg, sk);
+    }
     let c = Connecting {
         ts_ns: bpf_ktime_get_ns(),
         netns: key.netns,

@@ -89,6 +89,7 @@ unsafe fn on_start(tw: u64, seq: u64, r: *mut twtrace_common::TwRecord) {
     if let Some(c) = CLOSERS.get(&key) {
         (*r).pid = c.pid;
         (*r).comm = c.comm;
+        (*r).cgroup = c.cgroup;
         (*r).flags |= flags::CLOSER;
         let _ = CLOSERS.remove(&key);
     }

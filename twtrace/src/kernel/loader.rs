@@ -18,6 +18,8 @@ pub enum Attach {
     TpBtf(&'static str),
     /// BPF iterator (`iter/…`), run on demand rather than attached to an event.
     Iter(&'static str),
+    /// Classic tracepoint (`tracepoint/CATEGORY/NAME`): needs tracefs mounted.
+    TracePoint(&'static str, &'static str),
     /// Function hook (`fexit/…`) of the optional tier ([`crate::kernel::prototypes::FN_HOOKS`]), attached
     /// only if the kernel's prototype matches the one the program was written against.
     FExit(&'static str),
@@ -85,6 +87,20 @@ pub const HOOKS: &[Hook] = &[
         purpose: "aborts (SO_LINGER 0) and timewait sockets answering with RST",
     },
     Hook {
+        program: "bind_enter",
+        attach: Attach::TracePoint("syscalls", "sys_enter_bind"),
+        required: false,
+        fallback: None,
+        purpose: "bind() to port 0 (the pool of bind-before-connect)",
+    },
+    Hook {
+        program: "bind_exit",
+        attach: Attach::TracePoint("syscalls", "sys_exit_bind"),
+        required: false,
+        fallback: None,
+        purpose: "bind() failures with EADDRINUSE (bind_fail)",
+    },
+    Hook {
         program: "snapshot_tcp",
         attach: Attach::Iter("tcp"),
         required: false,
@@ -107,6 +123,7 @@ impl HookStatus {
         match self.hook.attach {
             Attach::TpBtf(tp) => format!("tp_btf/{tp}"),
             Attach::Iter(i) => format!("iter/{i}"),
+            Attach::TracePoint(c, n) => format!("tracepoint/{c}/{n}"),
             Attach::FExit(f) => format!("fexit/{f}"),
         }
     }
@@ -120,25 +137,25 @@ impl HookStatus {
     pub fn report_line(&self) -> String {
         match &self.result {
             Ok(()) if self.fallback_used => format!(
-                "hook {:<28} attached     ({}; older tracepoint without its newer arguments: \
+                "hook {:<34} attached     ({}; older tracepoint without its newer arguments: \
                  {})",
                 self.label(),
                 self.hook.purpose,
                 self.hook.fallback.unwrap_or_default()
             ),
             Ok(()) => format!(
-                "hook {:<28} attached     ({})",
+                "hook {:<34} attached     ({})",
                 self.label(),
                 self.hook.purpose
             ),
             // The function tier is optional by design: off is a tier choice, not a fault.
             Err(e) if self.is_fn_tier() => format!(
-                "hook {:<28} off          ({}): {e}",
+                "hook {:<34} off          ({}): {e}",
                 self.label(),
                 self.hook.purpose
             ),
             Err(e) => format!(
-                "hook {:<28} UNAVAILABLE  ({}): {e}",
+                "hook {:<34} UNAVAILABLE  ({}): {e}",
                 self.label(),
                 self.hook.purpose
             ),
@@ -280,6 +297,16 @@ pub fn resolve_config(btf: &KernelBtf, syms: Symbols) -> Result<Config> {
         // Before the port range became one u32 (low | high << 16) it was `int range[2]` under
         // a seqlock; the lock's presence tells the two layouts apart.
         port_range_ints: btf.try_offset("local_ports", "lock")?.is_some() as u32,
+        // Workload identity: a socket's cgroup, the current task's namespace.
+        sock_cgroup: first_offset(btf, "sock", &["sk_cgrp_data.cgroup"])?,
+        cgroup_kn: first_offset(btf, "cgroup", &["kn"])?,
+        kn_id: first_offset(btf, "kernfs_node", &["id"])?,
+        task_nsproxy: first_offset(btf, "task_struct", &["nsproxy"])?,
+        nsproxy_net: first_offset(btf, "nsproxy", &["net_ns"])?,
+        tp_bind_addr: super::tracefs::field_offset("syscalls", "sys_enter_bind", "umyaddr")
+            .unwrap_or(NO_FIELD),
+        tp_bind_ret: super::tracefs::field_offset("syscalls", "sys_exit_bind", "ret")
+            .unwrap_or(NO_FIELD),
     })
 }
 
@@ -460,6 +487,14 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<()> {
             let p: &mut BtfTracePoint = prog.try_into()?;
             p.load(tp, btf)?;
             p.attach()?;
+        }
+        Attach::TracePoint(category, name) => {
+            if super::tracefs::root().is_none() {
+                bail!("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)");
+            }
+            let p: &mut aya::programs::TracePoint = prog.try_into()?;
+            p.load()?;
+            p.attach(category, name)?;
         }
         Attach::Iter(target) => {
             // Iterators are attached per run (see snapshot.rs); loading proves they work.

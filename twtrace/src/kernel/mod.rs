@@ -7,3 +7,4 @@ pub mod loader;
 pub mod prototypes;
 pub mod snapshot;
 pub mod sysinfo;
+pub mod tracefs;

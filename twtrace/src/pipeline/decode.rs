@@ -67,6 +67,7 @@ pub(crate) fn blank(k: u8) -> TwRecord {
         raddr: [0; 16],
         comm: [0; 16],
         conf: twtrace_common::NetConf::NONE,
+        cgroup: 0,
     }
 }
 

@@ -1,0 +1,158 @@
+//! The kernel's rules for the port pool of bind()-before-connect(), measured: a socket bound
+//! to port 0 before connect() takes its port from one pool shared by every destination, and a
+//! port held by a TIME_WAIT socket toward *any* destination is not free for it (EADDRINUSE
+//! from bind(), not EADDRNOTAVAIL from connect()). `IP_BIND_ADDRESS_NO_PORT` defers the choice
+//! to connect(), per 4-tuple. docs/lifecycle.md states the rules these tests establish.
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use twtrace::experiments::workload::{connect_many, serve, FirstCloser, Server};
+use twtrace::host::netns::NetNs;
+
+/// `IP_BIND_ADDRESS_NO_PORT` (linux/in.h).
+const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bind {
+    Plain,
+    ReuseAddr,
+    NoPort,
+}
+
+/// One client socket in `ns`: bind to 127.0.0.1:0 as `how` says, then connect to `dst`.
+/// Returns the error number of the step that failed (`Err(("bind"|"connect", errno))`).
+fn bind_connect(
+    ns: &NetNs,
+    how: Bind,
+    dst: SocketAddr,
+) -> Result<(Socket, SocketAddr), (&'static str, i32)> {
+    ns.run(move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        match how {
+            Bind::Plain => {}
+            Bind::ReuseAddr => s.set_reuse_address(true).unwrap(),
+            Bind::NoPort => {
+                let one: libc::c_int = 1;
+                // SAFETY: a valid fd and a c_int option value.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&s),
+                        libc::IPPROTO_IP,
+                        IP_BIND_ADDRESS_NO_PORT,
+                        &one as *const libc::c_int as *const libc::c_void,
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0);
+            }
+        }
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        s.bind(&SockAddr::from(any))
+            .map_err(|e| ("bind", e.raw_os_error().unwrap_or(0)))?;
+        s.connect_timeout(&SockAddr::from(dst), Duration::from_secs(2))
+            .map_err(|e| ("connect", e.raw_os_error().unwrap_or(0)))?;
+        let local = s.local_addr().unwrap().as_socket().unwrap();
+        Ok((s, local))
+    })
+    .unwrap()
+}
+
+/// A namespace with `ports` ephemeral ports, TIME_WAIT sockets kept (no reuse), and two
+/// servers (two destinations).
+fn namespace(ports: u16) -> (NetNs, Server, Server) {
+    let ns = NetNs::new().unwrap();
+    ns.sysctl(
+        "net.ipv4.ip_local_port_range",
+        &format!("40000 {}", 40000 + ports - 1),
+    )
+    .unwrap();
+    // Loopback TIME_WAIT sockets are reused by connect() under the default tw_reuse=2: off,
+    // so that every one holds its port for the test's length.
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0").unwrap();
+    let a = serve(
+        &ns,
+        "127.0.0.1:8001".parse().unwrap(),
+        FirstCloser::Client,
+        Duration::ZERO,
+    )
+    .unwrap();
+    let b = serve(
+        &ns,
+        "127.0.0.1:8002".parse().unwrap(),
+        FirstCloser::Client,
+        Duration::ZERO,
+    )
+    .unwrap();
+    (ns, a, b)
+}
+
+#[test]
+fn timewait_toward_one_destination_blocks_bind_but_not_connect_elsewhere() {
+    let (ns, a, b) = namespace(10);
+    connect_many(&ns, a.addr, 10, FirstCloser::Client).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // connect() toward the same destination: no port (every 4-tuple is taken).
+    let same = ns
+        .run(move || TcpStream::connect_timeout(&a.addr, Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(
+        same.map(|_| ()).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EADDRNOTAVAIL))
+    );
+    // connect() toward another destination: a different 4-tuple, the same port is fine.
+    let other = ns
+        .run(move || TcpStream::connect_timeout(&b.addr, Duration::from_secs(2)))
+        .unwrap();
+    let held = other.expect("plain connect() to another destination");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    // bind(0) first: one pool for every destination, and the TIME_WAIT sockets hold it all.
+    for how in [Bind::Plain, Bind::ReuseAddr] {
+        assert_eq!(
+            bind_connect(&ns, how, b.addr).map(|_| ()),
+            Err(("bind", libc::EADDRINUSE)),
+            "{how:?}"
+        );
+    }
+    // IP_BIND_ADDRESS_NO_PORT: the port is chosen at connect(), per 4-tuple.
+    let (_s, local) = bind_connect(&ns, Bind::NoPort, b.addr).expect("no-port bind");
+    assert!((40000..40010).contains(&local.port()), "{local}");
+}
+
+/// The case: 20 ports, a client binding before it connects to two destinations
+/// alternately, closing first. It runs out after 20 sockets in all; with
+/// IP_BIND_ADDRESS_NO_PORT it makes 40 (20 per destination).
+#[test]
+fn bind_before_connect_drains_one_pool_for_all_destinations() {
+    fn run(how: Bind) -> (usize, Vec<(&'static str, i32)>) {
+        let (ns, a, b) = namespace(20);
+        let (mut made, mut failed) = (0, Vec::new());
+        for i in 0..60 {
+            let dst = if i % 2 == 0 { a.addr } else { b.addr };
+            match bind_connect(&ns, how, dst) {
+                Ok((s, _)) => {
+                    made += 1;
+                    drop(s); // we close first: our side keeps the TIME_WAIT socket
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        (made, failed)
+    }
+    let (made, failed) = run(Bind::Plain);
+    assert_eq!(made, 20, "{failed:?}");
+    assert!(
+        failed.iter().all(|f| *f == ("bind", libc::EADDRINUSE)),
+        "{failed:?}"
+    );
+    let (made, failed) = run(Bind::NoPort);
+    assert_eq!(made, 40, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|f| *f == ("connect", libc::EADDRNOTAVAIL)),
+        "{failed:?}"
+    );
+}
