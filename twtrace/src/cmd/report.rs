@@ -13,6 +13,7 @@ use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use twtrace::analysis::aggregate::{Aggregator, Report};
+use twtrace::host::procnet::parse_port_range;
 use twtrace::host::sysctls::Sysctls;
 use twtrace::pipeline::filter::Filter;
 use twtrace::sink::tracefile::Reader;
@@ -49,13 +50,7 @@ fn typed(kv: &BTreeMap<String, String>) -> Sysctls {
         timestamps: num(kv, "tcp_timestamps"),
         fin_timeout_s: num(kv, "tcp_fin_timeout"),
         rfc1337: num(kv, "tcp_rfc1337"),
-        port_range: get("ip_local_port_range").and_then(|v| {
-            let mut it = v.split_ascii_whitespace().map(|x| x.parse::<u16>().ok());
-            match (it.next().flatten(), it.next().flatten()) {
-                (Some(a), Some(b)) if a <= b => Some((a, b)),
-                _ => None,
-            }
-        }),
+        port_range: get("ip_local_port_range").and_then(parse_port_range),
     }
 }
 

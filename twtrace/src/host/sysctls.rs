@@ -2,6 +2,7 @@
 //! of the thread that opens it, so reading another namespace's values means entering it on a
 //! short-lived thread.
 
+use crate::host::procnet::{parse_netstat, parse_port_range};
 use anyhow::{Context, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fmt::Write as _;
@@ -42,7 +43,7 @@ impl Sysctls {
     pub fn read_from(base: &Path) -> Sysctls {
         let port_range = std::fs::read_to_string(base.join("ip_local_port_range"))
             .ok()
-            .and_then(|s| parse_range(&s));
+            .and_then(|s| parse_port_range(&s));
         Sysctls {
             tw_reuse: get(base, "tcp_tw_reuse"),
             tw_reuse_delay_ms: get(base, "tcp_tw_reuse_delay"),
@@ -122,19 +123,11 @@ fn read_ns(ns_path: &Path) -> Result<(Sysctls, Option<u64>)> {
         setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
         let overflow = std::fs::read_to_string("/proc/thread-self/net/netstat")
             .ok()
-            .and_then(|t| crate::host::netns::parse_netstat(&t, "TcpExt", "TCPTimeWaitOverflow"));
+            .and_then(|t| parse_netstat(&t, "TcpExt", "TCPTimeWaitOverflow"));
         Ok((Sysctls::read_current(), overflow))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("sysctl reader thread panicked"))?
-}
-
-fn parse_range(s: &str) -> Option<(u16, u16)> {
-    let mut it = s.split_ascii_whitespace().map(|x| x.parse::<u16>());
-    match (it.next()?, it.next()?) {
-        (Ok(a), Ok(b)) if a <= b => Some((a, b)),
-        _ => None,
-    }
 }
 
 /// Knows the sysctls of every namespace that has shown up, reading a new one once and known
@@ -299,9 +292,9 @@ mod tests {
 
     #[test]
     fn port_range_edge_cases() {
-        assert_eq!(parse_range("5 5"), Some((5, 5)));
-        assert_eq!(parse_range("6 5"), None);
-        assert_eq!(parse_range("x"), None);
+        assert_eq!(parse_port_range("5 5"), Some((5, 5)));
+        assert_eq!(parse_port_range("6 5"), None);
+        assert_eq!(parse_port_range("x"), None);
         let one = Sysctls {
             port_range: Some((5, 5)),
             ..Default::default()
