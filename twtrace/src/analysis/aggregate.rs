@@ -1236,100 +1236,10 @@ fn deadline(ts: u64, timeout_ms: u64, s: Substate) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Formatting shared by the front ends
+// Formatting shared by the front ends (moved to the sink stage; the old paths still resolve)
 
-/// `61.2s`, `850ms`, `12m05s`.
-pub fn fmt_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 100_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        forecast::short_duration(ms as f64 / 1000.0)
-    }
-}
-
-pub fn fmt_opt_ms(ms: Option<u64>) -> String {
-    ms.map_or_else(|| "-".into(), fmt_ms)
-}
-
-/// `999`, `12.3k`, `4.5M`.
-pub fn fmt_count(n: u64) -> String {
-    if n < 10_000 {
-        n.to_string()
-    } else if n < 1_000_000 {
-        format!("{:.1}k", n as f64 / 1e3)
-    } else if n < 1_000_000_000 {
-        format!("{:.1}M", n as f64 / 1e6)
-    } else {
-        format!("{:.1}G", n as f64 / 1e9)
-    }
-}
-
-/// `0`, `0.3`, `12.5`, `1.2k`.
-pub fn fmt_rate(r: f64) -> String {
-    if !r.is_finite() || r <= 0.0 {
-        "0".into()
-    } else if r < 100.0 {
-        format!("{r:.1}")
-    } else if r < 10_000.0 {
-        format!("{r:.0}")
-    } else {
-        format!("{:.1}k", r / 1e3)
-    }
-}
-
-pub fn fmt_pct(p: Option<f64>) -> String {
-    match p {
-        None => "?".into(),
-        Some(p) if p >= 10.0 => ">999%".into(),
-        Some(p) if p < 0.1 => format!("{:.1}%", p * 100.0),
-        Some(p) => format!("{:.0}%", p * 100.0),
-    }
-}
-
-/// Cuts `s` to `w` characters, with `…` in the middle when cut (addresses keep both ends).
-pub fn fit(s: &str, w: usize) -> String {
-    let n = s.chars().count();
-    if n <= w {
-        return s.to_string();
-    }
-    if w <= 1 {
-        return "…".chars().take(w).collect();
-    }
-    let head = (w - 1) / 2;
-    let tail = w - 1 - head;
-    let mut out: String = s.chars().take(head).collect();
-    out.push('…');
-    out.extend(s.chars().skip(n - tail));
-    out
-}
-
-/// A text column: title, width, right-aligned, and priority (lower stays longer when the
-/// width is short).
-#[derive(Clone, Copy, Debug)]
-pub struct Col {
-    pub title: &'static str,
-    pub width: usize,
-    pub right: bool,
-    pub prio: u8,
-}
-
-/// Which columns fit in `width` (one space between columns), by priority.
-pub fn fit_columns(cols: &[Col], width: usize) -> Vec<bool> {
-    let mut order: Vec<usize> = (0..cols.len()).collect();
-    order.sort_by_key(|&i| cols[i].prio);
-    let mut keep = vec![false; cols.len()];
-    let mut used = 0usize;
-    for i in order {
-        let need = cols[i].width + usize::from(used > 0);
-        if used + need <= width {
-            keep[i] = true;
-            used += need;
-        }
-    }
-    keep
-}
+pub use crate::sink::format::{fit, fmt_count, fmt_ms, fmt_opt_ms, fmt_pct, fmt_rate};
+pub use crate::sink::table::{fit_columns, Col};
 
 fn text_row(out: &mut String, cols: &[Col], keep: &[bool], cells: &[String], indent: &str) {
     out.push_str(indent);
