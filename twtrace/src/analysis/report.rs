@@ -9,7 +9,7 @@ use crate::analysis::forecast::{self, Forecast};
 use crate::analysis::hist::{BINS, N_BINS};
 use crate::host::sysctls::Sysctls;
 use crate::pipeline::event::ExitReason;
-use crate::sink::format::{fmt_count, fmt_opt_ms, fmt_pct, fmt_rate, short_duration};
+use crate::sink::format::{bar, fmt_count, fmt_opt_ms, fmt_pct, fmt_rate, short_duration};
 use crate::sink::table::{Col, Table};
 use std::cmp::Reverse;
 use std::fmt::Write as _;
@@ -89,12 +89,7 @@ pub fn text_histogram(bins: &[u64; N_BINS], width: usize, indent: &str) -> Strin
     let max = bins.iter().copied().max().unwrap_or(1).max(1);
     let bar_w = width.saturating_sub(indent.len() + 9 + 2 + 8).max(10);
     for (i, &n) in bins.iter().enumerate().take(last + 1).skip(first) {
-        let eighths = ((n as f64 / max as f64) * (bar_w * 8) as f64).round() as usize;
-        let eighths = if n > 0 { eighths.max(1) } else { 0 };
-        let mut bar = "█".repeat(eighths / 8);
-        if eighths % 8 > 0 {
-            bar.push(['▏', '▎', '▍', '▌', '▋', '▊', '▉'][eighths % 8 - 1]);
-        }
+        let bar = bar(n, max, bar_w);
         let pad = bar_w.saturating_sub(bar.chars().count());
         let _ = writeln!(
             out,

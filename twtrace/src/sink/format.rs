@@ -117,6 +117,22 @@ pub fn fit(s: &str, w: usize) -> String {
     out
 }
 
+/// A horizontal bar for `n` out of `max` over `width` cells, drawn in eighths of a cell (at
+/// least one eighth when `n > 0`); not padded.
+pub fn bar(n: u64, max: u64, width: usize) -> String {
+    let eighths = if max == 0 {
+        0
+    } else {
+        ((n as f64 / max as f64) * (width * 8) as f64).round() as usize
+    };
+    let eighths = if n > 0 { eighths.max(1) } else { 0 };
+    let mut bar = "█".repeat(eighths / 8);
+    if eighths % 8 > 0 {
+        bar.push(['▏', '▎', '▍', '▌', '▋', '▊', '▉'][eighths % 8 - 1]);
+    }
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +160,15 @@ mod tests {
         assert_eq!(fmt_rate(0.31), "0.3");
         assert_eq!(fmt_pct(Some(0.5)), "50%");
         assert_eq!(fmt_pct(Some(0.0001)), "0.0%");
+    }
+
+    #[test]
+    fn bars_in_eighths() {
+        assert_eq!(bar(10, 10, 2), "██");
+        assert_eq!(bar(5, 10, 3), "█▌");
+        assert_eq!(bar(1, 1000, 2), "▏");
+        assert_eq!(bar(0, 10, 5), "");
+        assert_eq!(bar(3, 0, 5), "▏");
     }
 
     #[test]
