@@ -925,6 +925,15 @@ pub(crate) mod tests {
 
     pub(crate) const NSX: u32 = 4026532000;
 
+    /// A namespace's sysctls with only the port range (and `tw_reuse` when given) known.
+    pub(crate) fn ports(lo: u16, hi: u16, tw_reuse: Option<u8>) -> Sysctls {
+        Sysctls {
+            port_range: Some((lo, hi)),
+            tw_reuse,
+            ..Sysctls::default()
+        }
+    }
+
     pub(crate) fn sock(
         tw: u64,
         netns: u32,
@@ -1106,14 +1115,7 @@ pub(crate) mod tests {
     #[test]
     fn several_local_addresses_have_separate_pools() {
         let mut a = Aggregator::default();
-        a.set_context(
-            NSX,
-            Sysctls {
-                port_range: Some((40000, 40009)),
-                tw_reuse: Some(0),
-                ..Sysctls::default()
-            },
-        );
+        a.set_context(NSX, ports(40000, 40009, Some(0)));
         for i in 0..8u16 {
             let s = sock(
                 u64::from(i),

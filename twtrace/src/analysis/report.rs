@@ -413,7 +413,7 @@ pub fn summary_text(agg: &Aggregator, n: usize, width: usize) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::analysis::aggregate::tests::{client, enter, ev, exit, NSX};
+    use crate::analysis::aggregate::tests::{client, enter, ev, exit, ports, NSX};
     use crate::pipeline::event::{Body, Substate};
 
     #[test]
@@ -474,14 +474,7 @@ pub(crate) mod tests {
     #[test]
     fn summary_lists_pressure() {
         let mut a = Aggregator::default();
-        a.set_context(
-            NSX,
-            Sysctls {
-                port_range: Some((40000, 40003)),
-                tw_reuse: Some(0),
-                ..Sysctls::default()
-            },
-        );
+        a.set_context(NSX, ports(40000, 40003, Some(0)));
         for i in 0..4u64 {
             a.observe(&enter(1.0, client(i, 40000 + i as u16), Substate::TimeWait));
         }

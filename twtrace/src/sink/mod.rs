@@ -10,4 +10,4 @@ pub mod table;
 pub mod tracefile;
 
 #[cfg(test)]
-mod golden_tests;
+mod tests;

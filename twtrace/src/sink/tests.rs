@@ -1,6 +1,7 @@
-//! Golden bytes of the line and NDJSON formats: every kind (and every exit reason, both
-//! families, the snapshot and missing-value cases) pinned exactly, and a checksum over a long
-//! synthetic mix so that no byte of either format changes unnoticed.
+//! The line and NDJSON formats: the JSON contract's keys, the line's units and columns, and
+//! golden bytes of both: every kind (and every exit reason, both families, the snapshot and
+//! missing-value cases) pinned exactly, and a checksum over a long synthetic mix so that no
+//! byte of either format changes unnoticed.
 
 use crate::kernel::sysinfo::Clock;
 use crate::pipeline::event::*;
@@ -8,6 +9,17 @@ use crate::pipeline::event::*;
 const CLOCK: Clock = Clock {
     offset_ns: 1_700_000_000_000_000_000,
 };
+
+fn sock() -> Sock {
+    Sock::v4(
+        0xffff1,
+        4026531840,
+        [127, 0, 0, 1],
+        43210,
+        [127, 0, 0, 2],
+        8080,
+    )
+}
 
 fn both(e: &Event) -> (String, String) {
     let (mut l, mut j) = (String::new(), String::new());
@@ -244,4 +256,88 @@ fn synthetic_mix_is_byte_exact() {
         .collect();
     assert_eq!(firsts, want);
     assert_eq!((h, len), (0xb0736c7454ebb753, 7011586));
+}
+
+#[test]
+fn json_contract_keys() {
+    let clock = Clock {
+        offset_ns: 1_700_000_000_000_000_000,
+    };
+    let e = Event {
+        ts_ns: 1_234_567_000,
+        body: Body::Enter {
+            sock: sock(),
+            substate: Substate::TimeWait,
+            timeout_ms: 60000,
+            task: Some(Task {
+                pid: 42,
+                comm: "cu\"rl".into(),
+            }),
+            snapshot: false,
+            age_ms: None,
+        },
+    };
+    let mut s = String::new();
+    super::json::write_json(&e, &clock, &mut s);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(v["time"], "2023-11-14T22:13:21.234567Z");
+    assert_eq!(v["kind"], "enter");
+    assert_eq!(v["netns"], 4026531840u64);
+    assert_eq!(v["family"], 4);
+    assert_eq!(v["laddr"], "127.0.0.1");
+    assert_eq!(v["lport"], 43210);
+    assert_eq!(v["raddr"], "127.0.0.2");
+    assert_eq!(v["rport"], 8080);
+    assert_eq!(v["substate"], "TIME_WAIT");
+    assert_eq!(v["timeout_ms"], 60000);
+    assert_eq!(v["pid"], 42);
+    assert_eq!(v["comm"], "cu\"rl");
+    assert!(v.get("snapshot").is_none());
+
+    let x = Event {
+        ts_ns: 1,
+        body: Body::Exit {
+            sock: Sock::from_raw(
+                1,
+                7,
+                10,
+                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                1,
+                [0; 16],
+                2,
+            ),
+            substate: Substate::FinWait2,
+            reason: ExitReason::Expired,
+            lifetime_ms: Some(61992),
+            task: None,
+        },
+    };
+    s.clear();
+    super::json::write_json(&x, &clock, &mut s);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(v["family"], 6);
+    assert_eq!(v["laddr"], "::1");
+    assert_eq!(v["reason"], "expired");
+    assert_eq!(v["lifetime_ms"], 61992);
+    assert_eq!(v["substate"], "FIN_WAIT2");
+}
+
+#[test]
+fn line_has_units_and_columns() {
+    let clock = Clock { offset_ns: 0 };
+    let e = Event {
+        ts_ns: 3_600_000_000_000 + 1_500,
+        body: Body::Exit {
+            sock: sock(),
+            substate: Substate::TimeWait,
+            reason: ExitReason::Expired,
+            lifetime_ms: Some(61992),
+            task: None,
+        },
+    };
+    let mut s = String::new();
+    super::line::write_line(&e, &clock, &mut s);
+    assert!(s.starts_with("01:00:00.000001"), "{s}");
+    assert!(s.contains("127.0.0.1:43210"), "{s}");
+    assert!(s.contains("expired 61.992s"), "{s}");
 }
