@@ -5,3 +5,4 @@ pub mod aggregate;
 pub mod forecast;
 pub mod hist;
 pub mod report;
+pub mod rows;
