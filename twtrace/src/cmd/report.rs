@@ -13,7 +13,6 @@ use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use twtrace::analysis::aggregate::{Aggregator, Report};
-use twtrace::host::procnet::parse_port_range;
 use twtrace::host::sysctls::Sysctls;
 use twtrace::pipeline::filter::Filter;
 use twtrace::sink::tracefile::Reader;
@@ -39,19 +38,7 @@ pub struct ReportArgs {
 
 /// A header's key/value sysctls back to the typed form the aggregator takes.
 fn typed(kv: &BTreeMap<String, String>) -> Sysctls {
-    fn num<T: std::str::FromStr>(kv: &BTreeMap<String, String>, k: &str) -> Option<T> {
-        kv.get(&format!("net.ipv4.{k}"))?.trim().parse().ok()
-    }
-    let get = |k: &str| kv.get(&format!("net.ipv4.{k}")).map(|v| v.trim());
-    Sysctls {
-        tw_reuse: num(kv, "tcp_tw_reuse"),
-        tw_reuse_delay_ms: num(kv, "tcp_tw_reuse_delay"),
-        max_tw_buckets: num(kv, "tcp_max_tw_buckets"),
-        timestamps: num(kv, "tcp_timestamps"),
-        fin_timeout_s: num(kv, "tcp_fin_timeout"),
-        rfc1337: num(kv, "tcp_rfc1337"),
-        port_range: get("ip_local_port_range").and_then(parse_port_range),
-    }
+    twtrace::sink::tracefile::sysctls_from_kv(kv)
 }
 
 fn terminal_width() -> usize {
