@@ -222,12 +222,14 @@ impl Metrics {
         }
     }
 
-    fn snapshot(
+    /// The namespaces to expose (gone ones for [`GONE_KEEP_NS`]): rows for those with
+    /// events, the census alone for the others, and the inodes kept. Forgets the
+    /// breakdowns of the rest.
+    #[allow(clippy::type_complexity)]
+    fn netns_rows(
         &mut self,
         agg: &Aggregator,
-        health: &Health,
-        owners: &HashMap<u64, NetnsOwner>,
-    ) -> Snapshot {
+    ) -> (Vec<NetnsRow>, Vec<(String, [u64; 2])>, Vec<u32>) {
         let now = agg.now_ns();
         let mut netns = Vec::new();
         let mut census_only = Vec::new();
@@ -280,7 +282,16 @@ impl Metrics {
         self.gone_since.retain(|ns, _| keep.contains(ns));
         netns.sort_by(|a, b| a.label.cmp(&b.label));
         census_only.sort();
+        (netns, census_only, keep)
+    }
 
+    fn snapshot(
+        &mut self,
+        agg: &Aggregator,
+        health: &Health,
+        owners: &HashMap<u64, NetnsOwner>,
+    ) -> Snapshot {
+        let (netns, census_only, keep) = self.netns_rows(agg);
         let mut connect_fail: Vec<(String, String, &'static str, u64)> = self
             .connect_fail
             .iter()
@@ -513,12 +524,25 @@ impl EncodeMetric for Lifetime<'_> {
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Names without `_total` (and units without their suffix): the encoders add them.
-        let e = &mut enc;
-        let per_netns = |value: fn(&NetnsRow) -> u64| {
-            self.netns
-                .iter()
-                .map(move |n| ([("netns", n.label.as_str())], ConstCounter::new(value(n))))
-        };
+        self.encode_netns(&mut enc)?;
+        self.encode_troubles(&mut enc)?;
+        self.encode_tracer(&mut enc)
+    }
+}
+
+impl Snapshot {
+    /// A counter per netns row.
+    fn per_netns<'s>(
+        &'s self,
+        value: fn(&NetnsRow) -> u64,
+    ) -> impl Iterator<Item = ([(&'s str, &'s str); 1], ConstCounter<u64>)> + 's {
+        self.netns
+            .iter()
+            .map(move |n| ([("netns", n.label.as_str())], ConstCounter::new(value(n))))
+    }
+
+    /// The netns families of the lifecycle: sockets now, entries, exits, lifetimes.
+    fn encode_netns(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let census = self
             .netns
             .iter()
@@ -545,7 +569,7 @@ impl Collector for Snapshot {
                 "timewait_entries",
                 "Sockets that entered TIME_WAIT while traced (not those found at start-up)",
             ),
-            per_netns(|n| n.entries),
+            self.per_netns(|n| n.entries),
         )?;
         family(
             e,
@@ -571,13 +595,19 @@ impl Collector for Snapshot {
                 .iter()
                 .map(|n| ([("netns", n.label.as_str())], Lifetime(&n.lifetime))),
         )?;
+        Ok(())
+    }
+
+    /// The netns families of what went wrong: overflows, aborts, failed connects, PAWS
+    /// drops, and the port pressure that leads there.
+    fn encode_troubles(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         family(
             e,
             counter(
                 "overflow_drops",
                 "Connections closed without a timewait socket: tcp_max_tw_buckets was reached",
             ),
-            per_netns(|n| n.overflow),
+            self.per_netns(|n| n.overflow),
         )?;
         family(
             e,
@@ -595,7 +625,7 @@ impl Collector for Snapshot {
                 "aborts",
                 "Connections reset by the application instead of closed (no TIME_WAIT)",
             ),
-            per_netns(|n| n.aborts),
+            self.per_netns(|n| n.aborts),
         )?;
         family(
             e,
@@ -616,7 +646,7 @@ impl Collector for Snapshot {
                 "paws_rejects",
                 "Segments dropped by a timewait socket's PAWS check",
             ),
-            per_netns(|n| n.paws),
+            self.per_netns(|n| n.paws),
         )?;
         // Unit::Ratios would make it `_ratios`; the naming rules say `_ratio`.
         let ratio = Unit::Other("ratio".into());
@@ -635,6 +665,11 @@ impl Collector for Snapshot {
                 )
             }),
         )?;
+        Ok(())
+    }
+
+    /// The netns owners, and the tracer's own health.
+    fn encode_tracer(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut m = e.encode_descriptor(
             "netns",
             "A task in the network namespace and its cgroup",
