@@ -23,13 +23,13 @@ pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
             s.rport
         );
     }
-    let task = |out: &mut String, t: &Option<Task>| {
-        if let Some(t) = t {
-            let _ = write!(out, ",\"pid\":{},\"comm\":", t.pid);
-            out.push_str(&serde_json::to_string(&t.comm).unwrap_or_else(|_| "\"\"".into()));
-        }
-    };
-    match &e.body {
+    write_body(&e.body, out);
+    out.push('}');
+}
+
+/// The keys of each kind after the common ones.
+fn write_body(body: &Body, out: &mut String) {
+    match body {
         Body::Enter {
             substate,
             timeout_ms,
@@ -44,7 +44,7 @@ pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
                 substate.as_str(),
                 timeout_ms
             );
-            task(out, t);
+            write_task(out, t);
             if *snapshot {
                 out.push_str(",\"snapshot\":true");
             }
@@ -79,10 +79,10 @@ pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
             if let Some(l) = lifetime_ms {
                 let _ = write!(out, ",\"lifetime_ms\":{l}");
             }
-            task(out, t);
+            write_task(out, t);
         }
         Body::Overflow { .. } | Body::PawsReject { .. } => {}
-        Body::Abort { task: t, .. } => task(out, t),
+        Body::Abort { task: t, .. } => write_task(out, t),
         Body::ConnectFail {
             errno,
             refusal,
@@ -100,7 +100,7 @@ pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
             if let Some(n) = candidates {
                 let _ = write!(out, ",\"candidates\":{n}");
             }
-            task(out, t);
+            write_task(out, t);
         }
         Body::Netns { netns, sysctls } => {
             let _ = write!(out, ",\"netns\":{netns}");
@@ -110,7 +110,14 @@ pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
             let _ = write!(out, ",\"count\":{count}");
         }
     }
-    out.push('}');
+}
+
+/// `pid` and `comm` when the task is known.
+fn write_task(out: &mut String, t: &Option<Task>) {
+    if let Some(t) = t {
+        let _ = write!(out, ",\"pid\":{},\"comm\":", t.pid);
+        out.push_str(&serde_json::to_string(&t.comm).unwrap_or_else(|_| "\"\"".into()));
+    }
 }
 
 impl Event {

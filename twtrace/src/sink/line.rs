@@ -1,7 +1,7 @@
 //! The human line format: one event per line, stable columns under [`LINE_HEADER`].
 
 use crate::kernel::sysinfo::Clock;
-use crate::pipeline::event::{Body, Event};
+use crate::pipeline::event::{Body, Event, Task};
 use crate::sink::format::{endpoint, errno_name, rfc3339_micros, secs};
 use std::fmt::Write as _;
 
@@ -32,7 +32,31 @@ pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
         }
         return;
     };
-    let (substate, detail, t) = match &e.body {
+    let Some((substate, detail, t)) = socket_detail(&e.body) else {
+        return;
+    };
+    let (pid, comm) = match t {
+        Some(t) => (t.pid.to_string(), t.comm.as_str()),
+        None => ("-".to_string(), "-"),
+    };
+    let _ = write!(
+        out,
+        "{hms:<15} {:<10} {:<12} {:<9} {:<22} {:<22} {:<24} {:>7} {}",
+        s.netns,
+        e.kind(),
+        substate,
+        endpoint(&s.laddr, s.lport),
+        endpoint(&s.raddr, s.rport),
+        detail,
+        pid,
+        comm
+    );
+}
+
+/// The SUBSTATE and DETAIL columns and the task of an event about a socket (`None` for the
+/// kinds without one).
+fn socket_detail(body: &Body) -> Option<(&'static str, String, Option<&Task>)> {
+    Some(match body {
         Body::Enter {
             substate,
             timeout_ms,
@@ -95,24 +119,8 @@ pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
             ("-", d, task.as_ref())
         }
         Body::PawsReject { .. } => ("TIME_WAIT", "segment dropped by PAWS".to_string(), None),
-        Body::Netns { .. } | Body::Lost { .. } => unreachable!("handled above"),
-    };
-    let (pid, comm) = match t {
-        Some(t) => (t.pid.to_string(), t.comm.as_str()),
-        None => ("-".to_string(), "-"),
-    };
-    let _ = write!(
-        out,
-        "{hms:<15} {:<10} {:<12} {:<9} {:<22} {:<22} {:<24} {:>7} {}",
-        s.netns,
-        e.kind(),
-        substate,
-        endpoint(&s.laddr, s.lport),
-        endpoint(&s.raddr, s.rport),
-        detail,
-        pid,
-        comm
-    );
+        Body::Netns { .. } | Body::Lost { .. } => return None,
+    })
 }
 
 impl Event {
