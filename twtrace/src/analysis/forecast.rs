@@ -8,6 +8,7 @@
 //! addresses toward one destination each have their own pool, and TIME_WAIT toward another
 //! destination does not block a port for this one.
 
+pub use crate::sink::format::short_duration;
 use std::fmt;
 
 /// `net.ipv4.ip_local_port_range` of a network namespace (both ends inclusive).
@@ -26,11 +27,7 @@ impl PortRange {
 
     /// Parses the sysctl's text ("32768\t60999").
     pub fn parse(s: &str) -> Option<PortRange> {
-        let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
-        let (Some(Ok(lo)), Some(Ok(hi)), None) = (it.next(), it.next(), it.next()) else {
-            return None;
-        };
-        (lo <= hi).then_some(PortRange { lo, hi })
+        crate::host::procnet::parse_port_range(s).map(|(lo, hi)| PortRange { lo, hi })
     }
 
     pub fn contains(&self, port: u16) -> bool {
@@ -227,21 +224,6 @@ pub fn forecast(i: &ForecastInput) -> Forecast {
     }
 }
 
-/// A duration for a narrow cell: `45s`, `12m30s`, `3h05m`, `>99d`.
-pub fn short_duration(secs: f64) -> String {
-    if !secs.is_finite() || secs < 0.0 {
-        return "?".into();
-    }
-    let s = secs.round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ if s < 100 * 86_400 => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
-        _ => ">99d".into(),
-    }
-}
-
 impl fmt::Display for Exhaustion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -401,14 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_for_cells() {
-        assert_eq!(short_duration(0.4), "0s");
-        assert_eq!(short_duration(59.4), "59s");
-        assert_eq!(short_duration(750.0), "12m30s");
-        assert_eq!(short_duration(3.0 * 3600.0 + 300.0), "3h05m");
-        assert_eq!(short_duration(2.0 * 86400.0), "2d00h");
-        assert_eq!(short_duration(1e12), ">99d");
-        assert_eq!(short_duration(f64::NAN), "?");
+    fn exhaustion_reads_as_a_cell() {
         assert_eq!(Exhaustion::In(28.232).to_string(), "28s");
         assert_eq!(Exhaustion::Now.to_string(), "NOW");
     }

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
 use twtrace::kernel::sysinfo::Clock;
-use twtrace::pipeline::event::{errno_name, rfc3339_micros, Body, Event};
+use twtrace::pipeline::event::{Body, Event};
+use twtrace::sink::format::{errno_name, rfc3339_micros};
 use twtrace::sink::tracefile::Reader;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -38,25 +38,7 @@ pub struct ReportArgs {
 
 /// A header's key/value sysctls back to the typed form the aggregator takes.
 fn typed(kv: &BTreeMap<String, String>) -> Sysctls {
-    fn num<T: std::str::FromStr>(kv: &BTreeMap<String, String>, k: &str) -> Option<T> {
-        kv.get(&format!("net.ipv4.{k}"))?.trim().parse().ok()
-    }
-    let get = |k: &str| kv.get(&format!("net.ipv4.{k}")).map(|v| v.trim());
-    Sysctls {
-        tw_reuse: num(kv, "tcp_tw_reuse"),
-        tw_reuse_delay_ms: num(kv, "tcp_tw_reuse_delay"),
-        max_tw_buckets: num(kv, "tcp_max_tw_buckets"),
-        timestamps: num(kv, "tcp_timestamps"),
-        fin_timeout_s: num(kv, "tcp_fin_timeout"),
-        rfc1337: num(kv, "tcp_rfc1337"),
-        port_range: get("ip_local_port_range").and_then(|v| {
-            let mut it = v.split_ascii_whitespace().map(|x| x.parse::<u16>().ok());
-            match (it.next().flatten(), it.next().flatten()) {
-                (Some(a), Some(b)) if a <= b => Some((a, b)),
-                _ => None,
-            }
-        }),
-    }
+    twtrace::sink::tracefile::sysctls_from_kv(kv)
 }
 
 fn terminal_width() -> usize {

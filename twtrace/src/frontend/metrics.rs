@@ -44,16 +44,17 @@
 //! keeps those two from the same events; everything else comes from the aggregator.
 
 use crate::analysis::aggregate::{Aggregator, Side, SLOT_TW, SLOT_TW_FW2};
-use crate::pipeline::event::{errno_name, Body, Event, ExitReason, Refusal};
+pub use crate::host::procs::{cgroup_path, netns_owners, runtime_of, NetnsOwner};
+use crate::pipeline::event::{Body, Event, ExitReason, Refusal};
+use crate::sink::format::errno_name;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 /// Upper bounds (inclusive, ms) of the lifetime histogram's buckets, then +Inf. Resolves the
 /// early deaths (an RST kill at 0.2 s, a reuse after the 1 s delay) and, finely, the 60–62 s
@@ -119,15 +120,6 @@ pub struct Health {
     pub decode_errors: u64,
     /// (netns, kernel TCPTimeWaitOverflow since first seen, overflow events seen).
     pub overflow_check: Vec<(u32, u64, u64)>,
-}
-
-/// A task known to be in a network namespace, and its cgroup.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetnsOwner {
-    /// A task id in the namespace (the main thread of the lowest such process where there is
-    /// one): what `nsenter -t PID -n` takes.
-    pub pid: u32,
-    pub cgroup: String,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -230,12 +222,14 @@ impl Metrics {
         }
     }
 
-    fn snapshot(
+    /// The namespaces to expose (gone ones for [`GONE_KEEP_NS`]): rows for those with
+    /// events, the census alone for the others, and the inodes kept. Forgets the
+    /// breakdowns of the rest.
+    #[allow(clippy::type_complexity)]
+    fn netns_rows(
         &mut self,
         agg: &Aggregator,
-        health: &Health,
-        owners: &HashMap<u64, NetnsOwner>,
-    ) -> Snapshot {
+    ) -> (Vec<NetnsRow>, Vec<(String, [u64; 2])>, Vec<u32>) {
         let now = agg.now_ns();
         let mut netns = Vec::new();
         let mut census_only = Vec::new();
@@ -288,7 +282,16 @@ impl Metrics {
         self.gone_since.retain(|ns, _| keep.contains(ns));
         netns.sort_by(|a, b| a.label.cmp(&b.label));
         census_only.sort();
+        (netns, census_only, keep)
+    }
 
+    fn snapshot(
+        &mut self,
+        agg: &Aggregator,
+        health: &Health,
+        owners: &HashMap<u64, NetnsOwner>,
+    ) -> Snapshot {
+        let (netns, census_only, keep) = self.netns_rows(agg);
         let mut connect_fail: Vec<(String, String, &'static str, u64)> = self
             .connect_fail
             .iter()
@@ -405,121 +408,6 @@ fn refusal_label(r: Refusal) -> &'static str {
     }
 }
 
-/// The container runtime a cgroup path belongs to, as far as its well-known names tell;
-/// `none` otherwise.
-pub fn runtime_of(cgroup: &str) -> &'static str {
-    const KNOWN: [(&str, &str); 8] = [
-        ("cri-containerd-", "containerd"),
-        ("crio-", "cri-o"),
-        ("libpod-", "podman"),
-        ("docker", "docker"),
-        ("kubepods", "kubernetes"),
-        ("containerd", "containerd"),
-        ("lxc", "lxc"),
-        ("machine.slice", "systemd-nspawn"),
-    ];
-    KNOWN
-        .iter()
-        .find(|(needle, _)| cgroup.contains(needle))
-        .map_or("none", |(_, r)| r)
-}
-
-/// The cgroup path of a `/proc/PID/cgroup` text: the unified (v2) hierarchy's, else the
-/// systemd one's, else the first listed, preferring paths other than the root (on a hybrid
-/// v1/v2 host the unused unified hierarchy says `/` for everyone).
-pub fn cgroup_path(text: &str) -> Option<String> {
-    let mut unified = None;
-    let mut systemd = None;
-    let mut first = None;
-    for line in text.lines() {
-        let mut it = line.splitn(3, ':');
-        let (Some(id), Some(ctrl), Some(path)) = (it.next(), it.next(), it.next()) else {
-            continue;
-        };
-        if path.is_empty() {
-            continue;
-        }
-        let slot = if id == "0" && ctrl.is_empty() {
-            &mut unified
-        } else if ctrl == "name=systemd" {
-            &mut systemd
-        } else {
-            &mut first
-        };
-        if slot.is_none_or(|p| p == "/") {
-            *slot = Some(path);
-        }
-    }
-    [unified, systemd, first]
-        .into_iter()
-        .flatten()
-        .find(|p| *p != "/")
-        .or(unified.or(systemd).or(first))
-        .map(str::to_string)
-}
-
-/// At most this many tasks are looked at per scan (a bound, not an expectation).
-const MAX_TASKS: usize = 1 << 20;
-
-/// One task per network namespace other than the host's, with its cgroup, from
-/// `/proc/*/task/*/ns/net`, for namespaces whose task is in a cgroup other than the root.
-/// Prefers a process's main thread, then the lowest id. Costs one `stat` per task: call it
-/// every half minute or so, off the tracer's thread.
-pub fn netns_owners(proc_root: &Path) -> HashMap<u64, NetnsOwner> {
-    use std::os::unix::fs::MetadataExt;
-    let ino_of = |p: &str| std::fs::metadata(proc_root.join(p)).map(|m| m.ino()).ok();
-    // The host's namespace: pid 1's, and kthreadd's (always the initial namespace; pid 1 is
-    // not in it when twtrace runs in a container with the host's pids).
-    let mut host: Vec<u64> = ino_of("1/ns/net").into_iter().collect();
-    if std::fs::read_to_string(proc_root.join("2/comm")).is_ok_and(|c| c.trim() == "kthreadd") {
-        host.extend(ino_of("2/ns/net"));
-    }
-    // inode → (not a main thread, tid, pid): the smallest wins.
-    let mut best: HashMap<u64, (bool, u32, u32)> = HashMap::new();
-    let mut seen = 0usize;
-    let Ok(procs) = std::fs::read_dir(proc_root) else {
-        return HashMap::new();
-    };
-    'outer: for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            seen += 1;
-            if seen > MAX_TASKS {
-                break 'outer;
-            }
-            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(m) = std::fs::metadata(t.path().join("ns/net")) else {
-                continue;
-            };
-            let ino = m.ino();
-            if host.contains(&ino) {
-                continue;
-            }
-            let cand = (tid != pid, tid, pid);
-            let e = best.entry(ino).or_insert(cand);
-            if cand < *e {
-                *e = cand;
-            }
-        }
-    }
-    best.into_iter()
-        .filter_map(|(ino, (_, tid, pid))| {
-            let text =
-                std::fs::read_to_string(proc_root.join(format!("{pid}/task/{tid}/cgroup"))).ok()?;
-            // The root cgroup is the host's own (kernel threads, init): not a container.
-            let cgroup = cgroup_path(&text).filter(|c| c != "/")?;
-            Some((ino, NetnsOwner { pid: tid, cgroup }))
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The snapshot a registry encodes
 
@@ -570,146 +458,219 @@ impl Snapshot {
             + self.hooks.len()
             + 2
     }
+}
 
-    /// A counter family over the netns rows.
-    fn netns_counter(
-        &self,
-        enc: &mut DescriptorEncoder,
-        name: &str,
-        help: &str,
-        value: impl Fn(&NetnsRow) -> u64,
-    ) -> Result<(), std::fmt::Error> {
-        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for n in &self.netns {
-            let labels = [("netns", n.label.as_str())];
-            ConstCounter::new(value(n)).encode(m.encode_family(&labels)?)?;
-        }
-        Ok(())
+/// One metric family: its descriptor, then one sample per (labels, value).
+fn family<'a, const N: usize, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    (name, help, unit, kind): (&str, &str, Option<&Unit>, MetricType),
+    samples: impl IntoIterator<Item = ([(&'a str, &'a str); N], M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, unit, kind)?;
+    for (labels, v) in samples {
+        v.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A counter without labels.
+fn single_counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn counter(
+    name: &'static str,
+    help: &'static str,
+) -> (
+    &'static str,
+    &'static str,
+    Option<&'static Unit>,
+    MetricType,
+) {
+    (name, help, None, MetricType::Counter)
+}
+
+fn gauge(
+    name: &'static str,
+    help: &'static str,
+) -> (
+    &'static str,
+    &'static str,
+    Option<&'static Unit>,
+    MetricType,
+) {
+    (name, help, None, MetricType::Gauge)
+}
+
+/// A netns row's lifetime histogram as a metric value.
+struct Lifetime<'a>(&'a LifetimeBuckets);
+
+impl EncodeMetric for Lifetime<'_> {
+    fn encode(&self, mut m: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = self.0;
+        m.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count(), &h.buckets(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Names without `_total` (and units without their suffix): the encoders add them.
-        let mut m = enc.encode_descriptor(
-            "timewait_sockets",
-            "Timewait sockets now, by substate (the kernel's census kept current by events)",
-            None,
-            MetricType::Gauge,
-        )?;
-        let gauges = self
+        self.encode_netns(&mut enc)?;
+        self.encode_troubles(&mut enc)?;
+        self.encode_tracer(&mut enc)
+    }
+}
+
+impl Snapshot {
+    /// A counter per netns row.
+    fn per_netns<'s>(
+        &'s self,
+        value: fn(&NetnsRow) -> u64,
+    ) -> impl Iterator<Item = ([(&'s str, &'s str); 1], ConstCounter<u64>)> + 's {
+        self.netns
+            .iter()
+            .map(move |n| ([("netns", n.label.as_str())], ConstCounter::new(value(n))))
+    }
+
+    /// The netns families of the lifecycle: sockets now, entries, exits, lifetimes.
+    fn encode_netns(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let census = self
             .netns
             .iter()
             .map(|n| (n.label.as_str(), n.timewait))
             .chain(self.census_only.iter().map(|(l, tw)| (l.as_str(), *tw)));
-        for (netns, tw) in gauges {
-            for (s, v) in SUBSTATES.iter().zip(tw) {
-                let labels = [("netns", netns), ("substate", s)];
-                ConstGauge::new(v as i64).encode(m.encode_family(&labels)?)?;
-            }
-        }
-
-        self.netns_counter(
-            &mut enc,
-            "timewait_entries",
-            "Sockets that entered TIME_WAIT while traced (not those found at start-up)",
-            |n| n.entries,
+        family(
+            e,
+            gauge(
+                "timewait_sockets",
+                "Timewait sockets now, by substate (the kernel's census kept current by events)",
+            ),
+            census.flat_map(|(netns, tw)| {
+                SUBSTATES.iter().zip(tw).map(move |(s, v)| {
+                    (
+                        [("netns", netns), ("substate", *s)],
+                        ConstGauge::new(v as i64),
+                    )
+                })
+            }),
         )?;
-
-        let mut m = enc.encode_descriptor(
-            "timewait_exits",
-            "Timewait sockets that ended, by reason",
-            None,
-            MetricType::Counter,
+        family(
+            e,
+            counter(
+                "timewait_entries",
+                "Sockets that entered TIME_WAIT while traced (not those found at start-up)",
+            ),
+            self.per_netns(|n| n.entries),
         )?;
-        for n in &self.netns {
-            for (reason, v) in &n.exits {
-                let labels = [("netns", n.label.as_str()), ("reason", reason)];
-                ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
-            }
-        }
-
-        let mut m = enc.encode_descriptor(
-            "timewait_lifetime",
-            "How long timewait sockets lived, birth (or kernel entry stamp) to end",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
+        family(
+            e,
+            counter("timewait_exits", "Timewait sockets that ended, by reason"),
+            self.netns.iter().flat_map(|n| {
+                n.exits.iter().map(|(reason, v)| {
+                    (
+                        [("netns", n.label.as_str()), ("reason", *reason)],
+                        ConstCounter::new(*v),
+                    )
+                })
+            }),
         )?;
-        for n in &self.netns {
-            let labels = [("netns", n.label.as_str())];
-            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                n.lifetime.sum_seconds(),
-                n.lifetime.count(),
-                &n.lifetime.buckets(),
-                None,
-            )?;
-        }
-
-        self.netns_counter(
-            &mut enc,
-            "overflow_drops",
-            "Connections closed without a timewait socket: tcp_max_tw_buckets was reached",
-            |n| n.overflow,
+        family(
+            e,
+            (
+                "timewait_lifetime",
+                "How long timewait sockets lived, birth (or kernel entry stamp) to end",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            ),
+            self.netns
+                .iter()
+                .map(|n| ([("netns", n.label.as_str())], Lifetime(&n.lifetime))),
         )?;
+        Ok(())
+    }
 
-        let mut m = enc.encode_descriptor(
-            "kernel_timewait_overflows",
-            "The kernel's TcpExtTCPTimeWaitOverflow since first seen (cross-check of overflow_drops)",
-            None,
-            MetricType::Counter,
+    /// The netns families of what went wrong: overflows, aborts, failed connects, PAWS
+    /// drops, and the port pressure that leads there.
+    fn encode_troubles(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        family(
+            e,
+            counter(
+                "overflow_drops",
+                "Connections closed without a timewait socket: tcp_max_tw_buckets was reached",
+            ),
+            self.per_netns(|n| n.overflow),
         )?;
-        for (netns, v) in &self.kernel_overflows {
-            let labels = [("netns", netns.as_str())];
-            ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
-        }
-
-        self.netns_counter(
-            &mut enc,
-            "aborts",
-            "Connections reset by the application instead of closed (no TIME_WAIT)",
-            |n| n.aborts,
+        family(
+            e,
+            counter(
+                "kernel_timewait_overflows",
+                "The kernel's TcpExtTCPTimeWaitOverflow since first seen (cross-check of overflow_drops)",
+            ),
+            self.kernel_overflows
+                .iter()
+                .map(|(netns, v)| ([("netns", netns.as_str())], ConstCounter::new(*v))),
         )?;
-
-        let mut m = enc.encode_descriptor(
-            "connect_failures",
-            "connect() failures for want of a local port, by errno and why no timewait socket could be reused",
-            None,
-            MetricType::Counter,
+        family(
+            e,
+            counter(
+                "aborts",
+                "Connections reset by the application instead of closed (no TIME_WAIT)",
+            ),
+            self.per_netns(|n| n.aborts),
         )?;
-        for (netns, errno, refusal, v) in &self.connect_fail {
-            let labels = [
-                ("netns", netns.as_str()),
-                ("errno", errno.as_str()),
-                ("refusal", refusal),
-            ];
-            ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
-        }
-
-        self.netns_counter(
-            &mut enc,
-            "paws_rejects",
-            "Segments dropped by a timewait socket's PAWS check",
-            |n| n.paws,
+        family(
+            e,
+            counter(
+                "connect_failures",
+                "connect() failures for want of a local port, by errno and why no timewait socket could be reused",
+            ),
+            self.connect_fail.iter().map(|(netns, errno, refusal, v)| {
+                (
+                    [("netns", netns.as_str()), ("errno", errno.as_str()), ("refusal", *refusal)],
+                    ConstCounter::new(*v),
+                )
+            }),
         )?;
-
+        family(
+            e,
+            counter(
+                "paws_rejects",
+                "Segments dropped by a timewait socket's PAWS check",
+            ),
+            self.per_netns(|n| n.paws),
+        )?;
         // Unit::Ratios would make it `_ratios`; the naming rules say `_ratio`.
         let ratio = Unit::Other("ratio".into());
-        let mut m = enc.encode_descriptor(
-            "port_pressure",
-            "Timewait sockets toward a destination over the usable ephemeral ports (fullest destinations only)",
-            Some(&ratio),
-            MetricType::Gauge,
+        family(
+            e,
+            (
+                "port_pressure",
+                "Timewait sockets toward a destination over the usable ephemeral ports (fullest destinations only)",
+                Some(&ratio),
+                MetricType::Gauge,
+            ),
+            self.pressure.iter().map(|(netns, raddr, rport, r)| {
+                (
+                    [("netns", netns.as_str()), ("raddr", raddr.as_str()), ("rport", rport.as_str())],
+                    ConstGauge::new(*r),
+                )
+            }),
         )?;
-        for (netns, raddr, rport, r) in &self.pressure {
-            let labels = [
-                ("netns", netns.as_str()),
-                ("raddr", raddr.as_str()),
-                ("rport", rport.as_str()),
-            ];
-            ConstGauge::new(*r).encode(m.encode_family(&labels)?)?;
-        }
+        Ok(())
+    }
 
-        let mut m = enc.encode_descriptor(
+    /// The netns owners, and the tracer's own health.
+    fn encode_tracer(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut m = e.encode_descriptor(
             "netns",
             "A task in the network namespace and its cgroup",
             None,
@@ -724,52 +685,42 @@ impl Collector for Snapshot {
             ];
             m.encode_info(&labels)?;
         }
-
-        let mut m = enc.encode_descriptor(
-            "events",
-            "Events the tracer produced, by kind",
-            None,
-            MetricType::Counter,
+        family(
+            e,
+            counter("events", "Events the tracer produced, by kind"),
+            self.kinds
+                .iter()
+                .map(|(kind, v)| ([("kind", *kind)], ConstCounter::new(*v))),
         )?;
-        for (kind, v) in &self.kinds {
-            let labels = [("kind", *kind)];
-            ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
-        }
-
-        let m = enc.encode_descriptor(
+        single_counter(
+            e,
             "events_lost",
             "Events the kernel could not queue (ring buffer full): every number above may be short",
-            None,
-            MetricType::Counter,
+            self.lost,
         )?;
-        ConstCounter::new(self.lost).encode(m)?;
-
-        let m = enc.encode_descriptor(
+        single_counter(
+            e,
             "decode_errors",
             "Ring-buffer records that could not be decoded",
-            None,
-            MetricType::Counter,
+            self.decode_errors,
         )?;
-        ConstCounter::new(self.decode_errors).encode(m)?;
-
-        let mut m = enc.encode_descriptor(
-            "hook_attached",
-            "Whether each kernel hook is attached (1) or unavailable (0)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (hook, ok) in &self.hooks {
-            let labels = [("hook", hook.as_str())];
-            ConstGauge::new(i64::from(*ok)).encode(m.encode_family(&labels)?)?;
-        }
-        Ok(())
+        family(
+            e,
+            gauge(
+                "hook_attached",
+                "Whether each kernel hook is attached (1) or unavailable (0)",
+            ),
+            self.hooks
+                .iter()
+                .map(|(hook, ok)| ([("hook", hook.as_str())], ConstGauge::new(i64::from(*ok)))),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::sysctls::Sysctls;
+    use crate::analysis::aggregate::tests::ports;
     use crate::kernel::snapshot::NetnsCensus;
     use crate::pipeline::event::{Sock, Substate, Task};
     use std::collections::{BTreeMap, BTreeSet};
@@ -906,14 +857,7 @@ mod tests {
     fn session() -> (Aggregator, Metrics) {
         let mut agg = Aggregator::default();
         let mut m = Metrics::new(Options::default());
-        agg.set_context(
-            NSX,
-            Sysctls {
-                port_range: Some((40000, 40009)),
-                tw_reuse: Some(0),
-                ..Sysctls::default()
-            },
-        );
+        agg.set_context(NSX, ports(40000, 40009, Some(0)));
         let mut ev_list = Vec::new();
         for i in 0..5u64 {
             ev_list.push(enter(1.0, client(i, 40000 + i as u16)));
@@ -974,16 +918,23 @@ mod tests {
         (agg, m)
     }
 
+    /// The namespace owners map with one entry: NSX's.
+    fn owner_of_nsx(pid: u32, cgroup: &str) -> HashMap<u64, NetnsOwner> {
+        HashMap::from([(
+            u64::from(NSX),
+            NetnsOwner {
+                pid,
+                cgroup: cgroup.into(),
+            },
+        )])
+    }
+
     #[test]
     fn names_types_and_label_sets() {
         let (agg, mut m) = session();
-        let mut owners = HashMap::new();
-        owners.insert(
-            u64::from(NSX),
-            NetnsOwner {
-                pid: 4242,
-                cgroup: "/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab12.scope".into(),
-            },
+        let owners = owner_of_nsx(
+            4242,
+            "/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab12.scope",
         );
         let r = m.render(&agg, &health(), &owners);
         let (types, samples) = parse(&r.text);
@@ -1265,13 +1216,7 @@ mod tests {
     #[test]
     fn port_pressure_is_top_n_fullest_per_destination() {
         let mut agg = Aggregator::default();
-        agg.set_context(
-            NSX,
-            Sysctls {
-                port_range: Some((40000, 40099)),
-                ..Sysctls::default()
-            },
-        );
+        agg.set_context(NSX, ports(40000, 40099, None));
         // Destination d gets d+1 TIME_WAIT sockets from 10.0.0.1, and destination 0 also 50
         // from 10.0.0.9 (another pool toward the same destination: the fuller one counts).
         let mut tw = 0u64;
@@ -1382,101 +1327,22 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_paths_and_runtimes() {
-        assert_eq!(
-            cgroup_path("0::/system.slice/docker-abc.scope\n").as_deref(),
-            Some("/system.slice/docker-abc.scope")
+    fn exposition_bytes_are_unchanged() {
+        // Computed before the encoder blocks became one helper: no byte of either format moved.
+        use crate::analysis::report::tests::fingerprint;
+        let (agg, mut m) = session();
+        let owners = owner_of_nsx(42, "/system.slice/docker-x.scope");
+        let a = m.render(&agg, &health(), &owners);
+        let mut agg = Aggregator::default();
+        let mut m = Metrics::new(Options { peer_labels: 5 });
+        feed(
+            &mut agg,
+            &mut m,
+            &crate::sink::tracefile::synthetic::events(30_000, 3),
         );
-        // cgroup v1: the systemd hierarchy's path.
-        let v1 =
-            "12:pids:/kubepods/burstable/pod1/abc\n1:name=systemd:/kubepods/burstable/pod1/abc\n";
-        assert_eq!(
-            cgroup_path(v1).as_deref(),
-            Some("/kubepods/burstable/pod1/abc")
-        );
-        assert_eq!(cgroup_path("3:cpu:/x\n").as_deref(), Some("/x"));
-        // Hybrid: the unified hierarchy unused ("/"), a v1 controller has the real place.
-        let hybrid = "9:name=systemd:/\n4:memory:/process_api/93808c\n1:cpu:/\n0::/\n";
-        assert_eq!(cgroup_path(hybrid).as_deref(), Some("/process_api/93808c"));
-        assert_eq!(
-            cgroup_path("1:name=systemd:/\n0::/\n").as_deref(),
-            Some("/")
-        );
-        assert_eq!(cgroup_path("garbage"), None);
-        assert_eq!(cgroup_path(""), None);
-        assert_eq!(
-            runtime_of("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-0123.scope"),
-            "containerd"
-        );
-        assert_eq!(runtime_of("/system.slice/docker-0123.scope"), "docker");
-        assert_eq!(runtime_of("/machine.slice/libpod-0123.scope"), "podman");
-        assert_eq!(runtime_of("/kubepods/besteffort/pod1/0123"), "kubernetes");
-        assert_eq!(
-            runtime_of("/user.slice/user-0.slice/session-1.scope"),
-            "none"
-        );
-    }
-
-    #[test]
-    fn owners_from_a_proc_tree() {
-        // A fake /proc: namespaces are files, the same namespace is a hard link (same inode).
-        let root =
-            std::env::temp_dir().join(format!("twtrace-metrics-proc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let mk = |pid: u32, tid: u32, ns: &str, cgroup: &str| {
-            let task = root.join(format!("{pid}/task/{tid}"));
-            std::fs::create_dir_all(task.join("ns")).unwrap();
-            let target = root.join(format!("ns-{ns}"));
-            if !target.exists() {
-                std::fs::write(&target, "").unwrap();
-            }
-            std::fs::hard_link(&target, task.join("ns/net")).unwrap();
-            std::fs::write(task.join("cgroup"), cgroup).unwrap();
-            if pid == tid {
-                std::fs::create_dir_all(root.join(format!("{pid}/ns"))).unwrap();
-                std::fs::hard_link(&target, root.join(format!("{pid}/ns/net"))).unwrap();
-            }
-        };
-        mk(1, 1, "host", "0::/init.scope\n");
-        // kthreadd is in the initial namespace even where pid 1 is not.
-        mk(2, 2, "init", "0::/\n");
-        std::fs::write(root.join("2/comm"), "kthreadd\n").unwrap();
-        // A namespace whose only task is in the root cgroup: not a container's.
-        mk(60, 60, "rootcg", "0::/\n");
-        mk(50, 50, "host", "0::/system.slice/sshd.service\n");
-        // A container: its main thread (pid 300) beats a thread of pid 200 with a lower id.
-        mk(200, 200, "host", "0::/user.slice\n");
-        mk(200, 201, "c1", "0::/user.slice/thread\n");
-        mk(300, 300, "c1", "0::/system.slice/docker-c1.scope\n");
-        mk(300, 301, "c1", "0::/system.slice/docker-c1.scope\n");
-        // A namespace only a thread is in.
-        mk(400, 400, "host", "0::/user.slice\n");
-        mk(400, 405, "t", "0::/user.slice/test\n");
-        std::fs::create_dir_all(root.join("self")).unwrap();
-        use std::os::unix::fs::MetadataExt;
-        let ino = |ns: &str| {
-            std::fs::metadata(root.join(format!("ns-{ns}")))
-                .unwrap()
-                .ino()
-        };
-        let (host, c1, t) = (ino("host"), ino("c1"), ino("t"));
-        let owners = netns_owners(&root);
-        let _ = std::fs::remove_dir_all(&root);
-        assert_eq!(owners.len(), 2, "{owners:?}");
-        assert!(!owners.contains_key(&host));
-        assert_eq!(
-            owners[&c1],
-            NetnsOwner {
-                pid: 300,
-                cgroup: "/system.slice/docker-c1.scope".into()
-            }
-        );
-        assert_eq!(
-            owners[&t],
-            NetnsOwner {
-                pid: 405,
-                cgroup: "/user.slice/test".into()
-            }
-        );
+        let b = m.render(&agg, &health(), &HashMap::new());
+        let all = [a.openmetrics, a.text, b.openmetrics, b.text].concat();
+        assert_eq!((a.series, b.series), (51, 178));
+        assert_eq!(fingerprint(&all), (17885367078450505819, 40820));
     }
 }

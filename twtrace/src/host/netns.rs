@@ -7,6 +7,7 @@
 //! Nothing can be left behind. The keeper also makes the namespace visible to other tools
 //! (`lsns`, and twtrace's own snapshot, which walks `/proc/*/task/*/ns/net`).
 
+pub use crate::host::procnet::parse_netstat;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::{setns, unshare, CloneFlags};
 use std::collections::BTreeMap;
@@ -203,16 +204,6 @@ impl Drop for NetNs {
     }
 }
 
-/// Finds `group`'s counter `name` in `/proc/net/netstat` text (pairs of header/value lines).
-pub fn parse_netstat(text: &str, group: &str, name: &str) -> Option<u64> {
-    let prefix = format!("{group}:");
-    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
-    let names = lines.next()?;
-    let values = lines.next()?;
-    let i = names.split_whitespace().position(|n| n == name)?;
-    values.split_whitespace().nth(i)?.parse().ok()
-}
-
 fn sysctl_path(key: &str) -> PathBuf {
     Path::new("/proc/sys").join(key.replace('.', "/"))
 }
@@ -228,20 +219,4 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn netstat_counters() {
-        let t =
-            "TcpExt: SyncookiesSent TW TCPTimeWaitOverflow\nTcpExt: 0 12 45\nIpExt: A\nIpExt: 1\n";
-        assert_eq!(
-            super::parse_netstat(t, "TcpExt", "TCPTimeWaitOverflow"),
-            Some(45)
-        );
-        assert_eq!(super::parse_netstat(t, "TcpExt", "TW"), Some(12));
-        assert_eq!(super::parse_netstat(t, "TcpExt", "Nope"), None);
-        assert_eq!(super::parse_netstat(t, "Nope", "TW"), None);
-    }
 }

@@ -2,6 +2,7 @@
 //! of the thread that opens it, so reading another namespace's values means entering it on a
 //! short-lived thread.
 
+use crate::host::procnet::{parse_netstat, parse_port_range};
 use anyhow::{Context, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fmt::Write as _;
@@ -24,14 +25,6 @@ pub struct Sysctls {
     pub port_range: Option<(u16, u16)>,
 }
 
-fn get<T: std::str::FromStr>(base: &Path, name: &str) -> Option<T> {
-    std::fs::read_to_string(base.join(name))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 impl Sysctls {
     /// The calling thread's namespace.
     pub fn read_current() -> Sysctls {
@@ -40,18 +33,46 @@ impl Sysctls {
 
     /// From a directory laid out like `/proc/sys/net/ipv4` (tests use a temporary one).
     pub fn read_from(base: &Path) -> Sysctls {
-        let port_range = std::fs::read_to_string(base.join("ip_local_port_range"))
-            .ok()
-            .and_then(|s| parse_range(&s));
+        Sysctls::from_values(|name| std::fs::read_to_string(base.join(name)).ok())
+    }
+
+    /// From each sysctl's text as `/proc/sys/net/ipv4/NAME` shows it (`get` answers by
+    /// NAME); values that are missing or do not parse stay unknown. The inverse of
+    /// [`Sysctls::values`].
+    pub fn from_values(get: impl Fn(&str) -> Option<String>) -> Sysctls {
+        let num = |name: &str| get(name)?.trim().parse().ok();
         Sysctls {
-            tw_reuse: get(base, "tcp_tw_reuse"),
-            tw_reuse_delay_ms: get(base, "tcp_tw_reuse_delay"),
-            max_tw_buckets: get(base, "tcp_max_tw_buckets"),
-            timestamps: get(base, "tcp_timestamps"),
-            fin_timeout_s: get(base, "tcp_fin_timeout"),
-            rfc1337: get(base, "tcp_rfc1337"),
-            port_range,
+            tw_reuse: num("tcp_tw_reuse").and_then(|v: u64| v.try_into().ok()),
+            tw_reuse_delay_ms: num("tcp_tw_reuse_delay").and_then(|v| v.try_into().ok()),
+            max_tw_buckets: num("tcp_max_tw_buckets"),
+            timestamps: num("tcp_timestamps").and_then(|v| v.try_into().ok()),
+            fin_timeout_s: num("tcp_fin_timeout").and_then(|v| v.try_into().ok()),
+            rfc1337: num("tcp_rfc1337").and_then(|v| v.try_into().ok()),
+            port_range: get("ip_local_port_range").and_then(|v| parse_port_range(&v)),
         }
+    }
+
+    /// The known values by sysctl name (under `net.ipv4.`), as `/proc/sys` shows them.
+    pub fn values(&self) -> Vec<(&'static str, String)> {
+        let n = |v: Option<u64>| v.map(|v| v.to_string());
+        [
+            ("tcp_tw_reuse", n(self.tw_reuse.map(u64::from))),
+            (
+                "tcp_tw_reuse_delay",
+                n(self.tw_reuse_delay_ms.map(u64::from)),
+            ),
+            ("tcp_max_tw_buckets", n(self.max_tw_buckets)),
+            ("tcp_timestamps", n(self.timestamps.map(u64::from))),
+            ("tcp_fin_timeout", n(self.fin_timeout_s.map(u64::from))),
+            ("tcp_rfc1337", n(self.rfc1337.map(u64::from))),
+            (
+                "ip_local_port_range",
+                self.port_range.map(|(a, b)| format!("{a}\t{b}")),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
     }
 
     /// The namespace at `ns_path` (e.g. `/proc/PID/task/TID/ns/net`).
@@ -122,19 +143,11 @@ fn read_ns(ns_path: &Path) -> Result<(Sysctls, Option<u64>)> {
         setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
         let overflow = std::fs::read_to_string("/proc/thread-self/net/netstat")
             .ok()
-            .and_then(|t| crate::host::netns::parse_netstat(&t, "TcpExt", "TCPTimeWaitOverflow"));
+            .and_then(|t| parse_netstat(&t, "TcpExt", "TCPTimeWaitOverflow"));
         Ok((Sysctls::read_current(), overflow))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("sysctl reader thread panicked"))?
-}
-
-fn parse_range(s: &str) -> Option<(u16, u16)> {
-    let mut it = s.split_ascii_whitespace().map(|x| x.parse::<u16>());
-    match (it.next()?, it.next()?) {
-        (Ok(a), Ok(b)) if a <= b => Some((a, b)),
-        _ => None,
-    }
 }
 
 /// Knows the sysctls of every namespace that has shown up, reading a new one once and known
@@ -301,9 +314,9 @@ mod tests {
 
     #[test]
     fn port_range_edge_cases() {
-        assert_eq!(parse_range("5 5"), Some((5, 5)));
-        assert_eq!(parse_range("6 5"), None);
-        assert_eq!(parse_range("x"), None);
+        assert_eq!(parse_port_range("5 5"), Some((5, 5)));
+        assert_eq!(parse_port_range("6 5"), None);
+        assert_eq!(parse_port_range("x"), None);
         let one = Sysctls {
             port_range: Some((5, 5)),
             ..Default::default()

@@ -1,7 +1,9 @@
 //! The line / NDJSON printer sink.
 
 use crate::kernel::sysinfo::Clock;
-use crate::pipeline::event::{Event, LINE_HEADER};
+use crate::pipeline::event::Event;
+use crate::sink::json::write_json;
+use crate::sink::line::{write_line, LINE_HEADER};
 use std::io::Write;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +45,8 @@ impl<W: Write> Printer<W> {
         }
         for e in events {
             match self.format {
-                Format::Lines => e.write_line(&self.clock, &mut self.buf),
-                Format::Json => e.write_json(&self.clock, &mut self.buf),
+                Format::Lines => write_line(e, &self.clock, &mut self.buf),
+                Format::Json => write_json(e, &self.clock, &mut self.buf),
             }
             self.buf.push('\n');
         }

@@ -340,29 +340,15 @@ pub(crate) mod nsfield {
 /// Typed sysctls (from a `netns` event or a live read) as the header's key/value strings,
 /// named after the sysctls and formatted as `/proc/sys` shows them.
 pub fn sysctls_kv(s: &crate::host::sysctls::Sysctls) -> BTreeMap<String, String> {
-    let mut kv = BTreeMap::new();
-    let mut put = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            kv.insert(format!("net.ipv4.{k}"), v);
-        }
-    };
-    put("tcp_tw_reuse", s.tw_reuse.map(|v| v.to_string()));
-    put(
-        "tcp_tw_reuse_delay",
-        s.tw_reuse_delay_ms.map(|v| v.to_string()),
-    );
-    put(
-        "tcp_max_tw_buckets",
-        s.max_tw_buckets.map(|v| v.to_string()),
-    );
-    put("tcp_timestamps", s.timestamps.map(|v| v.to_string()));
-    put("tcp_fin_timeout", s.fin_timeout_s.map(|v| v.to_string()));
-    put("tcp_rfc1337", s.rfc1337.map(|v| v.to_string()));
-    put(
-        "ip_local_port_range",
-        s.port_range.map(|(a, b)| format!("{a}\t{b}")),
-    );
-    kv
+    s.values()
+        .into_iter()
+        .map(|(k, v)| (format!("net.ipv4.{k}"), v))
+        .collect()
+}
+
+/// The header's key/value strings back to typed sysctls (the inverse of [`sysctls_kv`]).
+pub fn sysctls_from_kv(kv: &BTreeMap<String, String>) -> crate::host::sysctls::Sysctls {
+    crate::host::sysctls::Sysctls::from_values(|k| kv.get(&format!("net.ipv4.{k}")).cloned())
 }
 
 fn encode_sysctls(netns: u64, kv: &BTreeMap<String, String>) -> Vec<u8> {

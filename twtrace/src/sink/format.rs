@@ -1,0 +1,180 @@
+//! How values read as text, for every sink and front end: durations, counts, rates, shares,
+//! endpoints, errno names and timestamps. One implementation of each.
+
+use std::net::IpAddr;
+
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        _ => "E?",
+    }
+}
+
+pub fn endpoint(a: &IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// Seconds with millisecond precision: `61.992s`.
+pub fn secs(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// RFC 3339 UTC with microseconds, e.g. `2026-11-25T09:10:11.123456Z`.
+pub fn rfc3339_micros(wall_ns: i128) -> String {
+    let t = if wall_ns >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall_ns as u64)
+    } else {
+        std::time::UNIX_EPOCH
+    };
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// A duration for a narrow cell: `45s`, `12m30s`, `3h05m`, `>99d`.
+pub fn short_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ if s < 100 * 86_400 => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+        _ => ">99d".into(),
+    }
+}
+
+/// `61.2s`, `850ms`, `12m05s`.
+pub fn fmt_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 100_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        short_duration(ms as f64 / 1000.0)
+    }
+}
+
+pub fn fmt_opt_ms(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "-".into(), fmt_ms)
+}
+
+/// `999`, `12.3k`, `4.5M`.
+pub fn fmt_count(n: u64) -> String {
+    if n < 10_000 {
+        n.to_string()
+    } else if n < 1_000_000 {
+        format!("{:.1}k", n as f64 / 1e3)
+    } else if n < 1_000_000_000 {
+        format!("{:.1}M", n as f64 / 1e6)
+    } else {
+        format!("{:.1}G", n as f64 / 1e9)
+    }
+}
+
+/// `0`, `0.3`, `12.5`, `1.2k`.
+pub fn fmt_rate(r: f64) -> String {
+    if !r.is_finite() || r <= 0.0 {
+        "0".into()
+    } else if r < 100.0 {
+        format!("{r:.1}")
+    } else if r < 10_000.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{:.1}k", r / 1e3)
+    }
+}
+
+pub fn fmt_pct(p: Option<f64>) -> String {
+    match p {
+        None => "?".into(),
+        Some(p) if p >= 10.0 => ">999%".into(),
+        Some(p) if p < 0.1 => format!("{:.1}%", p * 100.0),
+        Some(p) => format!("{:.0}%", p * 100.0),
+    }
+}
+
+/// Cuts `s` to `w` characters, with `…` in the middle when cut (addresses keep both ends).
+pub fn fit(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w {
+        return s.to_string();
+    }
+    if w <= 1 {
+        return "…".chars().take(w).collect();
+    }
+    let head = (w - 1) / 2;
+    let tail = w - 1 - head;
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(n - tail));
+    out
+}
+
+/// A horizontal bar for `n` out of `max` over `width` cells, drawn in eighths of a cell (at
+/// least one eighth when `n > 0`); not padded.
+pub fn bar(n: u64, max: u64, width: usize) -> String {
+    let eighths = if max == 0 {
+        0
+    } else {
+        ((n as f64 / max as f64) * (width * 8) as f64).round() as usize
+    };
+    let eighths = if n > 0 { eighths.max(1) } else { 0 };
+    let mut bar = "█".repeat(eighths / 8);
+    if eighths % 8 > 0 {
+        bar.push(['▏', '▎', '▍', '▌', '▋', '▊', '▉'][eighths % 8 - 1]);
+    }
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(secs(5), "0.005s");
+        assert_eq!(secs(61_992), "61.992s");
+        assert_eq!(short_duration(0.4), "0s");
+        assert_eq!(short_duration(59.4), "59s");
+        assert_eq!(short_duration(750.0), "12m30s");
+        assert_eq!(short_duration(3.0 * 3600.0 + 300.0), "3h05m");
+        assert_eq!(short_duration(2.0 * 86400.0), "2d00h");
+        assert_eq!(short_duration(1e12), ">99d");
+        assert_eq!(short_duration(f64::NAN), "?");
+        assert_eq!(fmt_ms(61_992), "62.0s");
+        assert_eq!(fmt_ms(850), "850ms");
+        assert_eq!(fmt_ms(750_000), "12m30s");
+        assert_eq!(fmt_opt_ms(None), "-");
+    }
+
+    #[test]
+    fn counts_rates_and_shares() {
+        assert_eq!(fmt_count(12_345), "12.3k");
+        assert_eq!(fmt_rate(0.31), "0.3");
+        assert_eq!(fmt_pct(Some(0.5)), "50%");
+        assert_eq!(fmt_pct(Some(0.0001)), "0.0%");
+    }
+
+    #[test]
+    fn bars_in_eighths() {
+        assert_eq!(bar(10, 10, 2), "██");
+        assert_eq!(bar(5, 10, 3), "█▌");
+        assert_eq!(bar(1, 1000, 2), "▏");
+        assert_eq!(bar(0, 10, 5), "");
+        assert_eq!(bar(3, 0, 5), "▏");
+    }
+
+    #[test]
+    fn fit_keeps_both_ends() {
+        assert_eq!(fit("abcdef", 6), "abcdef");
+        assert_eq!(fit("abcdefgh", 5), "ab…gh");
+        assert_eq!(fit("abc", 0), "");
+    }
+}

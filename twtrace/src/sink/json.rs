@@ -1,0 +1,128 @@
+//! The NDJSON format of `--json`, `export --format ndjson` and the trace-file tests.
+
+use crate::kernel::sysinfo::Clock;
+use crate::pipeline::event::{Body, Event, Task};
+use crate::sink::format::{errno_name, rfc3339_micros};
+use std::fmt::Write as _;
+
+/// One NDJSON object (without the newline): the `--json` contract. Keys are stable; new
+/// keys may be added, none renamed.
+pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
+    out.push_str("{\"time\":\"");
+    out.push_str(&rfc3339_micros(clock.wall_ns(e.ts_ns)));
+    let _ = write!(out, "\",\"kind\":\"{}\"", e.kind());
+    if let Some(s) = e.sock() {
+        let _ = write!(
+            out,
+            ",\"netns\":{},\"family\":{},\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{}",
+            s.netns,
+            s.family(),
+            s.laddr,
+            s.lport,
+            s.raddr,
+            s.rport
+        );
+    }
+    write_body(&e.body, out);
+    out.push('}');
+}
+
+/// The keys of each kind after the common ones.
+fn write_body(body: &Body, out: &mut String) {
+    match body {
+        Body::Enter {
+            substate,
+            timeout_ms,
+            task: t,
+            snapshot,
+            age_ms,
+            ..
+        } => {
+            let _ = write!(
+                out,
+                ",\"substate\":\"{}\",\"timeout_ms\":{}",
+                substate.as_str(),
+                timeout_ms
+            );
+            write_task(out, t);
+            if *snapshot {
+                out.push_str(",\"snapshot\":true");
+            }
+            if let Some(a) = age_ms {
+                let _ = write!(out, ",\"age_ms\":{a}");
+            }
+        }
+        Body::Promote {
+            timeout_ms, age_ms, ..
+        } => {
+            let _ = write!(
+                out,
+                ",\"substate\":\"TIME_WAIT\",\"timeout_ms\":{timeout_ms}"
+            );
+            if let Some(a) = age_ms {
+                let _ = write!(out, ",\"age_ms\":{a}");
+            }
+        }
+        Body::Exit {
+            substate,
+            reason,
+            lifetime_ms,
+            task: t,
+            ..
+        } => {
+            let _ = write!(
+                out,
+                ",\"substate\":\"{}\",\"reason\":\"{}\"",
+                substate.as_str(),
+                reason.as_str()
+            );
+            if let Some(l) = lifetime_ms {
+                let _ = write!(out, ",\"lifetime_ms\":{l}");
+            }
+            write_task(out, t);
+        }
+        Body::Overflow { .. } | Body::PawsReject { .. } => {}
+        Body::Abort { task: t, .. } => write_task(out, t),
+        Body::ConnectFail {
+            errno,
+            refusal,
+            timewait,
+            candidates,
+            task: t,
+            ..
+        } => {
+            let _ = write!(
+                out,
+                ",\"errno\":{errno},\"errno_name\":\"{}\",\"refusal\":\"{}\",\"timewait\":{timewait}",
+                errno_name(*errno),
+                refusal.as_str()
+            );
+            if let Some(n) = candidates {
+                let _ = write!(out, ",\"candidates\":{n}");
+            }
+            write_task(out, t);
+        }
+        Body::Netns { netns, sysctls } => {
+            let _ = write!(out, ",\"netns\":{netns}");
+            sysctls.write_json(out);
+        }
+        Body::Lost { count } => {
+            let _ = write!(out, ",\"count\":{count}");
+        }
+    }
+}
+
+/// `pid` and `comm` when the task is known.
+fn write_task(out: &mut String, t: &Option<Task>) {
+    if let Some(t) = t {
+        let _ = write!(out, ",\"pid\":{},\"comm\":", t.pid);
+        out.push_str(&serde_json::to_string(&t.comm).unwrap_or_else(|_| "\"\"".into()));
+    }
+}
+
+impl Event {
+    /// One NDJSON object (see [`write_json`]).
+    pub fn write_json(&self, clock: &Clock, out: &mut String) {
+        write_json(self, clock, out)
+    }
+}
