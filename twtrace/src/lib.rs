@@ -14,7 +14,8 @@
 //! - [`pipeline`]: records → typed events (one enum), filters, and the session driver.
 //! - [`host`]: network namespaces and their sysctls, as `/proc` shows them (for display and
 //!   for the experiments; decisions use the values the kernel programs read at the moment).
-//! - [`sink`]: the line/NDJSON printer and the trace-file format.
+//! - [`sink`]: the line/NDJSON printer and its formatting (values, text tables), and the
+//!   trace-file format.
 //! - [`analysis`]: the aggregator (per peer, namespace, process; census; forecast).
 //! - [`frontend`]: the full-screen view and the Prometheus exposition.
 //! - [`experiments`]: `verify` (the blog's claims) and `lab nat`, with their workloads.

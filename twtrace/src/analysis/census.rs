@@ -3,9 +3,9 @@
 //! TIME_WAIT sockets hold ports toward, with their port pressure. The blog's first command
 //! (`netstat -ant | awk '{++S[$NF]} …'`), from one `iter/tcp` walk per namespace.
 
-use crate::host::members::Members;
+use crate::host::procs::Members;
 use crate::kernel::snapshot::{NetnsCensus, NetnsSockets};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use twtrace_common::{census, TCP_FIN_WAIT2};
@@ -67,7 +67,7 @@ impl NsCensus {
 /// `ip_local_port_range` where known; `top`: destinations kept per namespace.
 pub fn build(
     walked: &[NetnsSockets],
-    members: &BTreeMap<u64, Members>,
+    members: &HashMap<u64, Members>,
     ranges: &HashMap<u64, (u16, u16)>,
     top: usize,
 ) -> Vec<NsCensus> {
@@ -81,7 +81,7 @@ pub fn build(
 
 fn ns_census(
     w: &NetnsSockets,
-    members: &BTreeMap<u64, Members>,
+    members: &HashMap<u64, Members>,
     range: Option<(u16, u16)>,
     top: usize,
 ) -> NsCensus {
@@ -232,6 +232,7 @@ pub fn to_json(rows: &[NsCensus], ts_ns: u64) -> serde_json::Value {
                     "pid": r.members.first.as_ref().map(|f| f.0),
                     "comm": r.members.first.as_ref().map(|f| f.1.clone()),
                     "processes": r.members.processes,
+                    "cgroup": r.members.cgroup,
                 },
                 "states": states,
                 "time_wait": {"time_wait": r.time_wait(), "fin_wait2": r.tw_fin_wait2()},
@@ -286,7 +287,7 @@ mod tests {
             path: "/proc/self/ns/net".into(),
         };
         let ranges = HashMap::from([(7, (40000, 40003))]);
-        let rows = build(&[walked], &BTreeMap::new(), &ranges, 10);
+        let rows = build(&[walked], &HashMap::new(), &ranges, 10);
         let r = &rows[0];
         assert_eq!((r.time_wait(), r.tw_fin_wait2(), r.total()), (3, 1, 7));
         assert_eq!(r.server_side, 1);

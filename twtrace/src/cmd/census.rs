@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use twtrace::analysis::census;
-use twtrace::host::{members, sysctls::Sysctls};
+use twtrace::host::{procs, sysctls::Sysctls};
 use twtrace::kernel::{loader, snapshot, sysinfo};
 
 #[derive(Args, Debug, Clone)]
@@ -69,7 +69,12 @@ pub fn run(args: CensusArgs) -> Result<()> {
                 Some((w.census.netns, s.port_range?))
             })
             .collect();
-        let rows = census::build(&walked, &members::by_netns(), &ranges, args.top);
+        let rows = census::build(
+            &walked,
+            &procs::members(std::path::Path::new("/proc")),
+            &ranges,
+            args.top,
+        );
         let mut out = std::io::stdout().lock();
         let written = if args.json {
             writeln!(out, "{}", census::to_json(&rows, sysinfo::monotonic_ns()))

@@ -1,7 +1,6 @@
 //! Network namespaces (finding them, making private ones) and their sysctls, the `/proc/net`
 //! counters, and the processes that own each namespace, as `/proc` shows them.
 
-pub mod members;
 pub mod netns;
 pub mod procnet;
 pub mod procs;

@@ -1,5 +1,5 @@
 //! The processes of the host as `/proc` shows them: which task (and cgroup, and container
-//! runtime) each network namespace belongs to, for the `netns_info` metric.
+//! runtime) each network namespace belongs to, for the `netns_info` metric and `census`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -69,24 +69,25 @@ pub fn cgroup_path(text: &str) -> Option<String> {
 /// At most this many tasks are looked at per scan (a bound, not an expectation).
 const MAX_TASKS: usize = 1 << 20;
 
-/// One task per network namespace other than the host's, with its cgroup, from
-/// `/proc/*/task/*/ns/net`, for namespaces whose task is in a cgroup other than the root.
-/// Prefers a process's main thread, then the lowest id. Costs one `stat` per task: call it
-/// every half minute or so, off the tracer's thread.
-pub fn netns_owners(proc_root: &Path) -> HashMap<u64, NetnsOwner> {
+/// What one scan of `/proc/*/task/*/ns/net` knows of a network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NsTasks {
+    /// (not a main thread, tid, pid) of the preferred task: a process's main thread, then the
+    /// lowest id.
+    best: (bool, u32, u32),
+    /// Processes with at least one thread in it.
+    processes: u32,
+    /// The last pid counted (a process's threads are listed together).
+    last_pid: u32,
+}
+
+/// One `stat` per task: every network namespace a task is in.
+fn scan(proc_root: &Path) -> HashMap<u64, NsTasks> {
     use std::os::unix::fs::MetadataExt;
-    let ino_of = |p: &str| std::fs::metadata(proc_root.join(p)).map(|m| m.ino()).ok();
-    // The host's namespace: pid 1's, and kthreadd's (always the initial namespace; pid 1 is
-    // not in it when twtrace runs in a container with the host's pids).
-    let mut host: Vec<u64> = ino_of("1/ns/net").into_iter().collect();
-    if std::fs::read_to_string(proc_root.join("2/comm")).is_ok_and(|c| c.trim() == "kthreadd") {
-        host.extend(ino_of("2/ns/net"));
-    }
-    // inode → (not a main thread, tid, pid): the smallest wins.
-    let mut best: HashMap<u64, (bool, u32, u32)> = HashMap::new();
+    let mut out: HashMap<u64, NsTasks> = HashMap::new();
     let mut seen = 0usize;
     let Ok(procs) = std::fs::read_dir(proc_root) else {
-        return HashMap::new();
+        return out;
     };
     'outer: for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -106,24 +107,95 @@ pub fn netns_owners(proc_root: &Path) -> HashMap<u64, NetnsOwner> {
             let Ok(m) = std::fs::metadata(t.path().join("ns/net")) else {
                 continue;
             };
-            let ino = m.ino();
-            if host.contains(&ino) {
-                continue;
-            }
             let cand = (tid != pid, tid, pid);
-            let e = best.entry(ino).or_insert(cand);
-            if cand < *e {
-                *e = cand;
+            let e = out.entry(m.ino()).or_insert(NsTasks {
+                best: cand,
+                processes: 0,
+                last_pid: 0,
+            });
+            if cand < e.best {
+                e.best = cand;
+            }
+            if e.last_pid != pid {
+                e.last_pid = pid;
+                e.processes += 1;
             }
         }
     }
-    best.into_iter()
-        .filter_map(|(ino, (_, tid, pid))| {
-            let text =
-                std::fs::read_to_string(proc_root.join(format!("{pid}/task/{tid}/cgroup"))).ok()?;
+    out
+}
+
+fn task_cgroup(proc_root: &Path, pid: u32, tid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(proc_root.join(format!("{pid}/task/{tid}/cgroup"))).ok()?;
+    cgroup_path(&text)
+}
+
+/// One task per network namespace other than the host's, with its cgroup, from
+/// `/proc/*/task/*/ns/net`, for namespaces whose task is in a cgroup other than the root.
+/// Prefers a process's main thread, then the lowest id. Costs one `stat` per task: call it
+/// every half minute or so, off the tracer's thread.
+pub fn netns_owners(proc_root: &Path) -> HashMap<u64, NetnsOwner> {
+    use std::os::unix::fs::MetadataExt;
+    let ino_of = |p: &str| std::fs::metadata(proc_root.join(p)).map(|m| m.ino()).ok();
+    // The host's namespace: pid 1's, and kthreadd's (always the initial namespace; pid 1 is
+    // not in it when twtrace runs in a container with the host's pids).
+    let mut host: Vec<u64> = ino_of("1/ns/net").into_iter().collect();
+    if std::fs::read_to_string(proc_root.join("2/comm")).is_ok_and(|c| c.trim() == "kthreadd") {
+        host.extend(ino_of("2/ns/net"));
+    }
+    scan(proc_root)
+        .into_iter()
+        .filter(|(ino, _)| !host.contains(ino))
+        .filter_map(|(ino, ns)| {
+            let (_, tid, pid) = ns.best;
             // The root cgroup is the host's own (kernel threads, init): not a container.
-            let cgroup = cgroup_path(&text).filter(|c| c != "/")?;
+            let cgroup = task_cgroup(proc_root, pid, tid).filter(|c| c != "/")?;
             Some((ino, NetnsOwner { pid: tid, cgroup }))
+        })
+        .collect()
+}
+
+/// The processes of one network namespace: its workload as `/proc` tells it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    /// The preferred task's process (see [`netns_owners`]) and its `comm`.
+    pub first: Option<(u32, String)>,
+    /// Processes with a thread in the namespace (one thread is enough: twtrace's own private
+    /// namespaces are held by a single thread).
+    pub processes: u32,
+    /// That task's cgroup path.
+    pub cgroup: Option<String>,
+}
+
+impl Members {
+    /// `nginx (pid 812, 4 processes)`, or `-` for a namespace no process holds (one kept by
+    /// a bind mount, or being torn down).
+    pub fn describe(&self) -> String {
+        match &self.first {
+            Some((pid, comm)) if self.processes > 1 => {
+                format!("{comm} (pid {pid}, {} processes)", self.processes)
+            }
+            Some((pid, comm)) => format!("{comm} (pid {pid})"),
+            None => "-".into(),
+        }
+    }
+}
+
+/// Every network namespace's members, the host's included (one scan).
+pub fn members(proc_root: &Path) -> HashMap<u64, Members> {
+    scan(proc_root)
+        .into_iter()
+        .map(|(ino, ns)| {
+            let (_, tid, pid) = ns.best;
+            let comm = std::fs::read_to_string(proc_root.join(format!("{pid}/comm")))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default();
+            let m = Members {
+                first: Some((pid, comm)),
+                processes: ns.processes,
+                cgroup: task_cgroup(proc_root, pid, tid),
+            };
+            (ino, m)
         })
         .collect()
 }
@@ -211,7 +283,18 @@ mod tests {
         };
         let (host, c1, t) = (ino("host"), ino("c1"), ino("t"));
         let owners = netns_owners(&root);
+        let members = members(&root);
         let _ = std::fs::remove_dir_all(&root);
+        // Every namespace has members, the host's too; a process counts once however many of
+        // its threads are in it.
+        assert_eq!(members[&c1].processes, 2, "{members:?}");
+        assert_eq!(members[&c1].first.as_ref().map(|f| f.0), Some(300));
+        assert_eq!(
+            members[&c1].cgroup.as_deref(),
+            Some("/system.slice/docker-c1.scope")
+        );
+        assert_eq!(members[&host].processes, 4, "{members:?}");
+        assert_eq!(members[&t].processes, 1);
         assert_eq!(owners.len(), 2, "{owners:?}");
         assert!(!owners.contains_key(&host));
         assert_eq!(
