@@ -298,6 +298,21 @@ impl Aggregator {
                 self.peer_mut(key, ts).paws += 1;
                 self.netns_entry(sock.netns).paws += 1;
             }
+            Body::BindFail { netns, task, .. } => {
+                self.netns_entry(*netns).bind_fail += 1;
+                if let Some(task) = task {
+                    let p = self.proc_mut(task, ts);
+                    p.bind_fail += 1;
+                    p.binds_first = true;
+                }
+            }
+            Body::BoundConnect { sock, task } => {
+                self.peer_mut(PeerKey::of(sock, Side::Client), ts)
+                    .binds_first = true;
+                if let Some(task) = task {
+                    self.proc_mut(task, ts).binds_first = true;
+                }
+            }
             Body::Netns { netns, sysctls } => self.set_context(*netns, sysctls.clone()),
             Body::Lost { count } => self.totals.lost += count,
         }
@@ -507,6 +522,8 @@ impl Aggregator {
             reuses: 0,
             connect_fail: 0,
             aborts: 0,
+            bind_fail: 0,
+            binds_first: false,
             last_ns: ts,
         });
         p.last_ns = p.last_ns.max(ts);

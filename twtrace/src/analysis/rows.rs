@@ -124,6 +124,9 @@ pub struct Peer {
     /// Whether the peer sends TCP timestamps, as far as the events prove it: a reuse needs
     /// them; a refusal for want of them proves the opposite.
     pub peer_timestamps: Option<bool>,
+    /// A process connects toward this peer on sockets it bound first: its ports come from
+    /// the namespace's one shared pool (see `bound_connect`).
+    pub binds_first: bool,
     pub first_ns: u64,
     pub last_ns: u64,
     pub(crate) rate: RateWindow,
@@ -148,6 +151,7 @@ impl Peer {
             last_refusal: None,
             paws: 0,
             peer_timestamps: None,
+            binds_first: false,
             first_ns: ts,
             last_ns: ts,
             rate: RateWindow::default(),
@@ -242,6 +246,8 @@ pub struct NetnsStats {
     pub overflow: u64,
     pub aborts: u64,
     pub connect_fail: u64,
+    /// bind() to port 0 refused (EADDRINUSE): the shared pool was used up.
+    pub bind_fail: u64,
     pub paws: u64,
     /// In TIME_WAIT now by substate, from events alone (the census is the kernel's view).
     pub timewait: [u64; 2],
@@ -267,6 +273,9 @@ pub struct ProcStats {
     pub reuses: u64,
     pub connect_fail: u64,
     pub aborts: u64,
+    pub bind_fail: u64,
+    /// It binds its sockets before connect(): one pool of ports for every destination.
+    pub binds_first: bool,
     pub last_ns: u64,
 }
 

@@ -58,6 +58,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "sysctls",
     "host",
     "candidates",
+    "ports",
 ];
 
 /// Quotes a CSV field when it needs it (RFC 4180).
@@ -74,7 +75,7 @@ fn csv_field(out: &mut String, s: &str) {
 /// One CSV row (without the newline), columns as [`CSV_COLUMNS`]; empty where a column does
 /// not apply to the event's kind.
 pub fn write_csv(e: &Event, clock: &Clock, host: &str, out: &mut String) {
-    let mut cols: [String; 26] = Default::default();
+    let mut cols: [String; 27] = Default::default();
     cols[0] = rfc3339_micros(clock.wall_ns(e.ts_ns));
     cols[1] = e.ts_ns.to_string();
     cols[2] = e.kind().to_string();
@@ -152,6 +153,23 @@ pub fn write_csv(e: &Event, clock: &Clock, host: &str, out: &mut String) {
             cols[23] = sysctls.summary();
         }
         Body::Lost { count } => cols[19] = count.to_string(),
+        Body::BindFail {
+            netns,
+            family,
+            errno,
+            timewait,
+            ports,
+            task: t,
+        } => {
+            task(t);
+            cols[3] = netns.to_string();
+            cols[4] = family.to_string();
+            cols[15] = errno.to_string();
+            cols[16] = errno_name(*errno).into();
+            cols[18] = timewait.to_string();
+            cols[26] = ports.map(|p| p.to_string()).unwrap_or_default();
+        }
+        Body::BoundConnect { task: t, .. } => task(t),
     }
     cols[24] = host.to_string();
     for (i, c) in cols.iter().enumerate() {

@@ -241,6 +241,22 @@ pub enum Body {
         candidates: Option<u32>,
         task: Option<Task>,
     },
+    /// bind() to port 0 failed with EADDRINUSE: the namespace's one pool of ports for
+    /// bind()-before-connect() is used up (a port held by a TIME_WAIT socket toward any
+    /// destination is not free for it).
+    BindFail {
+        netns: u32,
+        family: u8,
+        errno: i32,
+        /// TIME_WAIT sockets of the namespace holding a port of the pool (any destination).
+        timewait: u32,
+        /// Ports in `ip_local_port_range` as the kernel read it at the failure.
+        ports: Option<u32>,
+        task: Option<Task>,
+    },
+    /// A process connect()s on a socket it bound first: it draws every connection's port
+    /// from the one shared pool (reported once per process).
+    BoundConnect { sock: Sock, task: Option<Task> },
     /// A segment was dropped by a timewait socket's PAWS check (typically a SYN from behind
     /// NAT carrying an older timestamp).
     PawsReject { sock: Sock },
@@ -270,6 +286,8 @@ impl Event {
             Body::Abort { .. } => "abort",
             Body::ConnectFail { .. } => "connect_fail",
             Body::PawsReject { .. } => "paws_reject",
+            Body::BindFail { .. } => "bind_fail",
+            Body::BoundConnect { .. } => "bound_connect",
             Body::Netns { .. } => "netns",
             Body::Lost { .. } => "lost",
         }
@@ -283,8 +301,9 @@ impl Event {
             | Body::Overflow { sock }
             | Body::Abort { sock, .. }
             | Body::ConnectFail { sock, .. }
-            | Body::PawsReject { sock } => Some(sock),
-            Body::Netns { .. } | Body::Lost { .. } => None,
+            | Body::PawsReject { sock }
+            | Body::BoundConnect { sock, .. } => Some(sock),
+            Body::Netns { .. } | Body::Lost { .. } | Body::BindFail { .. } => None,
         }
     }
 }

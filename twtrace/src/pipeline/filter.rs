@@ -20,7 +20,10 @@ impl Filter {
 
     /// Events without a socket (lost-event reports) always pass: they must never be hidden.
     pub fn matches(&self, e: &Event) -> bool {
-        if let crate::pipeline::event::Body::Netns { netns, .. } = &e.body {
+        use crate::pipeline::event::Body;
+        if let Body::Netns { netns, .. } | Body::BindFail { netns, .. } = &e.body {
+            // No socket: only the namespace can be matched (a port or peer filter keeps them,
+            // as it keeps every event without a socket).
             return self.netns.is_empty() || self.netns.contains(&(*netns as u64));
         }
         let Some(s) = e.sock() else { return true };

@@ -66,6 +66,9 @@ pub struct Stats {
     pub reuses_confirmed: u64,
     /// Function tier: timewait sockets `tcp_twsk_unique` refused (counted in the kernel).
     pub reuse_refusals: u64,
+    pub bind_fails: u64,
+    /// Processes seen connecting on sockets they bound first.
+    pub bound_connects: u64,
 }
 
 /// A destination in a namespace: what connect() competes for ports toward.
@@ -80,6 +83,9 @@ pub struct Lifecycle {
     hz: u64,
     /// Timewait sockets per destination, for connect() failure analysis.
     by_dest: HashMap<Dest, HashSet<u64>>,
+    /// Per namespace: local ports held by live timewait sockets, and by how many (the pool of
+    /// bind()-before-connect() is the ports, whatever the destinations).
+    ports_held: HashMap<u32, std::collections::BTreeMap<u16, u32>>,
     /// Timewait sockets that just answered a segment with RST (they die next).
     rst_sent: HashMap<u64, u64>,
     /// Function tier: timewait sockets `tcp_twsk_unique` handed to connect() (their detach,
@@ -119,6 +125,7 @@ impl Lifecycle {
             live: HashMap::new(),
             pending: HashMap::new(),
             by_dest: HashMap::new(),
+            ports_held: HashMap::new(),
             rst_sent: HashMap::new(),
             taken: HashSet::new(),
             exact_overflow: false,
@@ -211,6 +218,17 @@ impl Lifecycle {
                 self.taken.insert(r.tw);
             }
             kind::CONNECT_FAIL => self.on_connect_fail(r, out),
+            kind::BIND_FAIL => self.on_bind_fail(r, out),
+            kind::BOUND_CONNECT => {
+                self.stats.bound_connects += 1;
+                out.push(Event {
+                    ts_ns: r.ts_ns,
+                    body: Body::BoundConnect {
+                        sock: Self::sock_of(r),
+                        task: Some(Task::from_raw(r.pid, &r.comm)),
+                    },
+                });
+            }
             _ => {}
         }
     }
@@ -337,6 +355,37 @@ impl Lifecycle {
                 refusal,
                 timewait,
                 candidates,
+                task: Some(Task::from_raw(r.pid, &r.comm)),
+            },
+        });
+    }
+
+    /// bind() to port 0 failed: the pool is the namespace's port range (as the kernel read it
+    /// at the failure), held by every timewait socket whose local port is in it, whatever
+    /// its destination.
+    fn on_bind_fail(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
+        self.stats.bind_fails += 1;
+        let range = r
+            .conf
+            .has(netconf::PORT_RANGE)
+            .then_some((r.conf.port_lo, r.conf.port_hi))
+            .filter(|(lo, hi)| lo <= hi);
+        // Ports, not sockets: a port held toward several destinations is one port of the pool.
+        let timewait = self
+            .ports_held
+            .get(&r.netns)
+            .map_or(0, |ports| match range {
+                Some((lo, hi)) => ports.range(lo..=hi).count(),
+                None => ports.len(),
+            }) as u32;
+        out.push(Event {
+            ts_ns: r.ts_ns,
+            body: Body::BindFail {
+                netns: r.netns,
+                family: r.family,
+                errno: r.aux as i32,
+                timewait,
+                ports: range.map(|(lo, hi)| u32::from(hi) - u32::from(lo) + 1),
                 task: Some(Task::from_raw(r.pid, &r.comm)),
             },
         });
@@ -526,6 +575,12 @@ impl Lifecycle {
             rport: sock.rport,
         };
         self.by_dest.entry(d).or_default().insert(sock.tw);
+        *self
+            .ports_held
+            .entry(sock.netns)
+            .or_default()
+            .entry(sock.lport)
+            .or_default() += 1;
     }
 
     fn unindex(&mut self, sock: &Sock) {
@@ -538,6 +593,17 @@ impl Lifecycle {
             set.remove(&sock.tw);
             if set.is_empty() {
                 self.by_dest.remove(&d);
+            }
+        }
+        if let Some(ports) = self.ports_held.get_mut(&sock.netns) {
+            if let Some(n) = ports.get_mut(&sock.lport) {
+                *n -= 1;
+                if *n == 0 {
+                    ports.remove(&sock.lport);
+                }
+            }
+            if ports.is_empty() {
+                self.ports_held.remove(&sock.netns);
             }
         }
     }

@@ -109,6 +109,25 @@ fn write_body(body: &Body, out: &mut String) {
         Body::Lost { count } => {
             let _ = write!(out, ",\"count\":{count}");
         }
+        Body::BindFail {
+            netns,
+            family,
+            errno,
+            timewait,
+            ports,
+            task: t,
+        } => {
+            let _ = write!(
+                out,
+                ",\"netns\":{netns},\"family\":{family},\"errno\":{errno},\"errno_name\":\"{}\",\"timewait\":{timewait}",
+                errno_name(*errno)
+            );
+            if let Some(p) = ports {
+                let _ = write!(out, ",\"ports\":{p}");
+            }
+            write_task(out, t);
+        }
+        Body::BoundConnect { task: t, .. } => write_task(out, t),
     }
 }
 

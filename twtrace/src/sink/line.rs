@@ -28,6 +28,26 @@ pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
                     sysctls.summary()
                 );
             }
+            Body::BindFail {
+                netns,
+                errno,
+                timewait,
+                ports,
+                task,
+                ..
+            } => {
+                let pool = ports.map_or("?".to_string(), |p| p.to_string());
+                let detail = format!("{} pool={pool} tw={timewait}", errno_name(*errno));
+                let (pid, comm) = match task {
+                    Some(t) => (t.pid.to_string(), t.comm.as_str()),
+                    None => ("-".to_string(), "-"),
+                };
+                let _ = write!(
+                    out,
+                    "{hms:<15} {netns:<10} {:<12} {:<9} {:<22} {:<22} {detail:<24} {pid:>7} {comm}",
+                    "bind_fail", "-", "-", "-"
+                );
+            }
             _ => {}
         }
         return;
@@ -119,7 +139,12 @@ fn socket_detail(body: &Body) -> Option<(&'static str, String, Option<&Task>)> {
             ("-", d, task.as_ref())
         }
         Body::PawsReject { .. } => ("TIME_WAIT", "segment dropped by PAWS".to_string(), None),
-        Body::Netns { .. } | Body::Lost { .. } => return None,
+        Body::BoundConnect { task, .. } => (
+            "-",
+            "binds before connect(): one port pool".to_string(),
+            task.as_ref(),
+        ),
+        Body::Netns { .. } | Body::Lost { .. } | Body::BindFail { .. } => return None,
     })
 }
 

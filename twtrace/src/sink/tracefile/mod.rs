@@ -36,7 +36,8 @@ pub const VERSION_MAJOR: u16 = 1;
 /// Minor version: additive changes (new record kinds, header fields, trailing fields, enum
 /// codes). Readers accept any minor of their major.
 /// 1: `connect_fail` may end with the function tier's candidate count.
-pub const VERSION_MINOR: u16 = 1;
+/// 2: record kinds `bind_fail` and `bound_connect`.
+pub const VERSION_MINOR: u16 = 2;
 /// Starts every block. A resynchronising reader looks for it after damage; a false match inside
 /// a payload fails the block's checksum and the search goes on.
 pub const SYNC: [u8; 8] = [0xd7, b'T', b'W', b'B', b'L', b'K', 0x0d, 0x0a];
@@ -61,6 +62,9 @@ pub(crate) mod kind {
     pub const PAWS_REJECT: u64 = 7;
     pub const LOST: u64 = 8;
     pub const NETNS: u64 = 9;
+    /// Minor 2.
+    pub const BIND_FAIL: u64 = 10;
+    pub const BOUND_CONNECT: u64 = 11;
     // Untimed: definitions (append to the block's tables) and metadata.
     pub const DEF_ADDR: u64 = 16;
     pub const DEF_NETNS: u64 = 17;

@@ -593,6 +593,7 @@ const AGE: u8 = 4;
 const LIFETIME: u8 = 8;
 /// connect_fail (minor 1): the function tier's candidate count follows the task.
 const CANDIDATES: u8 = 16;
+const PORTS: u8 = 32;
 
 fn decode_task(c: &mut Cursor, t: &Tables, flags: u8) -> Result<Option<Task>, DecErr> {
     if flags & TASK == 0 {
@@ -694,6 +695,36 @@ fn decode_event(k: u64, ts_ns: u64, c: &mut Cursor, t: &Tables) -> Result<Event,
         kind::PAWS_REJECT => Body::PawsReject {
             sock: decode_sock(c, t)?,
         },
+        kind::BIND_FAIL => {
+            let netns = c.varint_u32()?;
+            let family = c.u8()?;
+            let errno = unzigzag(c.varint()?);
+            let errno = i32::try_from(errno)
+                .map_err(|_| DecErr::Msg(format!("errno {errno} out of range")))?;
+            let timewait = c.varint_u32()?;
+            let flags = c.u8()?;
+            let ports = if flags & PORTS != 0 {
+                Some(c.varint_u32()?)
+            } else {
+                None
+            };
+            Body::BindFail {
+                netns,
+                family,
+                errno,
+                timewait,
+                ports,
+                task: decode_task(c, t, flags)?,
+            }
+        }
+        kind::BOUND_CONNECT => {
+            let sock = decode_sock(c, t)?;
+            let flags = c.u8()?;
+            Body::BoundConnect {
+                sock,
+                task: decode_task(c, t, flags)?,
+            }
+        }
         kind::LOST => Body::Lost { count: c.varint()? },
         kind::NETNS => {
             let netns = c.varint_u32()?;

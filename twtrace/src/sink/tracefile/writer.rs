@@ -394,7 +394,9 @@ impl Writer {
             Body::Enter { task, .. }
             | Body::Exit { task, .. }
             | Body::Abort { task, .. }
-            | Body::ConnectFail { task, .. } => task.as_ref(),
+            | Body::ConnectFail { task, .. }
+            | Body::BindFail { task, .. }
+            | Body::BoundConnect { task, .. } => task.as_ref(),
             _ => None,
         };
         let tix = task.map(|t| (t.pid, self.intern_comm(&t.comm)));
@@ -407,6 +409,8 @@ impl Writer {
             Body::Abort { .. } => kind::ABORT,
             Body::ConnectFail { .. } => kind::CONNECT_FAIL,
             Body::PawsReject { .. } => kind::PAWS_REJECT,
+            Body::BindFail { .. } => kind::BIND_FAIL,
+            Body::BoundConnect { .. } => kind::BOUND_CONNECT,
             Body::Lost { .. } => kind::LOST,
             Body::Netns { netns, sysctls } => {
                 // Later parts' headers carry every namespace seen so far, so that each part
@@ -429,6 +433,7 @@ impl Writer {
         const AGE: u8 = 4;
         const LIFETIME: u8 = 8;
         const CANDIDATES: u8 = 16;
+        const PORTS: u8 = 32;
         let task_flag = if tix.is_some() { TASK } else { 0 };
         match &e.body {
             Body::Enter {
@@ -487,6 +492,25 @@ impl Writer {
                     .push(task_flag | if candidates.is_some() { CANDIDATES } else { 0 });
             }
             Body::Lost { count } => put_varint(&mut self.block, *count),
+            Body::BindFail {
+                netns,
+                family,
+                errno,
+                timewait,
+                ports,
+                ..
+            } => {
+                put_varint(&mut self.block, *netns as u64);
+                self.block.push(*family);
+                put_varint(&mut self.block, zigzag(*errno as i64));
+                put_varint(&mut self.block, *timewait as u64);
+                self.block
+                    .push(task_flag | if ports.is_some() { PORTS } else { 0 });
+                if let Some(p) = ports {
+                    put_varint(&mut self.block, *p as u64);
+                }
+            }
+            Body::BoundConnect { .. } => self.block.push(task_flag),
             Body::Netns { netns, sysctls } => {
                 put_varint(&mut self.block, *netns as u64);
                 put_netns_fields(&mut self.block, sysctls);
