@@ -235,6 +235,9 @@ pub struct Model {
     pub events: u64,
     pub events_rate: f64,
     pub lost: u64,
+    /// Kernel reads that failed while filling records (the tracer's count; not in the
+    /// aggregator, so the front end sets it after [`Model::build`]).
+    pub read_errors: u64,
     pub peers_total: usize,
     pub rows: Vec<RowData>,
     pub netns: Vec<NetnsData>,
@@ -292,6 +295,7 @@ impl Model {
             events: agg.totals().events,
             events_rate: agg.events_rate(),
             lost: agg.totals().lost,
+            read_errors: 0,
             peers_total: agg.peer_count(),
             rows,
             netns,
@@ -539,6 +543,15 @@ fn header_line(m: &Model, v: &ViewState, width: u16) -> Line<'static> {
             } else {
                 Style::new()
             },
+        ),
+        // Next to the lost events, only when there are any: fields of some records are wrong.
+        Span::styled(
+            if m.read_errors > 0 {
+                format!(" read errors {}", m.read_errors)
+            } else {
+                String::new()
+            },
+            YELLOW,
         ),
         Span::styled(
             format!(" hooks {attached}/{}", m.host.hooks.len()),
@@ -1253,6 +1266,16 @@ mod tests {
         let m = Model::build(&a, &host);
         let text = buffer_text(&render_buffer(&m, &ViewState::default(), 80, 24));
         assert!(text.contains("lost 42"), "{text}");
+        assert!(
+            !text.contains("read errors"),
+            "only when there are any: {text}"
+        );
+        let with_errors = Model {
+            read_errors: 7,
+            ..m.clone()
+        };
+        let text = buffer_text(&render_buffer(&with_errors, &ViewState::default(), 80, 24));
+        assert!(text.contains("lost 42 read errors 7"), "{text}");
         // Tiny terminals do not panic.
         for (w, h) in [(1u16, 1u16), (10, 3), (30, 8)] {
             let _ = render_buffer(&m, &ViewState::default(), w, h);

@@ -11,6 +11,7 @@ use crate::kernel::sysinfo::{self, Clock};
 use crate::pipeline::decode::decode;
 use crate::pipeline::event::{Body, Event};
 use crate::pipeline::lifecycle::{Lifecycle, Stats, SETTLE_NS};
+use crate::pipeline::session::{Flow, Session, SessionOptions, Sink};
 use anyhow::{Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::Iter;
@@ -267,6 +268,19 @@ impl Tracer {
         v
     }
 
+    /// The sysctls of a namespace met outside the event stream (the census lists every
+    /// namespace, traffic or not), as the `netns` event its first record would bring, if the
+    /// tracer has not seen it yet. From then on the tracer's one watch keeps it current, as it
+    /// does the others.
+    pub fn observe_netns(&mut self, netns: u32) -> Option<Event> {
+        let s = self.sysctls.observe(netns)?;
+        self.lifecycle.set_sysctls(netns, s.clone());
+        Some(Event {
+            ts_ns: sysinfo::monotonic_ns(),
+            body: Body::Netns { netns, sysctls: s },
+        })
+    }
+
     /// Messages for the user that arose while tracing (e.g. counter mismatches); drained.
     pub fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
@@ -361,11 +375,18 @@ impl Background {
             std::sync::mpsc::channel::<Result<(Clock, bool, Vec<HookStatus>)>>();
         let (s, ev) = (stop.clone(), events.clone());
         let thread = std::thread::spawn(move || -> Result<TracerSummary> {
-            let mut t = match Tracer::start(&opts) {
-                Ok(t) => {
+            let opts = SessionOptions {
+                tracer: opts,
+                // Tests wait on events: poll often.
+                poll_every: Duration::from_millis(5),
+                ..SessionOptions::default()
+            };
+            let mut session = match Session::start(opts, s) {
+                Ok(session) => {
+                    let t = session.tracer();
                     let fn_tier = loader::fn_hook_on(&t.hooks, "tcp_twsk_unique");
                     let _ = ready_tx.send(Ok((t.clock, fn_tier, t.hooks.clone())));
-                    t
+                    session
                 }
                 Err(e) => {
                     let msg = format!("{e:#}");
@@ -373,18 +394,9 @@ impl Background {
                     anyhow::bail!(msg);
                 }
             };
-            let mut buf = Vec::new();
-            let push = |buf: &mut Vec<Event>| {
-                let mut g = ev.lock().unwrap_or_else(|p| p.into_inner());
-                g.extend(buf.drain(..).filter(|e| keep(e)));
-            };
-            while !s.load(Ordering::Relaxed) {
-                t.wait(Duration::from_millis(5));
-                t.poll(&mut buf);
-                push(&mut buf);
-            }
-            t.finish(&mut buf);
-            push(&mut buf);
+            let mut collect = Collect { events: ev, keep };
+            session.run(&mut [&mut collect])?;
+            let t = session.tracer_mut();
             Ok(TracerSummary {
                 overflow_check: t.overflow_check(),
                 notices: t.take_notices(),
@@ -438,6 +450,20 @@ impl Background {
             None => TracerSummary::default(),
         };
         Ok((self.events(), summary))
+    }
+}
+
+/// Background's sink: every kept event into the shared list.
+struct Collect<F> {
+    events: Arc<Mutex<Vec<Event>>>,
+    keep: F,
+}
+
+impl<F: Fn(&Event) -> bool> Sink for Collect<F> {
+    fn on_events(&mut self, events: &[Event]) -> Result<Flow> {
+        let mut g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        g.extend(events.iter().filter(|e| (self.keep)(e)).cloned());
+        Ok(Flow::Continue)
     }
 }
 
