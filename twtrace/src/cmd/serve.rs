@@ -38,7 +38,12 @@ use twtrace::pipeline::tracer::Tracer;
 pub struct ServeArgs {
     /// Where to serve /metrics and /healthz. Loopback by default; on any other address anyone
     /// who reaches it reads peer addresses and cgroup paths.
-    #[arg(long, default_value = "127.0.0.1:9573", value_name = "ADDR:PORT")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9573",
+        value_name = "ADDR:PORT",
+        allow_negative_numbers = true
+    )]
     pub listen: SocketAddr,
     /// Destinations that get a port-pressure series (the fullest ones): bounds the labels.
     /// 0 leaves the port-pressure series out.
