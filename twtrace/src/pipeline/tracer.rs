@@ -1,8 +1,8 @@
 //! The live pipeline's source: kernel programs → ring buffer → decoder → lifecycle → events.
 //!
-//! [`Tracer`] is single-threaded and blocking (`poll(2)` on the ring buffer's fd); the CLI and
-//! the tests both drive it from a thread of their own, and sinks consume the `Event`s it
-//! produces.
+//! [`Tracer`] is single-threaded and blocking (`poll(2)` on the ring buffer's fd). A
+//! [`Session`] drives it and fans its `Event`s out to sinks; [`Background`] is a session on a
+//! thread of its own that collects them (for the tests, `verify` and `lab`).
 
 use crate::host::sysctls::SysctlWatch;
 use crate::kernel::loader::{self, HookStatus};
