@@ -113,6 +113,16 @@ impl Session {
         if opts.report {
             print_report(&tracer);
         }
+        log::info!(
+            "session: {} of {} hooks attached; polling every {:?}, census {}, stop {}",
+            tracer.hooks.iter().filter(|h| h.result.is_ok()).count(),
+            tracer.hooks.len(),
+            opts.poll_every,
+            opts.census_every
+                .map_or("never".to_string(), |d| format!("every {d:?}")),
+            opts.duration
+                .map_or("on Ctrl-C".to_string(), |d| format!("after {d:?}")),
+        );
         Ok(Session {
             tracer,
             filter: opts.filter,
@@ -154,6 +164,19 @@ impl Session {
     /// sink's error. On the first two the tracer's final drain goes to the sinks too, then
     /// every sink's `finish`.
     pub fn run(&mut self, sinks: &mut [&mut dyn Sink]) -> Result<End> {
+        let end = self.run_until_end(sinks);
+        match &end {
+            Ok(e) => log::info!(
+                "session ended ({e:?}): {} events shown, {} filtered out",
+                self.shown,
+                self.filtered
+            ),
+            Err(e) => log::info!("session ended by a sink's error: {e:#}"),
+        }
+        end
+    }
+
+    fn run_until_end(&mut self, sinks: &mut [&mut dyn Sink]) -> Result<End> {
         let mut batch = Vec::new();
         loop {
             self.tracer.poll(&mut batch);
@@ -226,12 +249,18 @@ impl Session {
             Err(e) => {
                 self.census_every = None;
                 let why = format!("{e:#}");
+                log::info!("no census on this kernel: {why}");
                 sinks.iter_mut().for_each(|s| s.on_census_unavailable(&why));
                 return Ok(Flow::Continue);
             }
         };
         let netns = &self.filter.netns;
         census.retain(|c| netns.is_empty() || netns.contains(&c.netns));
+        log::debug!(
+            "census re-sync: {} namespaces after the filter, taken in {:?}",
+            census.len(),
+            Duration::from_nanos(sysinfo::monotonic_ns().saturating_sub(at))
+        );
         sinks.iter_mut().for_each(|s| s.on_census(at, &census));
         let mut fresh: Vec<Event> = census
             .iter()
