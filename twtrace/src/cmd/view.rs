@@ -113,10 +113,16 @@ impl Sink for View {
             screen.draw(&self.model, &self.state)?;
             self.next_draw = Instant::now() + REDRAW_EVERY;
         }
-        Ok(if self.state.quit {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        })
+        if self.state.quit {
+            // Closed before the session says (and logs) that it ended.
+            self.screen = None;
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, _session: &Session) -> Result<()> {
+        self.screen = None;
+        Ok(())
     }
 }
