@@ -2,7 +2,8 @@
 
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Trace TCP TIME_WAIT sockets being born and dying, live, with eBPF.
@@ -15,14 +16,12 @@ use std::process::ExitCode;
 /// `connect_fail`, `paws_reject`, `netns` (sysctls). --json prints NDJSON. Needs root (or
 /// CAP_BPF + CAP_PERFMON) and a kernel with BTF.
 #[derive(Parser, Debug)]
-#[command(
-    name = "twtrace",
-    version,
-    about,
-    long_about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "twtrace", version, about, long_about)]
 struct Cli {
+    /// More log output on stderr: -v info, -vv debug (default: warnings only; RUST_LOG, if
+    /// set, refines it per module).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -53,8 +52,56 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
 }
 
+/// Userspace logging (`log::…` calls) on stderr: warnings by default, more with each `-v`.
+/// RUST_LOG is read after, so its per-module directives still apply; `-v` then sets the
+/// default level again, so that asking for more on the command line is never overridden.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let mut b = env_logger::Builder::new();
+    b.filter_level(log::LevelFilter::Warn).parse_default_env();
+    if verbose > 0 {
+        b.filter_level(level);
+    }
+    b.init();
+}
+
+/// Parses the command line. The live options belong to the bare `twtrace` only; clap's
+/// `args_conflicts_with_subcommands` would say so, but it also refuses a global option such as
+/// `-v` before the subcommand, so the check is made here, for every option but the global ones.
+fn parse() -> Cli {
+    let matches = Cli::command().get_matches();
+    if let Some((name, _)) = matches.subcommand() {
+        let cmd = Cli::command();
+        // Argument groups (one per flattened struct) are ids too: only arguments count.
+        let given: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| !a.is_global_set())
+            .filter(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        if !given.is_empty() {
+            cmd.clone()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "the subcommand '{name}' cannot be used with {} (give it after '{name}')",
+                        given.join(", ")
+                    ),
+                )
+                .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
+    init_logging(cli.verbose);
     let result = match cli.command {
         None => cmd::live::run(cli.live),
         Some(Command::Live(a)) => cmd::live::run(a),

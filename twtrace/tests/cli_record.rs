@@ -558,3 +558,31 @@ fn report_takes_several_hosts() {
         );
     }
 }
+
+/// `-v` turns the userspace log on (env_logger, nothing printed at info without it), before
+/// or after the subcommand; the session logs how it ended.
+#[test]
+fn verbose_turns_the_log_on() {
+    let _k = kernel_lock();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running twtrace live");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let quiet = ["--plain", "--duration", "0.3", "--port", "1"];
+    let err = run(&[&["live"][..], &quiet].concat());
+    assert!(!err.contains(" INFO "), "{err}");
+    for v in [&["-v", "live"][..], &["live", "-v"]] {
+        let err = run(&[v, &quiet].concat());
+        assert!(
+            err.contains("INFO  twtrace::pipeline::session] session ended (Stopped)"),
+            "{v:?}: {err}"
+        );
+        assert!(!err.contains("DEBUG"), "{err}");
+    }
+}

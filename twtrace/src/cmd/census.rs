@@ -13,34 +13,26 @@ use std::time::{Duration, Instant};
 use twtrace::analysis::census;
 use twtrace::host::{procs, sysctls::Sysctls};
 use twtrace::kernel::{loader, snapshot, sysinfo};
+use twtrace::pipeline::session;
+
+use super::args::{parse_count, parse_inode, parse_secs};
 
 #[derive(Args, Debug, Clone)]
 pub struct CensusArgs {
     /// Only this network namespace, by inode (repeatable; default: every namespace).
-    #[arg(long = "netns", value_name = "INODE")]
+    #[arg(long = "netns", value_name = "INODE", allow_negative_numbers = true,
+          value_parser = parse_inode)]
     pub netns: Vec<u64>,
     /// One JSON object (with --watch, one per line).
     #[arg(long)]
     pub json: bool,
     /// Repeat every SECS seconds until Ctrl-C.
-    #[arg(long, value_name = "SECS", value_parser = parse_watch)]
-    pub watch: Option<f64>,
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_secs)]
+    pub watch: Option<Duration>,
     /// Destinations listed per namespace.
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, default_value_t = 10, value_name = "N", allow_negative_numbers = true,
+          value_parser = parse_count(1, 10_000, "a number of destinations"))]
     pub top: usize,
-}
-
-/// A repeat period: a finite number of seconds, at least 0.1 (each walk enters every
-/// namespace) and at most a day.
-fn parse_watch(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !(v.is_finite() && (0.1..=86_400.0).contains(&v)) {
-        return Err(format!("'{s}': give a number of seconds from 0.1 to 86400"));
-    }
-    Ok(v)
 }
 
 pub fn run(args: CensusArgs) -> Result<()> {
@@ -51,7 +43,7 @@ pub fn run(args: CensusArgs) -> Result<()> {
         .program_mut("snapshot_tcp")
         .context("iter program")?
         .try_into()?;
-    let stop = super::live::stop_flag()?;
+    let stop = session::stop_on_signals()?;
     let mut first = true;
     loop {
         let started = Instant::now();
@@ -91,7 +83,7 @@ pub fn run(args: CensusArgs) -> Result<()> {
         let Some(every) = args.watch else {
             return Ok(());
         };
-        let next = started + Duration::from_secs_f64(every);
+        let next = started + every;
         while Instant::now() < next {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());

@@ -23,8 +23,9 @@ pub enum LabCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct NatArgs {
-    /// Connections per client in each phase.
-    #[arg(long, default_value_t = 6, value_name = "N")]
+    /// Connections per client in each phase (1 to 50).
+    #[arg(long, default_value = "6", value_name = "N", allow_negative_numbers = true,
+          value_parser = super::args::parse_count(1, 50, "a number of connections"))]
     pub connections: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -38,7 +39,7 @@ pub fn run(args: LabArgs) -> Result<()> {
 }
 
 fn nat(args: NatArgs) -> Result<()> {
-    let cancel = super::live::stop_flag()?;
+    let cancel = twtrace::pipeline::session::stop_on_signals()?;
     let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     spinner.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")

@@ -1,15 +1,15 @@
 //! `twtrace record -o FILE`: the live tracer's events into a compact trace file (format in
 //! `docs/trace-format.md`), for `report` and `export` later, elsewhere, without root.
 
-use super::live::{start_tracer, stop_flag, summary_line, TraceArgs};
-use anyhow::{bail, Context, Result};
+use super::args::{parse_flush_interval, TraceArgs};
+use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use twtrace::host::sysctls::Sysctls;
 use twtrace::kernel::sysinfo;
 use twtrace::pipeline::event::Event;
+use twtrace::pipeline::session::{self, Flow, Session, Sink};
 use twtrace::sink::tracefile::{
     sysctls_kv, Header, Summary, SysctlsByNetns, Writer, WriterOptions, MIN_MAX_SIZE,
 };
@@ -21,12 +21,13 @@ pub struct RecordArgs {
     pub output: PathBuf,
     /// Start a new file (FILE.1, FILE.2, …) before one grows past SIZE bytes (suffixes K, M,
     /// G: powers of 1024).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", allow_negative_numbers = true, value_parser = parse_size)]
     pub max_size: Option<u64>,
     /// Write buffered events to the file at least this often: at most this much is lost if
     /// twtrace is killed.
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
-    pub flush_interval: f64,
+    #[arg(long, default_value = "1", value_name = "SECS", allow_negative_numbers = true,
+          value_parser = parse_flush_interval)]
+    pub flush_interval: Duration,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
@@ -89,81 +90,43 @@ fn initial_sysctls(filter_netns: &[u64]) -> SysctlsByNetns {
 }
 
 pub fn run(args: RecordArgs) -> Result<()> {
-    if !(args.flush_interval > 0.0 && args.flush_interval <= 3600.0) {
-        bail!("--flush-interval must be between 0 and 3600 seconds");
-    }
-    let filter = args.trace.filter();
-    let mut tracer = start_tracer(&args.trace)?;
-    let stop = stop_flag()?;
-
+    let mut opts = args.trace.session();
+    opts.poll_every = Duration::from_millis(100);
+    let mut session = Session::start(opts, session::stop_on_signals()?)?;
+    let tracer = session.tracer();
     let mut header = Header::capture(tracer.clock, tracer.hz, &tracer.hooks);
     header.filter = describe_filter(&args.trace);
     header.sysctls = initial_sysctls(&args.trace.netns);
-    let opts = WriterOptions {
-        flush_interval: Duration::from_secs_f64(args.flush_interval),
+    let wopts = WriterOptions {
+        flush_interval: args.flush_interval,
         max_size: args.max_size,
         ..WriterOptions::default()
     };
     let out = &args.output;
-    let mut writer = Writer::create(out, &header, opts)
+    let writer = Writer::create(out, &header, wopts)
         .with_context(|| format!("creating {}", out.display()))?;
     if !args.trace.quiet {
         eprintln!("recording to {}", out.display());
     }
-
-    let deadline = args.trace.deadline();
-    let mut batch: Vec<Event> = Vec::new();
-    let mut filtered = 0u64;
-    let write_batch =
-        |batch: &mut Vec<Event>, writer: &mut Writer, filtered: &mut u64| -> Result<()> {
-            for e in batch.drain(..) {
-                if !filter.matches(&e) {
-                    *filtered += 1;
-                    continue;
-                }
-                writer.write(&e)?;
-            }
-            writer.maybe_flush()?;
-            Ok(())
-        };
     let started = Instant::now();
-    let mut result = Ok(());
-    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        tracer.wait(Duration::from_millis(100));
-        tracer.poll(&mut batch);
-        super::live::print_notices(&mut tracer);
-        result = write_batch(&mut batch, &mut writer, &mut filtered);
-        if result.is_err() {
-            break;
-        }
-    }
-    if let Err(e) = result {
+    let mut rec = Record {
+        writer: Some(writer),
+        paths: Vec::new(),
+        last_path: out.clone(),
+        stats: (0, 0, 0),
+    };
+    if let Err(e) = session.run(&mut [&mut rec]) {
         // Full disk or I/O error: what is in the file stays readable (whole blocks).
         return Err(e).with_context(|| {
             format!(
                 "writing {} (every block written before this is readable)",
-                writer.paths().last().unwrap_or(out).display()
+                rec.last_path.display()
             )
         });
     }
-    tracer.finish(&mut batch);
-    write_batch(&mut batch, &mut writer, &mut filtered)?;
-    let events = writer.events();
-    let summary = Summary {
-        lost: tracer.lost_total(),
-        decode_errors: tracer.decode_errors,
-        read_errors: tracer.read_errors(),
-        filtered,
-        end_ns: sysinfo::monotonic_ns(),
-        ..Summary::default()
-    };
-    let bytes = writer.bytes();
-    let event_bytes = writer.block_bytes();
-    let paths = writer
-        .finish(&summary)
-        .with_context(|| format!("finishing {}", out.display()))?;
+    let (events, bytes, event_bytes) = rec.stats;
     if !args.trace.quiet {
-        eprintln!("{}", summary_line(&tracer, events));
+        eprintln!("{}", session.summary_line());
         eprintln!(
             "twtrace: recorded {events} events in {:.1} s: {bytes} bytes ({}) in {}",
             started.elapsed().as_secs_f64(),
@@ -175,7 +138,7 @@ pub fn run(args: RecordArgs) -> Result<()> {
             } else {
                 "header only".to_string()
             },
-            paths
+            rec.paths
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
@@ -183,6 +146,59 @@ pub fn run(args: RecordArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The trace writer as a session sink. Every event it gets is written (the session filtered
+/// them); the summary block goes in at `finish`.
+struct Record {
+    /// `None` once finished.
+    writer: Option<Writer>,
+    /// The files written, once finished.
+    paths: Vec<PathBuf>,
+    /// The file being written, for an error message.
+    last_path: PathBuf,
+    /// (events, bytes, bytes of event blocks), once finished.
+    stats: (u64, u64, u64),
+}
+
+impl Sink for Record {
+    fn on_events(&mut self, events: &[Event]) -> Result<Flow> {
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(Flow::Stop);
+        };
+        let mut written = events.iter().try_for_each(|e| w.write(e));
+        if written.is_ok() {
+            // Also with no events: the flush interval is a bound in time.
+            written = w.maybe_flush();
+        }
+        // The file being written when it failed (a rotation may have just begun a new one).
+        if let Some(p) = w.paths().last() {
+            self.last_path = p.clone();
+        }
+        written?;
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, session: &Session) -> Result<()> {
+        let Some(w) = self.writer.take() else {
+            return Ok(());
+        };
+        let tracer = session.tracer();
+        let summary = Summary {
+            lost: tracer.lost_total(),
+            decode_errors: tracer.decode_errors,
+            read_errors: tracer.read_errors(),
+            filtered: session.filtered(),
+            end_ns: sysinfo::monotonic_ns(),
+            ..Summary::default()
+        };
+        self.stats = (w.events(), w.bytes(), w.block_bytes());
+        let first = self.last_path.clone();
+        self.paths = w
+            .finish(&summary)
+            .with_context(|| format!("finishing {}", first.display()))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

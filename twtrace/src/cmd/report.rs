@@ -23,16 +23,19 @@ pub struct ReportArgs {
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Only sockets with this local or remote port (repeatable).
-    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    #[arg(short = 'p', long = "port", value_name = "PORT", allow_negative_numbers = true,
+          value_parser = super::args::parse_port)]
     pub ports: Vec<u16>,
     /// Only sockets in this network namespace, by inode (repeatable).
-    #[arg(long = "netns", value_name = "INODE")]
+    #[arg(long = "netns", value_name = "INODE", allow_negative_numbers = true,
+          value_parser = super::args::parse_inode)]
     pub netns: Vec<u64>,
     /// Only sockets whose remote address is ADDR (repeatable).
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<IpAddr>,
-    /// Width of the report in columns (default: the terminal's, else 100).
-    #[arg(long, value_name = "COLS")]
+    /// Width of the report in columns, 40 to 10000 (default: the terminal's, else 100).
+    #[arg(long, value_name = "COLS", allow_negative_numbers = true,
+          value_parser = super::args::parse_count(40, 10_000, "a width in columns"))]
     pub width: Option<usize>,
 }
 

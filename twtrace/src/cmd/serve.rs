@@ -13,7 +13,7 @@
 //! timeouts, requests per connection) is explicit here in a page of code, where hyper would
 //! bring three more crates and still leave the connection limit and idle timeout to us.
 
-use crate::cmd::live::{print_notices, start_tracer, stop_flag, summary_line, TraceArgs};
+use super::args::{parse_count, TraceArgs};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
@@ -28,23 +28,34 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use twtrace::analysis::aggregate::Aggregator;
 use twtrace::frontend::metrics::{self, Health, Metrics, NetnsOwner, Options};
-use twtrace::host::sysctls::SysctlWatch;
+use twtrace::kernel::snapshot::NetnsCensus;
 use twtrace::kernel::sysinfo;
+use twtrace::pipeline::event::Event;
+use twtrace::pipeline::session::{self, Flow, Session, Sink};
 use twtrace::pipeline::tracer::Tracer;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Where to serve /metrics and /healthz. Loopback by default; on any other address anyone
     /// who reaches it reads peer addresses and cgroup paths.
-    #[arg(long, default_value = "127.0.0.1:9573", value_name = "ADDR:PORT")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9573",
+        value_name = "ADDR:PORT",
+        allow_negative_numbers = true
+    )]
     pub listen: SocketAddr,
     /// Destinations that get a port-pressure series (the fullest ones): bounds the labels.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    /// 0 leaves the port-pressure series out.
+    #[arg(long, default_value = "20", value_name = "N", allow_negative_numbers = true,
+          value_parser = parse_count(0, MAX_PEER_LABELS, "a number of destinations"))]
     pub peer_labels: usize,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
 
+/// The most destinations with a port-pressure series: each is a series per scrape.
+const MAX_PEER_LABELS: usize = 10_000;
 /// How often the exposition is rendered (scrapes in between get the same snapshot).
 const REFRESH: Duration = Duration::from_secs(1);
 /// How often the kernel's census is taken again.
@@ -104,15 +115,13 @@ impl Drop for AliveGuard {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    // Bad tracer options are reported before anything starts.
-    args.trace.options()?;
     // Bind first: a taken port is reported before the kernel programs are loaded.
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let stop = stop_flag()?;
-    let deadline = args.trace.deadline();
+    let stop = session::stop_on_signals()?;
+    let deadline = args.trace.duration.map(|d| Instant::now() + d);
     let shared = Arc::new(Shared::default());
     let owners: Arc<Mutex<Arc<HashMap<u64, NetnsOwner>>>> = Arc::default();
 
@@ -127,36 +136,28 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // first snapshot.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let tracer_thread = {
-        let (shared, owners, stop, trace) = (
-            shared.clone(),
-            owners.clone(),
-            stop.clone(),
-            args.trace.clone(),
-        );
+        let (shared, owners, stop) = (shared.clone(), owners.clone(), stop.clone());
+        let mut opts = args.trace.session();
+        opts.poll_every = Duration::from_millis(100);
+        opts.census_every = Some(CENSUS_EVERY);
         let peer_labels = args.peer_labels;
         shared.tracer_alive.store(true, Ordering::Relaxed);
         std::thread::Builder::new()
             .name("tracer".into())
             .spawn(move || -> Result<String> {
                 let _alive = AliveGuard(shared.clone());
-                let tracer = match start_tracer(&trace) {
-                    Ok(t) => t,
+                let mut session = match Session::start(opts, stop) {
+                    Ok(s) => s,
                     Err(e) => {
                         let msg = format!("{e:#}");
                         let _ = ready_tx.send(Err(e));
                         anyhow::bail!(msg);
                     }
                 };
-                trace_loop(
-                    tracer,
-                    &trace,
-                    peer_labels,
-                    &shared,
-                    &owners,
-                    &stop,
-                    deadline,
-                    ready_tx,
-                )
+                let mut sink = Exposition::new(session.tracer(), peer_labels, &shared, &owners);
+                sink.ready = Some(ready_tx);
+                session.run(&mut [&mut sink])?;
+                Ok(session.summary_line())
             })?
     };
     let ready = ready_rx.recv().unwrap_or_else(|_| {
@@ -198,82 +199,89 @@ pub fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The tracer thread: poll, aggregate, census, render. Returns the summary line.
-#[allow(clippy::too_many_arguments)]
-fn trace_loop(
-    mut tracer: Tracer,
-    trace: &TraceArgs,
-    peer_labels: usize,
-    shared: &Shared,
-    owners: &Mutex<Arc<HashMap<u64, NetnsOwner>>>,
-    stop: &AtomicBool,
-    deadline: Option<Instant>,
-    ready: std::sync::mpsc::Sender<Result<()>>,
-) -> Result<String> {
-    let filter = trace.filter();
-    let mut agg = Aggregator::default();
-    let mut metrics = Metrics::new(Options { peer_labels });
-    let mut sysctls = SysctlWatch::new();
-    let hooks: Vec<(String, bool)> = tracer
-        .hooks
-        .iter()
-        .map(|h| (h.label(), h.result.is_ok()))
-        .collect();
-    let mut batch = Vec::new();
-    let mut shown = 0u64;
-    let mut next_census = Instant::now();
-    let mut census_ok = true;
-    let mut ready = Some(ready);
-    let mut last_render: Option<Instant> = None;
-    loop {
-        tracer.poll(&mut batch);
-        print_notices(&mut tracer);
-        for e in batch.drain(..) {
-            if filter.matches(&e) {
-                agg.observe(&e);
-                metrics.observe(&e);
-                shown += 1;
-            }
+/// The metrics as a session sink: aggregates, and renders the exposition every [`REFRESH`].
+struct Exposition<'a> {
+    agg: Aggregator,
+    metrics: Metrics,
+    hooks: Vec<(String, bool)>,
+    shared: &'a Shared,
+    owners: &'a Mutex<Arc<HashMap<u64, NetnsOwner>>>,
+    /// Told once the first snapshot is published.
+    ready: Option<std::sync::mpsc::Sender<Result<()>>>,
+    last_render: Option<Instant>,
+}
+
+impl<'a> Exposition<'a> {
+    fn new(
+        tracer: &Tracer,
+        peer_labels: usize,
+        shared: &'a Shared,
+        owners: &'a Mutex<Arc<HashMap<u64, NetnsOwner>>>,
+    ) -> Self {
+        Exposition {
+            agg: Aggregator::default(),
+            metrics: Metrics::new(Options { peer_labels }),
+            hooks: tracer
+                .hooks
+                .iter()
+                .map(|h| (h.label(), h.result.is_ok()))
+                .collect(),
+            shared,
+            owners,
+            ready: None,
+            last_render: None,
         }
-        if census_ok && Instant::now() >= next_census {
-            next_census = Instant::now() + CENSUS_EVERY;
-            match super::resync_census(&mut tracer, &mut agg, &filter, &mut sysctls) {
-                Ok(()) => {}
-                Err(e) => {
-                    // No iterator on this kernel: the gauges come from events only.
-                    eprintln!("twtrace serve: warning: no state census ({e:#}); TIME_WAIT counts come from events only");
-                    census_ok = false;
-                }
-            }
-        }
-        if last_render.is_none_or(|t| t.elapsed() >= REFRESH) {
-            last_render = Some(Instant::now());
-            agg.advance(sysinfo::monotonic_ns());
-            let health = Health {
-                hooks: hooks.clone(),
-                lost: tracer.lost_total(),
-                decode_errors: tracer.decode_errors,
-                overflow_check: tracer.overflow_check(),
-            };
-            let owners = owners.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let r = metrics.render(&agg, &health, &owners);
-            shared.publish(Published {
-                openmetrics: Bytes::from(r.openmetrics),
-                text: Bytes::from(r.text),
-                at: Instant::now(),
-            });
-            if let Some(tx) = ready.take() {
-                let _ = tx.send(Ok(()));
-            }
-        }
-        if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        tracer.wait(Duration::from_millis(100));
     }
-    tracer.finish(&mut batch);
-    shown += batch.drain(..).filter(|e| filter.matches(e)).count() as u64;
-    Ok(summary_line(&tracer, shown))
+}
+
+impl Sink for Exposition<'_> {
+    fn on_events(&mut self, events: &[Event]) -> Result<Flow> {
+        for e in events {
+            self.agg.observe(e);
+            self.metrics.observe(e);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn on_census(&mut self, at_ns: u64, census: &[NetnsCensus]) {
+        self.agg.set_census(at_ns, census);
+    }
+
+    fn on_census_unavailable(&mut self, why: &str) {
+        // No iterator on this kernel: the gauges come from events only.
+        eprintln!("twtrace serve: warning: no state census ({why}); TIME_WAIT counts come from events only");
+    }
+
+    fn tick(&mut self, session: &Session) -> Result<Flow> {
+        if self.last_render.is_some_and(|t| t.elapsed() < REFRESH) {
+            return Ok(Flow::Continue);
+        }
+        self.last_render = Some(Instant::now());
+        self.agg.advance(sysinfo::monotonic_ns());
+        let tracer = session.tracer();
+        let health = Health {
+            hooks: self.hooks.clone(),
+            lost: tracer.lost_total(),
+            decode_errors: tracer.decode_errors,
+            read_errors: tracer.read_errors(),
+            overflow_check: tracer.overflow_check(),
+        };
+        let owners = self
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let r = self.metrics.render(&self.agg, &health, &owners);
+        self.shared.publish(Published {
+            openmetrics: Bytes::from(r.openmetrics),
+            text: Bytes::from(r.text),
+            at: Instant::now(),
+        });
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(Ok(()));
+        }
+        Ok(Flow::Continue)
+    }
 }
 
 /// Maps namespaces to a task and cgroup every [`OWNERS_EVERY`] until `stop`.

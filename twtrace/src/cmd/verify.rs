@@ -22,7 +22,7 @@ pub struct VerifyArgs {
 const DEFAULT_WIDTH: usize = 160;
 
 pub fn run(args: VerifyArgs) -> Result<()> {
-    let cancel = super::live::stop_flag()?;
+    let cancel = twtrace::pipeline::session::stop_on_signals()?;
     let bar = ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos:>3}% {msg}")

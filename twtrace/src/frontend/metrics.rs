@@ -26,7 +26,7 @@
 //! | `port_pressure_ratio` | gauge | netns, raddr, rport (top N only) |
 //! | `netns_info` | info | netns, pid, cgroup, runtime |
 //! | `events_total` | counter | kind |
-//! | `events_lost_total`, `decode_errors_total` | counter | — |
+//! | `events_lost_total`, `decode_errors_total`, `kernel_read_errors_total` | counter | — |
 //! | `hook_attached` | gauge | hook |
 //!
 //! # Cardinality
@@ -118,6 +118,8 @@ pub struct Health {
     /// Events the kernel could not queue, since start.
     pub lost: u64,
     pub decode_errors: u64,
+    /// Kernel reads that failed while filling records (the records were still sent).
+    pub read_errors: u64,
     /// (netns, kernel TCPTimeWaitOverflow since first seen, overflow events seen).
     pub overflow_check: Vec<(u32, u64, u64)>,
 }
@@ -346,6 +348,7 @@ impl Metrics {
             hooks: health.hooks.clone(),
             lost: health.lost.max(t.lost),
             decode_errors: health.decode_errors,
+            read_errors: health.read_errors,
         }
     }
 }
@@ -441,6 +444,7 @@ struct Snapshot {
     hooks: Vec<(String, bool)>,
     lost: u64,
     decode_errors: u64,
+    read_errors: u64,
 }
 
 const SUBSTATES: [&str; 2] = ["time_wait", "fin_wait2"];
@@ -456,7 +460,8 @@ impl Snapshot {
             + self.kernel_overflows.len()
             + self.kinds.len()
             + self.hooks.len()
-            + 2
+            // events_lost, decode_errors, kernel_read_errors
+            + 3
     }
 }
 
@@ -704,6 +709,12 @@ impl Snapshot {
             "Ring-buffer records that could not be decoded",
             self.decode_errors,
         )?;
+        single_counter(
+            e,
+            "kernel_read_errors",
+            "Kernel reads that failed while filling records (sent anyway): some fields may be wrong",
+            self.read_errors,
+        )?;
         family(
             e,
             gauge(
@@ -849,6 +860,7 @@ mod tests {
             ],
             lost: 0,
             decode_errors: 2,
+            read_errors: 3,
             overflow_check: vec![(NSX, 1, 1)],
         }
     }
@@ -954,6 +966,7 @@ mod tests {
             ("twtrace_events_total", "counter"),
             ("twtrace_events_lost_total", "counter"),
             ("twtrace_decode_errors_total", "counter"),
+            ("twtrace_kernel_read_errors_total", "counter"),
             ("twtrace_hook_attached", "gauge"),
         ];
         for (name, ty) in expect_types {
@@ -1084,6 +1097,10 @@ mod tests {
         assert_eq!(
             value(&samples, "twtrace_decode_errors_total", &[]),
             Some(2.0)
+        );
+        assert_eq!(
+            value(&samples, "twtrace_kernel_read_errors_total", &[]),
+            Some(3.0)
         );
         assert_eq!(
             value(&samples, "twtrace_events_total", &[("kind", "enter")]),

@@ -1,8 +1,8 @@
 //! The live pipeline's source: kernel programs → ring buffer → decoder → lifecycle → events.
 //!
-//! [`Tracer`] is single-threaded and blocking (`poll(2)` on the ring buffer's fd); the CLI and
-//! the tests both drive it from a thread of their own, and sinks consume the `Event`s it
-//! produces.
+//! [`Tracer`] is single-threaded and blocking (`poll(2)` on the ring buffer's fd). A
+//! [`Session`] drives it and fans its `Event`s out to sinks; [`Background`] is a session on a
+//! thread of its own that collects them (for the tests, `verify` and `lab`).
 
 use crate::host::sysctls::SysctlWatch;
 use crate::kernel::loader::{self, HookStatus};
@@ -11,6 +11,7 @@ use crate::kernel::sysinfo::{self, Clock};
 use crate::pipeline::decode::decode;
 use crate::pipeline::event::{Body, Event};
 use crate::pipeline::lifecycle::{Lifecycle, Stats, SETTLE_NS};
+use crate::pipeline::session::{Flow, Session, SessionOptions, Sink};
 use anyhow::{Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::Iter;
@@ -249,6 +250,19 @@ impl Tracer {
         v
     }
 
+    /// The sysctls of a namespace met outside the event stream (the census lists every
+    /// namespace, traffic or not), as the `netns` event its first record would bring, if the
+    /// tracer has not seen it yet. From then on the tracer's one watch keeps it current, as it
+    /// does the others.
+    pub fn observe_netns(&mut self, netns: u32) -> Option<Event> {
+        let s = self.sysctls.observe(netns)?;
+        // Through the lifecycle's namespace model, like every other netns line.
+        let mut out = Vec::new();
+        self.lifecycle
+            .observe_sysctls(netns, s, sysinfo::monotonic_ns(), &mut out);
+        out.pop()
+    }
+
     /// Messages for the user that arose while tracing (e.g. counter mismatches); drained.
     pub fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
@@ -343,11 +357,18 @@ impl Background {
             std::sync::mpsc::channel::<Result<(Clock, bool, Vec<HookStatus>)>>();
         let (s, ev) = (stop.clone(), events.clone());
         let thread = std::thread::spawn(move || -> Result<TracerSummary> {
-            let mut t = match Tracer::start(&opts) {
-                Ok(t) => {
+            let opts = SessionOptions {
+                tracer: opts,
+                // Tests wait on events: poll often.
+                poll_every: Duration::from_millis(5),
+                ..SessionOptions::default()
+            };
+            let mut session = match Session::start(opts, s) {
+                Ok(session) => {
+                    let t = session.tracer();
                     let fn_tier = loader::fn_hook_on(&t.hooks, "tcp_twsk_unique");
                     let _ = ready_tx.send(Ok((t.clock, fn_tier, t.hooks.clone())));
-                    t
+                    session
                 }
                 Err(e) => {
                     let msg = format!("{e:#}");
@@ -355,18 +376,9 @@ impl Background {
                     anyhow::bail!(msg);
                 }
             };
-            let mut buf = Vec::new();
-            let push = |buf: &mut Vec<Event>| {
-                let mut g = ev.lock().unwrap_or_else(|p| p.into_inner());
-                g.extend(buf.drain(..).filter(|e| keep(e)));
-            };
-            while !s.load(Ordering::Relaxed) {
-                t.wait(Duration::from_millis(5));
-                t.poll(&mut buf);
-                push(&mut buf);
-            }
-            t.finish(&mut buf);
-            push(&mut buf);
+            let mut collect = Collect { events: ev, keep };
+            session.run(&mut [&mut collect])?;
+            let t = session.tracer_mut();
             Ok(TracerSummary {
                 overflow_check: t.overflow_check(),
                 notices: t.take_notices(),
@@ -420,6 +432,24 @@ impl Background {
             None => TracerSummary::default(),
         };
         Ok((self.events(), summary))
+    }
+}
+
+/// Background's sink: every kept event into the shared list.
+struct Collect<F> {
+    events: Arc<Mutex<Vec<Event>>>,
+    keep: F,
+}
+
+impl<F: Fn(&Event) -> bool> Sink for Collect<F> {
+    fn on_events(&mut self, events: &[Event]) -> Result<Flow> {
+        // Most polls bring nothing: no need to contend with a test reading the list then.
+        if events.is_empty() {
+            return Ok(Flow::Continue);
+        }
+        let mut g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        g.extend(events.iter().filter(|e| (self.keep)(e)).cloned());
+        Ok(Flow::Continue)
     }
 }
 

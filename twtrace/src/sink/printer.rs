@@ -2,6 +2,7 @@
 
 use crate::kernel::sysinfo::Clock;
 use crate::pipeline::event::Event;
+use crate::pipeline::session::{Flow, Sink};
 use crate::sink::json::write_json;
 use crate::sink::line::{write_line, LINE_HEADER};
 use std::io::Write;
@@ -55,5 +56,15 @@ impl<W: Write> Printer<W> {
         }
         self.out.write_all(self.buf.as_bytes())?;
         self.out.flush()
+    }
+}
+
+/// A session's printer: a failed write (the reader closed the pipe) ends the session quietly.
+impl<W: Write> Sink for Printer<W> {
+    fn on_events(&mut self, events: &[Event]) -> anyhow::Result<Flow> {
+        Ok(match self.write_batch(events) {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        })
     }
 }

@@ -29,6 +29,15 @@ pub(super) fn line(m: &Model, v: &ViewState, width: u16) -> Line<'static> {
                 Style::new()
             },
         ),
+        // Next to the lost events, only when there are any: fields of some records are wrong.
+        Span::styled(
+            if m.read_errors > 0 {
+                format!(" read errors {}", m.read_errors)
+            } else {
+                String::new()
+            },
+            YELLOW,
+        ),
         Span::styled(
             format!(" hooks {attached}/{}", m.host.hooks.len()),
             if attached < m.host.hooks.len() {

@@ -90,6 +90,9 @@ pub struct Model {
     pub events: u64,
     pub events_rate: f64,
     pub lost: u64,
+    /// Kernel reads that failed while filling records (the tracer's count; not in the
+    /// aggregator, so the front end sets it after [`Model::build`]).
+    pub read_errors: u64,
     pub peers_total: usize,
     pub rows: Vec<RowData>,
     pub netns: Vec<NetnsData>,
@@ -147,6 +150,7 @@ impl Model {
             events: agg.totals().events,
             events_rate: agg.events_rate(),
             lost: agg.totals().lost,
+            read_errors: 0,
             peers_total: agg.peer_count(),
             rows,
             netns,

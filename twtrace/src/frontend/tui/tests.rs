@@ -265,6 +265,16 @@ fn lost_events_and_empty_screens() {
     let m = Model::build(&a, &host);
     let text = buffer_text(&render_buffer(&m, &ViewState::default(), 80, 24));
     assert!(text.contains("lost 42"), "{text}");
+    assert!(
+        !text.contains("read errors"),
+        "only when there are any: {text}"
+    );
+    let with_errors = Model {
+        read_errors: 7,
+        ..m.clone()
+    };
+    let text = buffer_text(&render_buffer(&with_errors, &ViewState::default(), 80, 24));
+    assert!(text.contains("lost 42 read errors 7"), "{text}");
     // Tiny terminals do not panic.
     for (w, h) in [(1u16, 1u16), (10, 3), (30, 8)] {
         let _ = render_buffer(&m, &ViewState::default(), w, h);
