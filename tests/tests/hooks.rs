@@ -104,3 +104,42 @@ fn verifier_messages_name_the_missing_argument() {
     assert_eq!(missing_argument("invalid bpf_context access off=16"), None);
     assert_eq!(missing_argument("doesn't have x-th argument"), None);
 }
+
+/// What the tracer found at load is what the probe reads from the same sources (BTF, /proc:
+/// one implementation), and the events it says it can report follow the hooks that attached.
+#[test]
+fn features_at_load_agree_with_the_probe() {
+    let t = twtrace::pipeline::tracer::Tracer::start(&twtrace::pipeline::tracer::TracerOptions {
+        snapshot: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let f = t.features();
+    let p = twtrace::kernel::features::Features::probe().unwrap();
+    assert!(f.loaded && !p.loaded && p.hooks.is_empty());
+    assert_eq!(f.hooks.len(), t.hooks.len());
+    assert_eq!((t.hz, f.hz.value), (p.hz.value, p.hz.value));
+    assert!(f.hz.known());
+    assert_eq!(f.btf, p.btf);
+    assert_eq!(f.reuse_rule, p.reuse_rule);
+    assert_eq!(f.sysctls, p.sysctls);
+    assert_eq!(f.tcpext_counters, p.tcpext_counters);
+    assert_eq!(
+        f.abort_events().is_ok(),
+        p.abort_events().is_ok() && f.hook_on("tp_btf/tcp_send_reset")
+    );
+    for (loaded, probed) in [
+        (f.rst_reason(), p.rst_reason()),
+        (f.paws_events(), p.paws_events()),
+    ] {
+        assert_eq!(
+            loaded.is_ok(),
+            probed.is_ok() && f.hook_on("tp_btf/kfree_skb")
+        );
+    }
+    assert_eq!(f.fn_tier(), f.fn_hook_on("tcp_twsk_unique"));
+    assert_eq!(
+        f.hook_table().iter().filter(|(_, on)| *on).count(),
+        t.hooks.iter().filter(|h| h.result.is_ok()).count()
+    );
+}

@@ -14,12 +14,10 @@
 //! translated tuple meets it, and its fate depends on the timestamps (each client has its own
 //! random offset): newer → accepted as a new incarnation (`syn`), older → dropped by PAWS.
 
-use crate::experiments::verify::{
-    paws_events_available, proc_net, reuses, rst_reason_available, Interrupted, ReuseRule, Spread,
-    Watch,
-};
+use crate::experiments::verify::{proc_net, reuses, Interrupted, Spread, Watch};
 use crate::experiments::workload::{serve, FirstCloser};
 use crate::host::netns::{parse_netstat, NetNs};
+use crate::kernel::features::Features;
 use crate::kernel::sysinfo::monotonic_ns;
 use crate::pipeline::event::{Body, Event, ExitReason};
 use anyhow::{bail, Result};
@@ -480,8 +478,8 @@ pub fn run_nat(
         .map(|n| (lab.ns(n).inode() as u32, *n))
         .collect();
     let all = [&lab.c1, &lab.c2, &lab.r, &lab.s];
-    let rule = ReuseRule::of(&lab.c1)?;
-    let paws_unavailable = paws_events_available().err();
+    let rule = w.features().reuse_rule_in(&lab.c1)?;
+    let paws_unavailable = w.features().paws_events().err();
     let mut counters_unavailable = Vec::new();
     let mut phases = Vec::new();
     for (name, first, port) in [
@@ -534,24 +532,19 @@ pub fn run_nat(
             .into_iter()
             .filter(|e| (t_start..t_end).contains(&e.ts_ns))
             .collect();
-        phases.push(analyse(
-            name,
-            first,
+        let cx = PhaseContext {
+            lab: &lab,
+            inode_name: &inode_name,
             dst,
-            &lab,
-            &inode_name,
-            attempts,
-            &ev,
-            &before,
-            &after,
-            paws_unavailable.is_none(),
-        )?);
+            features: w.features(),
+        };
+        phases.push(analyse(name, first, &cx, attempts, &ev, &before, &after)?);
     }
     let kernel = KernelSupport {
         reuse_rule: rule.as_str(),
         reuse_rule_text: rule.describe(),
         paws_events_unavailable: paws_unavailable,
-        rst_reason_unavailable: rst_reason_available().err(),
+        rst_reason_unavailable: w.features().rst_reason().err(),
         counters_unavailable,
     };
     let offsets = offsets(&phases);
@@ -631,50 +624,90 @@ fn timestamp_class(prev: &Attempt, next: &Attempt) -> &'static str {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one phase's analysis reads: the lab, the phase's server, and what the kernel offers.
+struct PhaseContext<'a> {
+    lab: &'a Lab,
+    inode_name: &'a BTreeMap<u32, &'static str>,
+    dst: SocketAddr,
+    features: &'a Features,
+}
+
+impl PhaseContext<'_> {
+    fn ns_of(&self, netns: u32) -> &'static str {
+        self.inode_name.get(&netns).copied().unwrap_or("?")
+    }
+
+    /// Where the kernel cannot report PAWS drops, their count is unknown, not zero.
+    fn paws(&self, n: usize) -> Option<usize> {
+        self.features.paws_events().is_ok().then_some(n)
+    }
+}
+
+/// A phase's report from its attempts, the events of its window and the counters around it.
 fn analyse(
     name: &'static str,
     first: FirstCloser,
-    dst: SocketAddr,
-    lab: &Lab,
-    inode_name: &BTreeMap<u32, &'static str>,
+    cx: &PhaseContext,
     mut attempts: Vec<Attempt>,
     ev: &[Event],
     before: &Counters,
     after: &Counters,
-    paws_events: bool,
 ) -> Result<PhaseReport> {
-    let ns_of = |netns: u32| inode_name.get(&netns).copied().unwrap_or("?");
-    // Where the kernel cannot report PAWS drops, their count is unknown, not zero.
-    let paws = |n: usize| paws_events.then_some(n);
     let mut p = PhaseReport {
         name,
         first_closer: match first {
             FirstCloser::Client => "clients",
             FirstCloser::Server => "server",
         },
-        server: dst.to_string(),
-        paws_rejected: paws(0),
+        server: cx.dst.to_string(),
+        paws_rejected: cx.paws(0),
+        timewait: timewait_born(cx, ev),
         ..Default::default()
     };
-    for n in NAMES {
-        p.timewait.insert(n, 0);
+    attribute_server_events(cx, &mut attempts, ev);
+    let mets: Vec<(&Attempt, &Met)> = attempts
+        .iter()
+        .flat_map(|a| a.met.iter().map(move |m| (a, m)))
+        .collect();
+    for (_, m) in &mets {
+        p.syn_accepted += m.accepted;
+        p.paws_rejected = p.paws_rejected.zip(m.paws_rejected).map(|(a, b)| a + b);
+        p.rst_killed += m.rst_killed;
+        p.other_killed += m.other_killed;
     }
+    p.outcomes = outcomes(cx, &mets);
+    for client in ["c1", "c2"] {
+        p.clients
+            .insert(client, client_summary(cx, client, &attempts, ev)?);
+    }
+    p.counters = counter_deltas(before, after);
+    p.attempts = attempts;
+    Ok(p)
+}
+
+/// Timewait sockets born per namespace, of connections to or from the phase's port.
+fn timewait_born(cx: &PhaseContext, ev: &[Event]) -> BTreeMap<&'static str, usize> {
+    let mut born: BTreeMap<&'static str, usize> = NAMES.iter().map(|n| (*n, 0)).collect();
     for e in ev {
         if let Body::Enter { sock, .. } = &e.body {
-            if sock.lport == dst.port() || sock.rport == dst.port() {
-                *p.timewait.entry(ns_of(sock.netns)).or_default() += 1;
+            if sock.lport == cx.dst.port() || sock.rport == cx.dst.port() {
+                *born.entry(cx.ns_of(sock.netns)).or_default() += 1;
             }
         }
     }
-    // Each attempt owns the server's events from its start to the next attempt's start
-    // (attempts run one at a time).
+    born
+}
+
+/// Gives each attempt the server TIME_WAIT sockets its SYNs met ([`Attempt::met`]) and the
+/// translated port of its own connection ([`Attempt::nat_port`]). Each attempt owns the
+/// server's events from its start to the next attempt's start (attempts run one at a time).
+fn attribute_server_events(cx: &PhaseContext, attempts: &mut [Attempt], ev: &[Event]) {
     let starts: Vec<u64> = attempts.iter().map(|a| a.start_ns).collect();
     let window = |i: usize| starts[i]..starts.get(i + 1).copied().unwrap_or(u64::MAX);
-    let server_ns = lab.s.inode() as u32;
+    let server_ns = cx.lab.s.inode() as u32;
     let on_server = |e: &Event| {
         e.sock()
-            .is_some_and(|s| s.netns == server_ns && s.lport == dst.port())
+            .is_some_and(|s| s.netns == server_ns && s.lport == cx.dst.port())
     };
     // Translated port → the attempt whose connection left a server TIME_WAIT socket there.
     let mut owner: BTreeMap<u16, usize> = BTreeMap::new();
@@ -718,7 +751,7 @@ fn analyse(
                             .map(|a| timestamp_class(a, &attempts[i]))
                             .unwrap_or("unknown"),
                         accepted: 0,
-                        paws_rejected: paws(0),
+                        paws_rejected: cx.paws(0),
                         rst_killed: 0,
                         other_killed: 0,
                     });
@@ -742,16 +775,11 @@ fn analyse(
             owner.insert(port, i);
         }
     }
-    let mets: Vec<(&Attempt, &Met)> = attempts
-        .iter()
-        .flat_map(|a| a.met.iter().map(move |m| (a, m)))
-        .collect();
-    for (_, m) in &mets {
-        p.syn_accepted += m.accepted;
-        p.paws_rejected = p.paws_rejected.zip(m.paws_rejected).map(|(a, b)| a + b);
-        p.rst_killed += m.rst_killed;
-        p.other_killed += m.other_killed;
-    }
+}
+
+/// The SYNs that met a server TIME_WAIT socket, grouped by what the timestamps predict.
+fn outcomes(cx: &PhaseContext, mets: &[(&Attempt, &Met)]) -> Vec<Outcome> {
+    let mut out = Vec::new();
     for class in ["newer", "older", "close", "unknown"] {
         let these: Vec<&(&Attempt, &Met)> =
             mets.iter().filter(|(_, m)| m.timestamp == class).collect();
@@ -759,11 +787,11 @@ fn analyse(
             continue;
         }
         let sum = |f: fn(&Met) -> usize| these.iter().map(|(_, m)| f(m)).sum();
-        p.outcomes.push(Outcome {
+        out.push(Outcome {
             timestamp: class,
             n: these.len(),
             accepted: sum(|m| m.accepted),
-            paws_rejected: paws(sum(|m| m.paws_rejected.unwrap_or(0))),
+            paws_rejected: cx.paws(sum(|m| m.paws_rejected.unwrap_or(0))),
             rst_killed: sum(|m| m.rst_killed),
             other_killed: sum(|m| m.other_killed),
             connect_failed: these.iter().filter(|(a, _)| a.errno.is_some()).count(),
@@ -776,47 +804,66 @@ fn analyse(
             ),
         });
     }
-    for client in ["c1", "c2"] {
-        let mine: Vec<&Attempt> = attempts.iter().filter(|a| a.client == client).collect();
-        let ns = lab.ns(client).inode() as u32;
-        let mut s = ClientSummary {
-            attempts: mine.len(),
-            connected: mine.iter().filter(|a| a.errno.is_none()).count(),
-            slow: mine
-                .iter()
-                .filter(|a| a.errno.is_none() && a.connect_ms >= 900)
-                .count(),
-            failed: mine.iter().filter(|a| a.errno.is_some()).count(),
-            connect_ms: Spread::of(
-                &mine
-                    .iter()
-                    .filter(|a| a.errno.is_none())
-                    .map(|a| a.connect_ms)
-                    .collect::<Vec<_>>(),
-            ),
-            tcp_tw_reuse: lab
-                .ns(client)
-                .read_sysctl("net.ipv4.tcp_tw_reuse")
-                .unwrap_or_default(),
-            ..Default::default()
-        };
-        let rule = ReuseRule::of(lab.ns(client))?;
-        let taken = reuses(ev, |sock| sock.netns == ns && sock.rport == dst.port());
-        s.reused = taken.len();
-        s.reuse_early = taken
+    out
+}
+
+/// One client's attempts, and its takeovers and refusals as the tracer saw them, held to the
+/// reuse rule in force in its namespace.
+fn client_summary(
+    cx: &PhaseContext,
+    client: &'static str,
+    attempts: &[Attempt],
+    ev: &[Event],
+) -> Result<ClientSummary> {
+    let mine: Vec<&Attempt> = attempts.iter().filter(|a| a.client == client).collect();
+    let ns = cx.lab.ns(client).inode() as u32;
+    let mut s = ClientSummary {
+        attempts: mine.len(),
+        connected: mine.iter().filter(|a| a.errno.is_none()).count(),
+        slow: mine
             .iter()
-            .filter(|r| rule.early(r.birth_ns, r.exit_ns))
-            .count();
-        s.reuse_age_ms = Spread::of(&taken.iter().map(|r| r.age_ms).collect::<Vec<_>>());
-        for e in ev {
-            if let Body::ConnectFail { sock, refusal, .. } = &e.body {
-                if sock.netns == ns && sock.rport == dst.port() {
-                    *s.refusals.entry(refusal.as_str()).or_default() += 1;
-                }
+            .filter(|a| a.errno.is_none() && a.connect_ms >= 900)
+            .count(),
+        failed: mine.iter().filter(|a| a.errno.is_some()).count(),
+        connect_ms: Spread::of(
+            &mine
+                .iter()
+                .filter(|a| a.errno.is_none())
+                .map(|a| a.connect_ms)
+                .collect::<Vec<_>>(),
+        ),
+        tcp_tw_reuse: cx
+            .lab
+            .ns(client)
+            .read_sysctl("net.ipv4.tcp_tw_reuse")
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let rule = cx.features.reuse_rule_in(cx.lab.ns(client))?;
+    let port = cx.dst.port();
+    let taken = reuses(ev, |sock| sock.netns == ns && sock.rport == port);
+    s.reused = taken.len();
+    s.reuse_early = taken
+        .iter()
+        .filter(|r| rule.early(r.birth_ns, r.exit_ns))
+        .count();
+    s.reuse_age_ms = Spread::of(&taken.iter().map(|r| r.age_ms).collect::<Vec<_>>());
+    for e in ev {
+        if let Body::ConnectFail { sock, refusal, .. } = &e.body {
+            if sock.netns == ns && sock.rport == port {
+                *s.refusals.entry(refusal.as_str()).or_default() += 1;
             }
         }
-        p.clients.insert(client, s);
     }
+    Ok(s)
+}
+
+/// Every counter's delta over the phase, per namespace (`None` where the kernel lacks it).
+fn counter_deltas(
+    before: &Counters,
+    after: &Counters,
+) -> BTreeMap<&'static str, BTreeMap<&'static str, Option<u64>>> {
+    let mut out = BTreeMap::new();
     for n in NAMES {
         let mut m = BTreeMap::new();
         for (_, c) in COUNTERS {
@@ -826,10 +873,9 @@ fn analyse(
                 .map(|(a, b)| a.saturating_sub(b));
             m.insert(c, delta);
         }
-        p.counters.insert(n, m);
+        out.insert(n, m);
     }
-    p.attempts = attempts;
-    Ok(p)
+    out
 }
 
 /// A counter's delta over phase `p` in namespace `ns`; `None` where the kernel lacks it.
@@ -1132,6 +1178,7 @@ pub fn render_nat(r: &NatReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::reuse_rule::ReuseRule;
 
     fn phase_with(server: BTreeMap<&'static str, Option<u64>>) -> PhaseReport {
         PhaseReport {

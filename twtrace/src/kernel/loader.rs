@@ -2,6 +2,7 @@
 //! kallsyms into the programs' `CONFIG`, and the hook table attached by what the kernel offers.
 
 use crate::kernel::btf::{KernelBtf, VMLINUX};
+use crate::kernel::features::{find_hz, BtfFacts, Features};
 use crate::kernel::kallsyms;
 use anyhow::{bail, Context, Result};
 use aya::programs::{BtfTracePoint, FExit, Iter};
@@ -280,6 +281,8 @@ pub struct Loaded {
     pub btf: Btf,
     pub config: Config,
     pub hooks: Vec<HookStatus>,
+    /// What the kernel offers, with these hooks: the one object everything else asks.
+    pub features: Features,
 }
 
 /// Pre-flight, resolve, load and attach. `ring_bytes` sizes the event ring buffer (a power of
@@ -312,6 +315,7 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             )
         })
         .collect();
+    let facts = BtfFacts::read(&kbtf);
     // Free our parse of the kernel BTF before aya makes its own: both at once were most of
     // the start-up memory peak.
     drop(kbtf);
@@ -379,11 +383,22 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             fallback_used: false,
         });
     }
+    let iter = hooks
+        .iter()
+        .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
+    let iter: Option<&mut Iter> = match iter {
+        true => ebpf
+            .program_mut("snapshot_tcp")
+            .and_then(|p| p.try_into().ok()),
+        false => None,
+    };
+    let features = Features::assemble(facts, hooks.clone(), true, find_hz(iter));
     Ok(Loaded {
         ebpf,
         btf,
         config,
         hooks,
+        features,
     })
 }
 

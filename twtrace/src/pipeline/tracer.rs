@@ -5,6 +5,7 @@
 //! produces.
 
 use crate::host::sysctls::SysctlWatch;
+use crate::kernel::features::Features;
 use crate::kernel::loader::{self, HookStatus};
 use crate::kernel::snapshot;
 use crate::kernel::sysinfo::{self, Clock};
@@ -49,8 +50,11 @@ pub struct Tracer {
     ebpf: aya::Ebpf,
     lifecycle: Lifecycle,
     pub clock: Clock,
+    /// `features().hz.value`.
     pub hz: u64,
+    /// `features().hooks`.
     pub hooks: Vec<HookStatus>,
+    features: Features,
     /// Problems worth telling the user that did not stop the start (snapshot failures, …).
     pub warnings: Vec<String>,
     initial: Vec<Event>,
@@ -66,7 +70,10 @@ pub struct Tracer {
 impl Tracer {
     pub fn start(opts: &TracerOptions) -> Result<Tracer> {
         let loader::Loaded {
-            mut ebpf, hooks, ..
+            mut ebpf,
+            hooks,
+            features,
+            ..
         } = loader::load(opts.ring_bytes)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
@@ -81,25 +88,14 @@ impl Tracer {
         let iter_ok = hooks
             .iter()
             .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
-        let hz = match sysinfo::config_hz() {
-            Some(hz) => hz,
-            None if iter_ok => {
-                let prog: &mut Iter = ebpf
-                    .program_mut("snapshot_tcp")
-                    .context("iter")?
-                    .try_into()?;
-                sysinfo::nearest_hz(snapshot::measure_hz(prog, Duration::from_millis(200))?)
-            }
-            None => {
-                warnings
-                    .push("kernel HZ unknown (no kernel config, no iterator): assuming 250".into());
-                250
-            }
-        };
+        if !features.hz.known() {
+            warnings.push("kernel HZ unknown (no kernel config, no iterator): assuming 250".into());
+        }
+        let hz = features.hz.value;
         let mut lifecycle = Lifecycle::with_settle(hz, opts.settle_ns);
         lifecycle.set_fn_tier(
-            loader::fn_hook_on(&hooks, "tcp_twsk_unique"),
-            loader::fn_hook_on(&hooks, "inet_twsk_alloc"),
+            features.fn_hook_on("tcp_twsk_unique"),
+            features.fn_hook_on("inet_twsk_alloc"),
         );
         let mut sysctls = SysctlWatch::new();
         sysctls.baseline();
@@ -139,6 +135,7 @@ impl Tracer {
             clock: Clock::now(),
             hz,
             hooks,
+            features,
             warnings,
             initial,
             lost_reported: 0,
@@ -149,6 +146,11 @@ impl Tracer {
             notices: Vec::new(),
             overflow_suspect: None,
         })
+    }
+
+    /// What the running kernel offers, as found when the programs loaded.
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 
     pub fn stats(&self) -> Stats {
@@ -327,14 +329,18 @@ pub struct Background {
     pub fn_tier: bool,
     /// What attached, as the start-up report has it.
     pub hooks: Vec<HookStatus>,
+    features: Features,
 }
 
 impl Background {
     /// Whether the hook with this label (e.g. `tp_btf/kfree_skb`) is attached.
     pub fn hook_on(&self, label: &str) -> bool {
-        self.hooks
-            .iter()
-            .any(|h| h.label() == label && h.result.is_ok())
+        self.features.hook_on(label)
+    }
+
+    /// What the running kernel offers, as the tracer found it when its programs loaded.
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 }
 
@@ -357,14 +363,12 @@ impl Background {
     ) -> Result<Background> {
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) =
-            std::sync::mpsc::channel::<Result<(Clock, bool, Vec<HookStatus>)>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(Clock, Features)>>();
         let (s, ev) = (stop.clone(), events.clone());
         let thread = std::thread::spawn(move || -> Result<TracerSummary> {
             let mut t = match Tracer::start(&opts) {
                 Ok(t) => {
-                    let fn_tier = loader::fn_hook_on(&t.hooks, "tcp_twsk_unique");
-                    let _ = ready_tx.send(Ok((t.clock, fn_tier, t.hooks.clone())));
+                    let _ = ready_tx.send(Ok((t.clock, t.features.clone())));
                     t
                 }
                 Err(e) => {
@@ -394,7 +398,7 @@ impl Background {
                 read_errors: t.read_errors(),
             })
         });
-        let (clock, fn_tier, hooks) = ready_rx
+        let (clock, features) = ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("tracer thread died before it was ready"))??;
         Ok(Background {
@@ -402,8 +406,9 @@ impl Background {
             events,
             thread: Some(thread),
             clock,
-            fn_tier,
-            hooks,
+            fn_tier: features.fn_tier(),
+            hooks: features.hooks.clone(),
+            features,
         })
     }
 
