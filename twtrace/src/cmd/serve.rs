@@ -214,11 +214,7 @@ fn trace_loop(
     let mut agg = Aggregator::default();
     let mut metrics = Metrics::new(Options { peer_labels });
     let mut sysctls = SysctlWatch::new();
-    let hooks: Vec<(String, bool)> = tracer
-        .hooks
-        .iter()
-        .map(|h| (h.label(), h.result.is_ok()))
-        .collect();
+    let hooks = tracer.features().hook_table();
     let mut batch = Vec::new();
     let mut shown = 0u64;
     let mut next_census = Instant::now();
