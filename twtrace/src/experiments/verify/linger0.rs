@@ -9,8 +9,9 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use std::time::Duration;
 
+const N: usize = 5;
+
 pub(super) fn linger0(w: &Watch) -> Result<Claim> {
-    const N: usize = 5;
     // Where the tracer cannot see aborts (6.1), the kernel's counters are the evidence.
     let aborts_seen = w.features().abort_events();
     let ns = w.netns()?;
@@ -86,22 +87,6 @@ pub(super) fn linger0(w: &Watch) -> Result<Claim> {
          +{aborts_counter}), {tw_linger} TIME_WAIT on either side; {N} plain closes: \
          {tw_control} TIME_WAIT"
     );
-    let explanation = if verdict == Verdict::Confirmed {
-        format!(
-            "close() with a zero linger time calls tcp_disconnect: an RST at once and no \
-             timewait socket on either side, even with no unread data (the blog's FIN close is \
-             not what this kernel does){}",
-            match &aborts_seen {
-                Ok(()) => String::new(),
-                Err(_) => " — counted by TCPAbortOnData and OutRsts: this kernel's \
-                            tcp_send_reset tracepoint has no reason argument, so the tracer \
-                            sees no aborts"
-                    .to_string(),
-            }
-        )
-    } else {
-        "SO_LINGER {1,0} did not reset every connection without TIME_WAIT (see figures)".into()
-    };
     Ok(Claim {
         id: ClaimId::Linger0,
         verdict,
@@ -117,6 +102,26 @@ pub(super) fn linger0(w: &Watch) -> Result<Claim> {
             "control_timewait": tw_control,
         }),
         observed,
-        explanation,
+        explanation: explanation(verdict, &aborts_seen),
     })
+}
+
+/// Why the verdict follows, in one line (`aborts_seen`: whether the tracer sees aborts).
+fn explanation(verdict: Verdict, aborts_seen: &std::result::Result<(), String>) -> String {
+    if verdict == Verdict::Confirmed {
+        format!(
+            "close() with a zero linger time calls tcp_disconnect: an RST at once and no \
+             timewait socket on either side, even with no unread data (the blog's FIN close is \
+             not what this kernel does){}",
+            match aborts_seen {
+                Ok(()) => String::new(),
+                Err(_) => " — counted by TCPAbortOnData and OutRsts: this kernel's \
+                            tcp_send_reset tracepoint has no reason argument, so the tracer \
+                            sees no aborts"
+                    .to_string(),
+            }
+        )
+    } else {
+        "SO_LINGER {1,0} did not reset every connection without TIME_WAIT (see figures)".into()
+    }
 }

@@ -94,9 +94,10 @@ fn dmesg_lines() -> Result<Vec<String>> {
         .collect())
 }
 
+const LIMIT: usize = 5;
+const N: usize = 30;
+
 pub(super) fn max_tw_buckets(w: &Watch) -> Result<Claim> {
-    const LIMIT: usize = 5;
-    const N: usize = 30;
     let mut log = KernelLog::open().ok();
     let [capped, other] = w.netns_n::<2>()?;
     if log.is_some() {
@@ -142,10 +143,7 @@ pub(super) fn max_tw_buckets(w: &Watch) -> Result<Claim> {
     drop(s2);
     let (enter_c, over_c) = (count(&ev_c, is_enter), count(&ev_c, is_over));
     let (enter_o, over_o) = (count(&ev_o, is_enter), count(&ev_o, is_over));
-    let lines = log.as_mut().map(|l| l.read_new()).unwrap_or_default();
-    let canary_seen = lines.iter().any(|m| m.contains(CANARY_LOG));
-    let logged: Option<usize> =
-        canary_seen.then(|| lines.iter().filter(|m| m.contains(OVERFLOW_LOG)).count());
+    let (canary_seen, logged) = logged_overflows(log.as_mut());
     let held = enter_c == LIMIT
         && over_c == N - LIMIT
         && counter == (N - LIMIT) as u64
@@ -168,23 +166,6 @@ pub(super) fn max_tw_buckets(w: &Watch) -> Result<Claim> {
          +{counter}), {live_c} live; {log_text}; another namespace (limit {default_limit}) kept \
          all {enter_o} of {N}"
     );
-    let explanation = if held {
-        format!(
-            "past the limit tcp_time_wait gets no timewait socket and closes at once (the count \
-             stayed at {LIMIT}, one overflow per extra close); the limit is per network \
-             namespace{}",
-            match logged {
-                Some(0) => ", and this kernel logs nothing (only the TCPTimeWaitOverflow counter)",
-                Some(_) => ", and the warning is logged",
-                None => "",
-            }
-        )
-    } else {
-        format!(
-            "with tcp_max_tw_buckets={LIMIT} the namespace got {enter_c} timewait sockets and \
-             {over_c} overflows for {N} closes: not capped at the limit"
-        )
-    };
     Ok(Claim {
         id: ClaimId::MaxTwBuckets,
         verdict,
@@ -209,8 +190,38 @@ pub(super) fn max_tw_buckets(w: &Watch) -> Result<Claim> {
             "kernel_log_canary_seen": canary_seen,
         }),
         observed,
-        explanation,
+        explanation: explanation(held, logged, enter_c, over_c),
     })
+}
+
+/// Whether the canary line showed (the log is readable), and then how many overflow lines the
+/// kernel logged since `log` was opened.
+fn logged_overflows(log: Option<&mut KernelLog>) -> (bool, Option<usize>) {
+    let lines = log.map(|l| l.read_new()).unwrap_or_default();
+    let canary_seen = lines.iter().any(|m| m.contains(CANARY_LOG));
+    let logged = canary_seen.then(|| lines.iter().filter(|m| m.contains(OVERFLOW_LOG)).count());
+    (canary_seen, logged)
+}
+
+/// Why the verdict follows, in one line.
+fn explanation(held: bool, logged: Option<usize>, enter_c: usize, over_c: usize) -> String {
+    if held {
+        format!(
+            "past the limit tcp_time_wait gets no timewait socket and closes at once (the count \
+             stayed at {LIMIT}, one overflow per extra close); the limit is per network \
+             namespace{}",
+            match logged {
+                Some(0) => ", and this kernel logs nothing (only the TCPTimeWaitOverflow counter)",
+                Some(_) => ", and the warning is logged",
+                None => "",
+            }
+        )
+    } else {
+        format!(
+            "with tcp_max_tw_buckets={LIMIT} the namespace got {enter_c} timewait sockets and \
+             {over_c} overflows for {N} closes: not capped at the limit"
+        )
+    }
 }
 
 #[cfg(test)]
