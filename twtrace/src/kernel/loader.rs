@@ -383,16 +383,7 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             fallback_used: false,
         });
     }
-    let iter = hooks
-        .iter()
-        .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
-    let iter: Option<&mut Iter> = match iter {
-        true => ebpf
-            .program_mut("snapshot_tcp")
-            .and_then(|p| p.try_into().ok()),
-        false => None,
-    };
-    let features = Features::assemble(facts, hooks.clone(), true, find_hz(iter));
+    let features = features_at_load(&mut ebpf, facts, &hooks);
     Ok(Loaded {
         ebpf,
         btf,
@@ -400,6 +391,21 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
         hooks,
         features,
     })
+}
+
+/// The [`Features`] of the loaded programs: `facts` read from BTF, the hooks as attached, and
+/// HZ found with the iterator if it loaded.
+fn features_at_load(ebpf: &mut Ebpf, facts: BtfFacts, hooks: &[HookStatus]) -> Features {
+    let iter_ok = hooks
+        .iter()
+        .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
+    let iter: Option<&mut Iter> = match iter_ok {
+        true => ebpf
+            .program_mut("snapshot_tcp")
+            .and_then(|p| p.try_into().ok()),
+        false => None,
+    };
+    Features::assemble(facts, hooks.to_vec(), true, find_hz(iter))
 }
 
 /// The benchmark's floor: loads the object and attaches only its empty programs

@@ -89,7 +89,11 @@ impl Tracer {
             .iter()
             .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
         if !features.hz.known() {
-            warnings.push("kernel HZ unknown (no kernel config, no iterator): assuming 250".into());
+            warnings.push(
+                "kernel HZ unknown (no kernel config; neither the iterator nor /proc/timer_list \
+                 measured it): assuming 250"
+                    .into(),
+            );
         }
         let hz = features.hz.value;
         let mut lifecycle = Lifecycle::with_settle(hz, opts.settle_ns);
