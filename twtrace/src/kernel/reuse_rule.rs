@@ -18,6 +18,12 @@
 //! always given in the direction that never blames the kernel (a refusal near a boundary is
 //! "too young", a takeover near a boundary is not "early"). Ages in ms come from records taken
 //! µs after the kernel's stamp and are truncated on both sides: [`MS_TOLERANCE`].
+//!
+//! A tracer explaining a failed connect() (`pipeline::lifecycle`) builds one [`Candidate`] per
+//! live timewait socket toward the destination (or only the last one the function tier
+//! reports) and asks
+//! `refusal(&candidates, bound, Policy::from_sysctls(sysctls_of_the_netns), connect_began_ns)`;
+//! `verify` and `lab` hold observed takeovers to [`ReuseRule::early`].
 
 use crate::host::sysctls::Sysctls;
 use crate::pipeline::event::{Refusal, Substate};

@@ -107,7 +107,7 @@ pub struct ClientSummary {
     /// Timewait sockets connect() took over in this client (tcp_tw_reuse), with their ages.
     pub reused: usize,
     pub reuse_age_ms: Option<Spread>,
-    /// Takeovers earlier than this kernel's reuse rule allows ([`ReuseRule::early`]).
+    /// Takeovers earlier than this kernel's reuse rule allows ([`crate::kernel::reuse_rule::ReuseRule::early`]).
     pub reuse_early: usize,
     /// Why connect() could not take one over (as the tracer classified it).
     pub refusals: BTreeMap<&'static str, usize>,

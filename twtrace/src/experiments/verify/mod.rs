@@ -9,7 +9,7 @@
 //! running tracer's [`Features`].
 //!
 //! This file is the harness (claims, verdicts, the shared tracer, the run); each claim's
-//! workload and verdict is a file of its own, the table is [`render`].
+//! workload and verdict is a file of its own, the table is [`render_table`].
 
 mod clients;
 mod duration;
