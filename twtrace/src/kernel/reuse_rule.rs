@@ -528,4 +528,109 @@ mod tests {
         );
         assert_eq!(SECONDS_TOLERANCE_MS, 50);
     }
+
+    /// The model answers as the tracer's lifecycle does today, over many random situations
+    /// (candidates in either substate, with or without timestamps and entry stamps, loopback
+    /// or not; sysctls unknown, per rule and mode; bound or not; any time after the births).
+    #[test]
+    fn the_model_agrees_with_the_lifecycle() {
+        use crate::pipeline::decode::blank;
+        use crate::pipeline::event::Body;
+        use crate::pipeline::lifecycle::Lifecycle;
+        use twtrace_common::{flags, kind, TCP_FIN_WAIT2, TCP_TIME_WAIT};
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4000 {
+            let mut lc = Lifecycle::new(250);
+            let far = rnd(2) == 0;
+            let raddr = if far {
+                Ipv4Addr::new(198, 18, 0, 2)
+            } else {
+                Ipv4Addr::LOCALHOST
+            };
+            let sysctls = match rnd(4) {
+                0 => None,
+                _ => Some(Sysctls {
+                    tw_reuse: [None, Some(0), Some(1), Some(2)][rnd(4) as usize],
+                    tw_reuse_delay_ms: [None, Some(1000), Some(200)][rnd(3) as usize],
+                    ..Default::default()
+                }),
+            };
+            if let Some(s) = &sysctls {
+                lc.set_sysctls(0, s.clone());
+            }
+            let mut out = Vec::new();
+            let mut candidates = Vec::new();
+            let mut birth_ms = 10_000 + rnd(1000);
+            for i in 0..rnd(4) {
+                birth_ms += rnd(1500);
+                let laddr = if far && rnd(3) > 0 {
+                    Ipv4Addr::new(198, 18, 0, 1)
+                } else {
+                    Ipv4Addr::LOCALHOST
+                };
+                let mut r = blank(kind::TIMER_START);
+                r.tw = 0x100 + i;
+                r.ts_ns = birth_ms * MS;
+                r.jiffies = birth_ms / 4;
+                r.expires = r.jiffies + 15000;
+                r.lport = 40000 + i as u16;
+                r.rport = 80;
+                r.laddr[..4].copy_from_slice(&laddr.octets());
+                r.raddr[..4].copy_from_slice(&raddr.octets());
+                r.substate = [TCP_TIME_WAIT, TCP_FIN_WAIT2][rnd(2) as usize];
+                r.ts_recent_stamp = match rnd(3) {
+                    0 => 0,
+                    1 => (birth_ms / 1000) as u32,
+                    _ => (birth_ms / 1000) as u32 - 1,
+                };
+                if rnd(3) > 0 {
+                    r.flags |= flags::ENTRY_STAMP;
+                    r.entry_stamp = birth_ms as u32;
+                }
+                lc.on_record(&r, &mut out);
+                candidates.push(Candidate {
+                    laddr: laddr.into(),
+                    raddr: raddr.into(),
+                    substate: Substate::from_raw(r.substate),
+                    ts_recent_stamp: r.ts_recent_stamp,
+                    entry_stamp_ms: (r.entry_stamp != 0).then_some(r.entry_stamp),
+                    birth_ns: Some(r.ts_ns),
+                });
+            }
+            let fail_ms = birth_ms + rnd(2500);
+            let mut f = blank(kind::CONNECT_FAIL);
+            f.tw = 0xF;
+            f.cpu = 1;
+            f.ts_ns = fail_ms * MS;
+            f.jiffies = fail_ms / 4;
+            f.rport = 80;
+            f.raddr[..4].copy_from_slice(&raddr.octets());
+            let bound = rnd(5) == 0;
+            f.lport = if bound { 41000 } else { 0 };
+            lc.on_record(&f, &mut out);
+            let tracer = out
+                .iter()
+                .find_map(|e| match &e.body {
+                    Body::ConnectFail { refusal, .. } => Some(*refusal),
+                    _ => None,
+                })
+                .expect("a connect_fail event");
+            let policy = Policy::from_sysctls(sysctls.as_ref());
+            let model = refusal(&candidates, bound, policy, f.ts_ns);
+            assert_eq!(
+                model, tracer,
+                "{candidates:#?} bound={bound} {policy:?} at {fail_ms} ms"
+            );
+            seen.insert(model.as_str());
+        }
+        // Every answer the model can give came up.
+        assert_eq!(seen.len(), Refusal::ALL.len(), "{seen:?}");
+    }
 }
