@@ -1,6 +1,9 @@
 //! A phase's report from its attempts, events and counters; the timestamp offsets.
 
-use super::*;
+use super::{
+    Attempt, ClientSummary, Counters, Lab, Met, Offsets, Outcome, PhaseReport, COUNTERS, NAMES,
+    TS_MARGIN_MS,
+};
 use crate::experiments::verify::{reuses, Spread};
 use crate::experiments::workload::FirstCloser;
 use crate::kernel::features::Features;

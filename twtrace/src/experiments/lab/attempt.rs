@@ -1,6 +1,6 @@
 //! One client's connection attempt, timed, with its TCP timestamp.
 
-use super::*;
+use super::Attempt;
 use crate::experiments::workload::FirstCloser;
 use crate::host::netns::NetNs;
 use crate::kernel::sysinfo::monotonic_ns;

@@ -1,6 +1,9 @@
 //! The lab's namespaces: two clients, a masquerading router, a server.
 
-use super::*;
+use super::{
+    CLIENT_PORTS, CONNTRACK_CLOSE_S, CONNTRACK_TIME_WAIT_S, NAT_PORTS, PORT_SERVER_FIRST,
+    ROUTER_OUT, SERVER,
+};
 use crate::experiments::verify::Watch;
 use crate::host::netns::NetNs;
 use anyhow::{bail, Result};

@@ -1,6 +1,6 @@
 //! The findings (one-line answers) and the text report.
 
-use super::*;
+use super::{Attempt, KernelSupport, NatReport, Offsets, PhaseReport, PORT_SERVER_FIRST, SERVER};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
