@@ -283,28 +283,7 @@ pub fn run_nat(
         let before = read_counters(&lab)?;
         counters_unavailable = missing_counters(&before);
         let t_start = monotonic_ns();
-        let mut attempts = Vec::new();
-        for i in 0..opts.per_client * 2 {
-            w.check()?;
-            let (client, ns) = if i % 2 == 0 {
-                ("c1", &lab.c1)
-            } else {
-                ("c2", &lab.c2)
-            };
-            attempts.push(attempt(
-                ns,
-                client,
-                dst,
-                first,
-                Duration::from_millis(1200),
-            )?);
-            // Server-first: long enough for the router's conntrack to forget (1 s) the flow
-            // two attempts back, so its translated port is free again for the other client.
-            w.sleep(Duration::from_millis(match first {
-                FirstCloser::Server => 500,
-                FirstCloser::Client => 150,
-            }))?;
-        }
+        let attempts = run_attempts(&w, &lab, dst, first, opts.per_client)?;
         // Let the last closes and the events settle.
         w.sleep(Duration::from_millis(300))?;
         let t_end = monotonic_ns();
@@ -347,6 +326,40 @@ pub fn run_nat(
         phases,
         findings,
     })
+}
+
+/// `per_client` attempts from each client in turn, spaced so that each phase's mechanism
+/// shows.
+fn run_attempts(
+    w: &Watch,
+    lab: &Lab,
+    dst: SocketAddr,
+    first: FirstCloser,
+    per_client: usize,
+) -> Result<Vec<Attempt>> {
+    let mut attempts = Vec::new();
+    for i in 0..per_client * 2 {
+        w.check()?;
+        let (client, ns) = if i % 2 == 0 {
+            ("c1", &lab.c1)
+        } else {
+            ("c2", &lab.c2)
+        };
+        attempts.push(attempt(
+            ns,
+            client,
+            dst,
+            first,
+            Duration::from_millis(1200),
+        )?);
+        // Server-first: long enough for the router's conntrack to forget (1 s) the flow two
+        // attempts back, so its translated port is free again for the other client.
+        w.sleep(Duration::from_millis(match first {
+            FirstCloser::Server => 500,
+            FirstCloser::Client => 150,
+        }))?;
+    }
+    Ok(attempts)
 }
 
 #[cfg(test)]
