@@ -102,27 +102,15 @@ pub const SOON: Duration = Duration::from_secs(10);
 /// kernel has them.
 pub mod kernel {
     use std::io::Write;
-    use std::path::Path;
-    use twtrace::kernel::btf::{KernelBtf, VMLINUX};
+    use std::sync::OnceLock;
+    use twtrace::kernel::features::Features;
 
-    /// Whether the sysctl `key` (e.g. `net.ipv4.tcp_tw_reuse_delay`, new in Linux 6.13) exists.
-    /// Network sysctls exist in every namespace alike, so the test's own namespace answers.
-    pub fn has_sysctl(key: &str) -> bool {
-        Path::new("/proc/sys").join(key.replace('.', "/")).exists()
-    }
-
-    /// Whether `struct strukt` has member `field` in the running kernel's BTF.
-    pub fn has_field(strukt: &str, field: &str) -> bool {
-        KernelBtf::open(Path::new(VMLINUX))
-            .and_then(|b| b.try_offset(strukt, field))
-            .is_ok_and(|o| o.is_some())
-    }
-
-    /// Whether timewait sockets carry `tw_entry_stamp` (the reuse delay's reference, new in
-    /// Linux 6.13): without it, twtrace cannot tell a pre-existing socket's age.
-    pub fn has_tw_entry_stamp() -> bool {
-        has_field("inet_timewait_sock", "tw_entry_stamp")
-            || has_field("tcp_timewait_sock", "tw_entry_stamp")
+    /// What the running kernel offers, for a decision before any tracer runs: twtrace's own
+    /// [`Features::probe`] (BTF, `/proc`), once per test binary. With a tracer running, ask
+    /// its `features()` instead (the hooks it really attached).
+    pub fn features() -> &'static Features {
+        static F: OnceLock<Features> = OnceLock::new();
+        F.get_or_init(|| Features::probe().expect("probing the kernel (BTF, /proc)"))
     }
 
     /// Says on stderr, past libtest's capture so that it shows in every run, that (part of)

@@ -163,7 +163,7 @@ fn netns_line_between(
 
 #[test]
 fn tw_reuse_changes_decide_the_next_refusal() {
-    let has_delay = kernel::has_sysctl(REUSE_DELAY);
+    let has_delay = kernel::features().has_sysctl(REUSE_DELAY);
     let s = setup(|ns| {
         ns.sysctl("net.ipv4.tcp_tw_reuse", "2").unwrap();
         if has_delay {
@@ -207,7 +207,7 @@ fn tw_reuse_changes_decide_the_next_refusal() {
 
 #[test]
 fn tw_reuse_delay_changes_decide_the_next_refusal() {
-    if !kernel::has_sysctl(REUSE_DELAY) {
+    if !kernel::features().has_sysctl(REUSE_DELAY) {
         kernel::skip(
             "tw_reuse_delay_changes_decide_the_next_refusal",
             "no tcp_tw_reuse_delay on this kernel (before 6.13)",
@@ -255,7 +255,7 @@ fn tw_reuse_delay_changes_decide_the_next_refusal() {
 
 #[test]
 fn tcp_timestamps_changes_show_with_the_next_failure() {
-    let has_delay = kernel::has_sysctl(REUSE_DELAY);
+    let has_delay = kernel::features().has_sysctl(REUSE_DELAY);
     let s = setup(|ns| {
         ns.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
         if has_delay {

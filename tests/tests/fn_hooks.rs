@@ -21,7 +21,7 @@ const TW_ALLOC_FAIL: u8 = kind::TW_ALLOC_FAIL;
 const SERVICE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
 
 struct Tier {
-    _loaded: Loaded,
+    loaded: Loaded,
     ring: RingBuf<MapData>,
     records: Vec<TwRecord>,
 }
@@ -44,7 +44,7 @@ fn start(test: &str) -> Option<Tier> {
     let map = loaded.ebpf.take_map("EVENTS").expect("EVENTS map");
     let ring = RingBuf::try_from(map).expect("EVENTS is a ring buffer");
     Some(Tier {
-        _loaded: loaded,
+        loaded,
         ring,
         records: Vec::new(),
     })
@@ -96,7 +96,10 @@ fn fn_hooks_see_every_reuse_decision() {
     let Some(mut tier) = start(TEST) else { return };
     let ns = NetNs::new().unwrap();
     ns.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
-    let has_delay = kernel::has_sysctl("net.ipv4.tcp_tw_reuse_delay");
+    let has_delay = tier
+        .loaded
+        .features
+        .has_sysctl("net.ipv4.tcp_tw_reuse_delay");
     if has_delay {
         ns.sysctl("net.ipv4.tcp_tw_reuse_delay", "1000").unwrap();
     } else {

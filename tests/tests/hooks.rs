@@ -23,7 +23,7 @@ fn every_hook_attaches_on_this_kernel() {
     .unwrap();
     let kbtf = twtrace::kernel::prototypes::open_kernel_btf().unwrap();
     let mut failed = Vec::new();
-    for h in t.hooks.iter() {
+    for h in t.features().hooks.iter() {
         let Err(e) = &h.result else { continue };
         // The function tier: optional by design. Off is acceptable only where the kernel
         // refuses fexit altogether (EPERM, as on the development host); a prototype mismatch
@@ -56,7 +56,7 @@ fn every_hook_attaches_on_this_kernel() {
     }
     assert!(failed.is_empty(), "{failed:#?}");
     assert_eq!(
-        t.hooks.len(),
+        t.features().hooks.len(),
         twtrace::kernel::loader::HOOKS.len() + twtrace::kernel::prototypes::FN_HOOKS.len()
     );
     // Evidence this kernel's layout lacks (the reasons resting on it become `unknown`): said
@@ -103,4 +103,42 @@ fn verifier_messages_name_the_missing_argument() {
     );
     assert_eq!(missing_argument("invalid bpf_context access off=16"), None);
     assert_eq!(missing_argument("doesn't have x-th argument"), None);
+}
+
+/// What the tracer found at load is what the probe reads from the same sources (BTF, /proc:
+/// one implementation), and the events it says it can report follow the hooks that attached.
+#[test]
+fn features_at_load_agree_with_the_probe() {
+    let t = twtrace::pipeline::tracer::Tracer::start(&twtrace::pipeline::tracer::TracerOptions {
+        snapshot: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let f = t.features();
+    let p = twtrace::kernel::features::Features::probe().unwrap();
+    assert!(f.loaded && !p.loaded && p.hooks.is_empty());
+    assert_eq!(f.hz.value, p.hz.value);
+    assert!(f.hz.known());
+    assert_eq!(f.btf, p.btf);
+    assert_eq!(f.reuse_rule, p.reuse_rule);
+    assert_eq!(f.sysctls, p.sysctls);
+    assert_eq!(f.tcpext_counters, p.tcpext_counters);
+    assert_eq!(
+        f.abort_events().is_ok(),
+        p.abort_events().is_ok() && f.hook_on("tp_btf/tcp_send_reset")
+    );
+    for (loaded, probed) in [
+        (f.rst_reason(), p.rst_reason()),
+        (f.paws_events(), p.paws_events()),
+    ] {
+        assert_eq!(
+            loaded.is_ok(),
+            probed.is_ok() && f.hook_on("tp_btf/kfree_skb")
+        );
+    }
+    assert_eq!(f.fn_tier(), f.fn_hook_on("tcp_twsk_unique"));
+    assert_eq!(
+        f.hook_table().iter().filter(|(_, on)| *on).count(),
+        f.hooks.iter().filter(|h| h.result.is_ok()).count()
+    );
 }

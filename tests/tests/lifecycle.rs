@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
 use twtrace::host::netns::NetNs;
-use twtrace::kernel::sysinfo;
 use twtrace::pipeline::event::{ExitReason, Substate};
 use twtrace_tests::*;
 
@@ -141,6 +140,7 @@ fn one_real_expiry_after_sixty_seconds() {
     let tracer = trace(&ns);
     let server = serve(&ns, lo4(), FirstCloser::Client, Duration::ZERO).unwrap();
     let local = connect_many(&ns, server.addr, 1, FirstCloser::Client).unwrap()[0];
+    let hz = tracer.features().hz.value;
     tracer.wait_for(Duration::from_secs(75), |ev| !exits(ev).is_empty());
     std::thread::sleep(Duration::from_millis(500));
     let (ev, _) = tracer.stop().unwrap();
@@ -154,7 +154,6 @@ fn one_real_expiry_after_sixty_seconds() {
     // socket lives 60 s to 60 s + 511 jiffies (2.044 s at HZ=250). Allow 500 ms on top for
     // the FIN_WAIT2 → TIME_WAIT promotion (the 60 s are re-armed when the server's FIN lands,
     // milliseconds after birth here) and timer softirq latency.
-    let hz = sysinfo::config_hz().unwrap_or(250);
     let slack_ms = 511 * 1000 / hz;
     let l = x.lifetime_ms.unwrap();
     assert!(l >= 60_000, "lifetime {l} ms < 60 s");
@@ -221,7 +220,7 @@ fn snapshot_lists_preexisting_sockets() {
     let ev = tracer.wait_for(SOON, |ev| enters(ev).len() >= N);
     let en = enters(&ev);
     assert_eq!(en.len(), N, "{en:#?}");
-    let has_stamp = kernel::has_tw_entry_stamp();
+    let has_stamp = tracer.features().btf.tw_entry_stamp;
     if !has_stamp {
         kernel::partial(
             "snapshot_lists_preexisting_sockets",

@@ -160,11 +160,7 @@ fn live_view_shows_what_the_kernel_did() {
     let host = HostInfo {
         host: sysinfo::hostname(),
         kernel: sysinfo::kernel_release().unwrap(),
-        hooks: tracer
-            .hooks
-            .iter()
-            .map(|h| (h.label(), h.result.is_ok()))
-            .collect(),
+        hooks: tracer.features().hook_table(),
         start_ns: sysinfo::monotonic_ns(),
     };
 

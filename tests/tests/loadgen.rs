@@ -51,7 +51,7 @@ fn destination_addresses_multiply_the_tuples() {
 /// alive stays bounded and reuses are counted.
 #[test]
 fn recycling_keeps_a_steady_state() {
-    if !kernel::has_sysctl("net.ipv4.tcp_tw_reuse_delay") {
+    if !kernel::features().has_sysctl("net.ipv4.tcp_tw_reuse_delay") {
         kernel::skip(
             "recycling_keeps_a_steady_state",
             "no tcp_tw_reuse_delay on this kernel (before 6.13): a timewait socket is reusable \
@@ -127,7 +127,7 @@ fn twtrace_sees_every_generated_timewait_socket() {
 /// reading takes that for a timer re-arm and loses both events: HEAD 851cc74 saw 3-20 % here).
 #[test]
 fn twtrace_sees_every_reuse() {
-    if !kernel::has_sysctl("net.ipv4.tcp_tw_reuse_delay") {
+    if !kernel::features().has_sysctl("net.ipv4.tcp_tw_reuse_delay") {
         kernel::skip(
             "twtrace_sees_every_reuse",
             "no tcp_tw_reuse_delay on this kernel (before 6.13): a timewait socket is reusable \

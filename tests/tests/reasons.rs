@@ -87,7 +87,7 @@ const REUSE_DELAY: &str = "net.ipv4.tcp_tw_reuse_delay";
 
 /// Sets `tcp_tw_reuse_delay` where the kernel has it (tests that only need reuse to be quick).
 fn short_reuse_delay(ns: &NetNs) {
-    if kernel::has_sysctl(REUSE_DELAY) {
+    if kernel::features().has_sysctl(REUSE_DELAY) {
         ns.sysctl(REUSE_DELAY, "100").unwrap();
     }
 }
@@ -102,7 +102,7 @@ fn start_of_second() -> u64 {
 /// tcp_tw_reuse=1: connect() takes over a timewait socket only once it is older than
 /// tcp_tw_reuse_delay; before that it fails with EADDRNOTAVAIL, "too young".
 fn reuse_after_delay(test: &str, delay_ms: u64) {
-    let has_delay = kernel::has_sysctl(REUSE_DELAY);
+    let has_delay = kernel::features().has_sysctl(REUSE_DELAY);
     if !has_delay && delay_ms != 1000 {
         kernel::skip(
             test,
@@ -209,7 +209,7 @@ fn reuse_attempt(test: &str, delay_ms: u64, has_delay: bool) -> bool {
         assert_eq!(f.3, std::process::id());
     }
     // Each refusal asked about every port's timewait socket (none while they did not exist).
-    check_candidates(tracer.fn_tier, &fails, |f| f.2);
+    check_candidates(tracer.features().fn_tier(), &fails, |f| f.2);
     if closed_in.is_none_or(|s| s == first_try_in) {
         assert!(
             fails.iter().any(|f| f.1 == Refusal::TooYoung),
@@ -230,7 +230,7 @@ fn reuse_attempt(test: &str, delay_ms: u64, has_delay: bool) -> bool {
         "{ev:#?}"
     );
     // The function tier saw the take-over itself.
-    let fn_tier = tracer.fn_tier;
+    let fn_tier = tracer.features().fn_tier();
     let (_, summary) = tracer.stop().unwrap();
     assert_eq!(
         summary.stats.reuses_confirmed,
@@ -280,7 +280,7 @@ fn no_timestamps_no_reuse() {
             .all(|f| f.1 == Refusal::NoTimestamps && f.2 == 2),
         "{fails:?}"
     );
-    check_candidates(tracer.fn_tier, &fails, |_| 2);
+    check_candidates(tracer.features().fn_tier(), &fails, |_| 2);
     assert!(exits(&ev).is_empty(), "nothing was reused: {ev:#?}");
 }
 
@@ -325,7 +325,7 @@ fn reuse_mode_2_refuses_non_loopback() {
             .all(|f| f.1 == Refusal::LoopbackOnly && f.2 == 2),
         "{fails:?}"
     );
-    check_candidates(tracer.fn_tier, &fails, |_| 2);
+    check_candidates(tracer.features().fn_tier(), &fails, |_| 2);
     // The same namespace shows its sysctls with the events.
     assert!(ev
         .iter()
@@ -553,7 +553,7 @@ fn rst_into_timewait(rfc1337: bool) -> (Vec<Event>, bool) {
     let ev = tracer.wait_for(Duration::from_secs(2), |ev| !exits(ev).is_empty());
     assert_eq!(enters(&ev).len(), 1);
     assert_eq!(addr(&enters(&ev)[0].sock, true), client);
-    (ev, tracer.hook_on("tp_btf/kfree_skb"))
+    (ev, tracer.features().hook_on("tp_btf/kfree_skb"))
 }
 
 #[test]

@@ -110,7 +110,7 @@ fn verify_measures_every_claim() {
     // Past libtest's capture: the kernel matrix's console logs show what verify measured there.
     let _ = writeln!(std::io::stderr(), "twtrace verify:\n{table}");
 
-    let wheel = Wheel::detect();
+    let wheel = Wheel::from(kernel::features().hz);
     let verdict = |id: &str| by_id[id]["verdict"].as_str().unwrap().to_string();
 
     // duration: every lifetime inside the timer wheel's window around 60 s; the explanation
@@ -196,7 +196,7 @@ fn verify_measures_every_claim() {
     // second than the last timestamp); mode 2 only on loopback; the tracer explains the
     // refusals the same way.
     let u = &by_id["reuse"]["measured"];
-    let delay_exists = kernel::has_sysctl("net.ipv4.tcp_tw_reuse_delay");
+    let delay_exists = kernel::features().has_sysctl("net.ipv4.tcp_tw_reuse_delay");
     assert_eq!(
         get(u, "tcp_tw_reuse_delay_exists").as_bool(),
         Some(delay_exists)
@@ -263,7 +263,7 @@ fn verify_measures_every_claim() {
     // linger0: one RST and no TIME_WAIT per close; the control closes leave TIME_WAIT.
     let l = &by_id["linger0"]["measured"];
     let n = num(l, "n");
-    match verify::abort_events_available() {
+    match kernel::features().abort_events() {
         Ok(()) => assert_eq!(num(l, "abort_events"), n),
         Err(why) => {
             kernel::partial("verify_measures_every_claim", &why);
@@ -359,9 +359,7 @@ fn nat_lab_follows_the_timestamps() {
     assert!(text.contains("Findings:"), "{text}");
     let _ = writeln!(std::io::stderr(), "twtrace lab nat:\n{text}");
     // What the kernel lacks is said, never an error: the counters as /proc/net/netstat has them.
-    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
-    let has_counter =
-        |name: &str| twtrace::host::netns::parse_netstat(&netstat, "TcpExt", name).is_some();
+    let has_counter = |name: &str| kernel::features().has_tcpext(name);
     assert_eq!(
         r.kernel
             .counters_unavailable
@@ -369,7 +367,7 @@ fn nat_lab_follows_the_timestamps() {
         !has_counter("PAWSTimewait"),
         "{text}"
     );
-    let delay_exists = kernel::has_sysctl("net.ipv4.tcp_tw_reuse_delay");
+    let delay_exists = kernel::features().has_sysctl("net.ipv4.tcp_tw_reuse_delay");
     assert_eq!(
         r.kernel.reuse_rule,
         if delay_exists {
@@ -378,9 +376,9 @@ fn nat_lab_follows_the_timestamps() {
             "next_second"
         }
     );
-    let paws_events = verify::paws_events_available();
+    let paws_events = kernel::features().paws_events();
     assert_eq!(r.kernel.paws_events_unavailable, paws_events.clone().err());
-    let rst_reason = verify::rst_reason_available();
+    let rst_reason = kernel::features().rst_reason();
     assert_eq!(r.kernel.rst_reason_unavailable, rst_reason.clone().err());
     let (cf, sf) = (&r.phases[0], &r.phases[1]);
 

@@ -94,7 +94,11 @@ pub fn run(args: RecordArgs) -> Result<()> {
     opts.poll_every = Duration::from_millis(100);
     let mut session = Session::start(opts, session::stop_on_signals()?)?;
     let tracer = session.tracer();
-    let mut header = Header::capture(tracer.clock, tracer.hz, &tracer.hooks);
+    let mut header = Header::capture(
+        tracer.clock,
+        tracer.features().hz.value,
+        &tracer.features().hooks,
+    );
     header.filter = describe_filter(&args.trace);
     header.sysctls = initial_sysctls(&args.trace.netns);
     let wopts = WriterOptions {

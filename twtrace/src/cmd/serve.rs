@@ -221,11 +221,7 @@ impl<'a> Exposition<'a> {
         Exposition {
             agg: Aggregator::default(),
             metrics: Metrics::new(Options { peer_labels }),
-            hooks: tracer
-                .hooks
-                .iter()
-                .map(|h| (h.label(), h.result.is_ok()))
-                .collect(),
+            hooks: tracer.features().hook_table(),
             shared,
             owners,
             ready: None,

@@ -60,6 +60,7 @@ fn host_info(tracer: &Tracer) -> HostInfo {
         kernel: sysinfo::kernel_release().unwrap_or_default(),
         // The function tier is optional: counted when attached, not listed as missing.
         hooks: tracer
+            .features()
             .hooks
             .iter()
             .filter(|h| !h.is_fn_tier() || h.result.is_ok())

@@ -113,7 +113,8 @@ impl LifetimeBuckets {
 /// The tracer's own state, read by the serve loop at each refresh.
 #[derive(Clone, Debug, Default)]
 pub struct Health {
-    /// (hook label, attached).
+    /// (hook label, attached), as the tracer's features have them
+    /// ([`crate::kernel::features::Features::hook_table`]).
     pub hooks: Vec<(String, bool)>,
     /// Events the kernel could not queue, since start.
     pub lost: u64,

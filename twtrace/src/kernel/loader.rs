@@ -2,6 +2,7 @@
 //! kallsyms into the programs' `CONFIG`, and the hook table attached by what the kernel offers.
 
 use crate::kernel::btf::{KernelBtf, VMLINUX};
+use crate::kernel::features::{find_hz, BtfFacts, Features};
 use crate::kernel::kallsyms;
 use anyhow::{bail, Context, Result};
 use aya::programs::{BtfTracePoint, FExit, Iter};
@@ -315,6 +316,8 @@ pub struct Loaded {
     pub btf: Btf,
     pub config: Config,
     pub hooks: Vec<HookStatus>,
+    /// What the kernel offers, with these hooks: the one object everything else asks.
+    pub features: Features,
 }
 
 /// The symbols and structure offsets of the running kernel, for the programs' `CONFIG`.
@@ -371,6 +374,7 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             )
         })
         .collect();
+    let facts = BtfFacts::read(&kbtf);
     // Free our parse of the kernel BTF before aya makes its own: both at once were most of
     // the start-up memory peak.
     drop(kbtf);
@@ -438,12 +442,29 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             fallback_used: false,
         });
     }
+    let features = features_at_load(&mut ebpf, facts, &hooks);
     Ok(Loaded {
         ebpf,
         btf,
         config,
         hooks,
+        features,
     })
+}
+
+/// The [`Features`] of the loaded programs: `facts` read from BTF, the hooks as attached, and
+/// HZ found with the iterator if it loaded.
+fn features_at_load(ebpf: &mut Ebpf, facts: BtfFacts, hooks: &[HookStatus]) -> Features {
+    let iter_ok = hooks
+        .iter()
+        .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
+    let iter: Option<&mut Iter> = match iter_ok {
+        true => ebpf
+            .program_mut("snapshot_tcp")
+            .and_then(|p| p.try_into().ok()),
+        false => None,
+    };
+    Features::assemble(facts, hooks.to_vec(), true, find_hz(iter))
 }
 
 /// The benchmark's floor: loads the object and attaches only its empty programs

@@ -1,10 +1,13 @@
 //! What the running kernel offers: BTF offsets, symbols, function prototypes, the programs and
-//! their hooks, the iterator, and kernel facts (HZ, clocks). Computed once at load.
+//! their hooks, the iterator, and kernel facts (HZ, clocks). Computed once at load and held
+//! by [`features::Features`]; the reuse rule is [`reuse_rule`].
 
 pub mod btf;
+pub mod features;
 pub mod kallsyms;
 pub mod loader;
 pub mod prototypes;
+pub mod reuse_rule;
 pub mod snapshot;
 pub mod sysinfo;
 pub mod tracefs;

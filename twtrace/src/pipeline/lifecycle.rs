@@ -21,14 +21,11 @@
 //! in the order they were made, which is all this needs.
 
 use crate::host::sysctls::Sysctls;
+use crate::kernel::reuse_rule::{self, Candidate, Policy};
 use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use twtrace_common::{flags, kind, netconf, NetConf, TwRecord};
-
-/// How far `ktime_get_seconds()` (tick-updated) may lag CLOCK_MONOTONIC when the kernel
-/// applies the pre-6.13 reuse rule.
-const SECONDS_LAG_NS: u64 = 50_000_000;
 
 /// Default window after which an unsettled cancel is an early death. Expiries and re-arms
 /// settle within microseconds.
@@ -399,69 +396,24 @@ impl Lifecycle {
             .unwrap_or_default()
     }
 
-    /// Why none of `tws` (timewait sockets toward `dest`) could be reused, by the rule of
-    /// `tcp_twsk_unique`: timestamps from the peer; then, for an ephemeral port,
-    /// `tcp_tw_reuse` (2 = loopback only), and the socket's age. Since 6.13 (kernels with
-    /// `tcp_tw_reuse_delay`): the TIME_WAIT substate and an age past the delay from
-    /// `tw_entry_stamp`; before: the monotonic second must have moved past the one in which
-    /// the peer's last timestamp came (`tw_ts_recent_stamp`). `now_ns`: when connect() began.
+    /// Why none of `tws` (timewait sockets toward `dest`) could be reused: the one model of
+    /// `tcp_twsk_unique` ([`reuse_rule::refusal`]) with the namespace's settings as the
+    /// kernel read them at this connect() (the record's own, merged just before) and
+    /// `now_ns`, when connect() began.
     fn refusal(&self, tws: &[&Live], dest: &Dest, bound: bool, now_ns: u64) -> Refusal {
-        if tws.is_empty() {
-            return Refusal::NoTimewait;
-        }
-        if tws.iter().all(|l| l.ts_recent_stamp == 0) {
-            return Refusal::NoTimestamps;
-        }
-        if bound {
-            // bind() + connect(): the sysctl and the delay do not apply.
-            return Refusal::Unknown;
-        }
-        let sys = self.sysctls.get(&dest.netns);
-        let reuse = sys.and_then(|s| s.tw_reuse);
-        if reuse == Some(0) {
-            return Refusal::ReuseOff;
-        }
-        if reuse == Some(2)
-            && !tws
-                .iter()
-                .any(|l| is_loopback(&l.sock.laddr) || is_loopback(&l.sock.raddr))
-        {
-            return Refusal::LoopbackOnly;
-        }
-        let eligible: Vec<&&Live> = tws.iter().filter(|l| l.ts_recent_stamp != 0).collect();
-        // Sysctls not read (yet): assume this kernel's rule with the default delay.
-        let delay = sys.map_or(Some(1000), |s| s.tw_reuse_delay_ms);
-        let Some(delay_ms) = delay else {
-            // Before 6.13: ktime_get_seconds() must be after tw_ts_recent_stamp. That clock
-            // is updated by the tick, so it lags the precise one we have by up to a tick (on
-            // an emulated CPU, several: seen a refusal 20 ms into the next second on 6.1).
-            let now_s = (now_ns.saturating_sub(SECONDS_LAG_NS) / 1_000_000_000) as u32;
-            return if eligible
-                .iter()
-                .all(|l| (now_s.wrapping_sub(l.ts_recent_stamp) as i32) <= 0)
-            {
-                Refusal::TooYoung
-            } else {
-                Refusal::Unknown
-            };
-        };
-        if eligible.iter().all(|l| l.substate == Substate::FinWait2) {
-            return Refusal::FinWait2;
-        }
-        let now_ms = (now_ns / 1_000_000) as u32;
-        let oldest_ms = eligible
+        let candidates: Vec<Candidate> = tws
             .iter()
-            .filter(|l| l.substate == Substate::TimeWait)
-            .filter_map(|l| match (l.entry_stamp, l.birth_ns) {
-                (Some(st), _) => Some(now_ms.wrapping_sub(st) as u64),
-                (None, Some(b)) => Some(now_ns.saturating_sub(b) / 1_000_000),
-                _ => None,
+            .map(|l| Candidate {
+                laddr: l.sock.laddr,
+                raddr: l.sock.raddr,
+                substate: l.substate,
+                ts_recent_stamp: l.ts_recent_stamp,
+                entry_stamp_ms: l.entry_stamp,
+                birth_ns: l.birth_ns,
             })
-            .max();
-        match oldest_ms {
-            Some(age) if age <= delay_ms as u64 => Refusal::TooYoung,
-            _ => Refusal::Unknown,
-        }
+            .collect();
+        let policy = Policy::from_sysctls(self.sysctls.get(&dest.netns));
+        reuse_rule::refusal(&candidates, bound, policy, now_ns)
     }
 
     /// Settles a detach that neither expired nor re-armed: an early death, for the reason
@@ -742,15 +694,6 @@ fn merge_conf(known: &Sysctls, conf: &NetConf) -> Sysctls {
         s.max_tw_buckets = Some(conf.max_tw_buckets as u64);
     }
     s
-}
-
-fn is_loopback(a: &IpAddr) -> bool {
-    match a {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
 }
 
 /// Same 4-tuple and namespace (a request socket and the timewait socket it replaces are seen

@@ -8,7 +8,6 @@
 //! events. The namespaces' sysctls are the tracer's one model: the census re-sync asks it about
 //! namespaces that had no traffic yet, rather than keeping a second one.
 
-use crate::kernel::loader;
 use crate::kernel::snapshot::NetnsCensus;
 use crate::kernel::sysinfo;
 use crate::pipeline::event::{Event, ExitReason};
@@ -115,8 +114,13 @@ impl Session {
         }
         log::info!(
             "session: {} of {} hooks attached; polling every {:?}, census {}, stop {}",
-            tracer.hooks.iter().filter(|h| h.result.is_ok()).count(),
-            tracer.hooks.len(),
+            tracer
+                .features()
+                .hooks
+                .iter()
+                .filter(|h| h.result.is_ok())
+                .count(),
+            tracer.features().hooks.len(),
             opts.poll_every,
             opts.census_every
                 .map_or("never".to_string(), |d| format!("every {d:?}")),
@@ -277,16 +281,16 @@ impl Session {
 
 /// The hook report on stderr: one line per hook, the tier, warnings, the ready line.
 fn print_report(tracer: &Tracer) {
-    for h in &tracer.hooks {
+    for h in &tracer.features().hooks {
         eprintln!("{}", h.report_line());
     }
-    eprintln!("{}", loader::tier_line(&tracer.hooks));
+    eprintln!("{}", tracer.features().tier_line());
     for w in &tracer.warnings {
         eprintln!("warning: {w}");
     }
     eprintln!(
         "tracing TIME_WAIT sockets (HZ={})... Ctrl-C to stop",
-        tracer.hz
+        tracer.features().hz.value
     );
 }
 
@@ -317,7 +321,7 @@ fn summary_line(tracer: &Tracer, shown: u64) -> String {
         line.push_str(&format!(", {read_errors} kernel read errors"));
     }
     // The function tier's own count, where it runs (the reused exits include these).
-    if loader::fn_hook_on(&tracer.hooks, "tcp_twsk_unique") {
+    if tracer.features().fn_tier() {
         line.push_str(&format!(
             "; {} reuses confirmed by tcp_twsk_unique, {} timewait sockets it refused",
             s.reuses_confirmed, s.reuse_refusals

@@ -5,7 +5,8 @@
 //! thread of its own that collects them (for the tests, `verify` and `lab`).
 
 use crate::host::sysctls::SysctlWatch;
-use crate::kernel::loader::{self, HookStatus};
+use crate::kernel::features::Features;
+use crate::kernel::loader;
 use crate::kernel::snapshot;
 use crate::kernel::sysinfo::{self, Clock};
 use crate::pipeline::decode::decode;
@@ -50,8 +51,8 @@ pub struct Tracer {
     ebpf: aya::Ebpf,
     lifecycle: Lifecycle,
     pub clock: Clock,
-    pub hz: u64,
-    pub hooks: Vec<HookStatus>,
+    /// What the kernel offers (hooks attached, tier, HZ, reuse rule…), found once at load.
+    features: Features,
     /// Problems worth telling the user that did not stop the start (snapshot failures, …).
     pub warnings: Vec<String>,
     initial: Vec<Event>,
@@ -67,7 +68,10 @@ pub struct Tracer {
 impl Tracer {
     pub fn start(opts: &TracerOptions) -> Result<Tracer> {
         let loader::Loaded {
-            mut ebpf, hooks, ..
+            mut ebpf,
+            hooks,
+            features,
+            ..
         } = loader::load(opts.ring_bytes)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
@@ -82,25 +86,18 @@ impl Tracer {
         let iter_ok = hooks
             .iter()
             .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
-        let hz = match sysinfo::config_hz() {
-            Some(hz) => hz,
-            None if iter_ok => {
-                let prog: &mut Iter = ebpf
-                    .program_mut("snapshot_tcp")
-                    .context("iter")?
-                    .try_into()?;
-                sysinfo::nearest_hz(snapshot::measure_hz(prog, Duration::from_millis(200))?)
-            }
-            None => {
-                warnings
-                    .push("kernel HZ unknown (no kernel config, no iterator): assuming 250".into());
-                250
-            }
-        };
+        if !features.hz.known() {
+            warnings.push(
+                "kernel HZ unknown (no kernel config; neither the iterator nor /proc/timer_list \
+                 measured it): assuming 250"
+                    .into(),
+            );
+        }
+        let hz = features.hz.value;
         let mut lifecycle = Lifecycle::with_settle(hz, opts.settle_ns);
         lifecycle.set_fn_tier(
-            loader::fn_hook_on(&hooks, "tcp_twsk_unique"),
-            loader::fn_hook_on(&hooks, "inet_twsk_alloc"),
+            features.fn_hook_on("tcp_twsk_unique"),
+            features.fn_hook_on("inet_twsk_alloc"),
         );
         let mut sysctls = SysctlWatch::new();
         sysctls.baseline();
@@ -131,8 +128,7 @@ impl Tracer {
             ebpf,
             lifecycle,
             clock: Clock::now(),
-            hz,
-            hooks,
+            features,
             warnings,
             initial,
             lost_reported: 0,
@@ -143,6 +139,11 @@ impl Tracer {
             notices: Vec::new(),
             overflow_suspect: None,
         })
+    }
+
+    /// What the running kernel offers, as found when the programs loaded.
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 
     pub fn stats(&self) -> Stats {
@@ -319,18 +320,18 @@ pub struct Background {
     events: Arc<Mutex<Vec<Event>>>,
     thread: Option<std::thread::JoinHandle<Result<TracerSummary>>>,
     pub clock: Clock,
-    /// The function-hook tier is attached (`tcp_twsk_unique`): refusals are counted exactly.
-    pub fn_tier: bool,
-    /// What attached, as the start-up report has it.
-    pub hooks: Vec<HookStatus>,
+    features: Features,
 }
 
 impl Background {
     /// Whether the hook with this label (e.g. `tp_btf/kfree_skb`) is attached.
     pub fn hook_on(&self, label: &str) -> bool {
-        self.hooks
-            .iter()
-            .any(|h| h.label() == label && h.result.is_ok())
+        self.features.hook_on(label)
+    }
+
+    /// What the running kernel offers, as the tracer found it when its programs loaded.
+    pub fn features(&self) -> &Features {
+        &self.features
     }
 }
 
@@ -353,8 +354,7 @@ impl Background {
     ) -> Result<Background> {
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) =
-            std::sync::mpsc::channel::<Result<(Clock, bool, Vec<HookStatus>)>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(Clock, Features)>>();
         let (s, ev) = (stop.clone(), events.clone());
         let thread = std::thread::spawn(move || -> Result<TracerSummary> {
             let opts = SessionOptions {
@@ -366,8 +366,7 @@ impl Background {
             let mut session = match Session::start(opts, s) {
                 Ok(session) => {
                     let t = session.tracer();
-                    let fn_tier = loader::fn_hook_on(&t.hooks, "tcp_twsk_unique");
-                    let _ = ready_tx.send(Ok((t.clock, fn_tier, t.hooks.clone())));
+                    let _ = ready_tx.send(Ok((t.clock, t.features.clone())));
                     session
                 }
                 Err(e) => {
@@ -388,7 +387,7 @@ impl Background {
                 read_errors: t.read_errors(),
             })
         });
-        let (clock, fn_tier, hooks) = ready_rx
+        let (clock, features) = ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("tracer thread died before it was ready"))??;
         Ok(Background {
@@ -396,8 +395,7 @@ impl Background {
             events,
             thread: Some(thread),
             clock,
-            fn_tier,
-            hooks,
+            features,
         })
     }
 
