@@ -15,6 +15,7 @@
 //! every timewait socket alive for its 60 s.
 
 use crate::host::netns::NetNs;
+use crate::host::procnet::{parse_counters, parse_sockstat_tw};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{setsockopt, sockopt};
@@ -390,63 +391,15 @@ pub fn netstat(ns: &NetNs) -> Result<BTreeMap<String, u64>> {
     })?
 }
 
-/// Parses the header-line/value-line pairs of `/proc/net/netstat` and `/proc/net/snmp`.
-pub fn parse_counters(text: &str, out: &mut BTreeMap<String, u64>) {
-    let mut lines = text.lines();
-    while let (Some(h), Some(v)) = (lines.next(), lines.next()) {
-        let (Some((hp, hk)), Some((vp, vv))) = (h.split_once(':'), v.split_once(':')) else {
-            continue;
-        };
-        if hp != vp {
-            continue;
-        }
-        for (k, v) in hk.split_whitespace().zip(vv.split_whitespace()) {
-            if let Ok(n) = v.parse::<u64>() {
-                out.insert(format!("{hp}:{k}"), n);
-            }
-        }
-    }
-}
-
 /// Timewait sockets alive in `ns` now (`/proc/net/sockstat`, "TCP: … tw N").
 pub fn tw_alive(ns: &NetNs) -> Result<u64> {
     let text = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/sockstat"))??;
     parse_sockstat_tw(&text).context("no TCP tw count in /proc/net/sockstat")
 }
 
-pub fn parse_sockstat_tw(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
-    let mut it = line.split_whitespace();
-    while let Some(w) = it.next() {
-        if w == "tw" {
-            return it.next()?.parse().ok();
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counters_parse_pairs_and_skip_garbage() {
-        let text = "TcpExt: SyncookiesSent TW TWRecycled\nTcpExt: 0 12 3\n\
-                    IpExt: InOctets\nIpExt: 99\nBroken line\n";
-        let mut m = BTreeMap::new();
-        parse_counters(text, &mut m);
-        assert_eq!(m.get("TcpExt:TW"), Some(&12));
-        assert_eq!(m.get("TcpExt:TWRecycled"), Some(&3));
-        assert_eq!(m.get("IpExt:InOctets"), Some(&99));
-        assert_eq!(m.len(), 4);
-    }
-
-    #[test]
-    fn sockstat_tw() {
-        let s = "sockets: used 5\nTCP: inuse 1 orphan 0 tw 100123 alloc 3 mem 0\nUDP: inuse 0\n";
-        assert_eq!(parse_sockstat_tw(s), Some(100123));
-        assert_eq!(parse_sockstat_tw("TCP: inuse 1\n"), None);
-    }
 
     #[test]
     fn recycling_range_is_clamped() {

@@ -141,28 +141,6 @@ pub(crate) fn snmp(ns: &NetNs, name: &str) -> Result<u64> {
 
 /// The live timewait count of `ns` (`/proc/net/sockstat`, "TCP: … tw N").
 pub(super) fn sockstat_tw(ns: &NetNs) -> Result<u64> {
-    parse_sockstat_tw(&proc_net(ns, "sockstat")?).ok_or_else(|| anyhow!("no tw in sockstat"))
-}
-
-pub fn parse_sockstat_tw(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
-    let mut it = line.split_whitespace();
-    while let Some(k) = it.next() {
-        if k == "tw" {
-            return it.next()?.parse().ok();
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sockstat_tw() {
-        let t = "sockets: used 5\nTCP: inuse 1 orphan 0 tw 17 alloc 2 mem 0\nUDP: inuse 0\n";
-        assert_eq!(parse_sockstat_tw(t), Some(17));
-        assert_eq!(parse_sockstat_tw("TCP: inuse 1\n"), None);
-    }
+    crate::host::procnet::parse_sockstat_tw(&proc_net(ns, "sockstat")?)
+        .ok_or_else(|| anyhow!("no tw in sockstat"))
 }

@@ -28,12 +28,11 @@ pub use crate::kernel::reuse_rule::{
 };
 use duration::duration;
 pub(crate) use evidence::proc_net;
-pub use evidence::{parse_sockstat_tw, reuses, Reuse};
+pub use evidence::{reuses, Reuse};
 use fin_timeout::fin_timeout;
 use linger0::linger0;
 use max_tw_buckets::max_tw_buckets;
 pub use max_tw_buckets::{kmsg_message, KernelLog};
-pub use port_exhaustion::parse_port_range;
 use port_exhaustion::port_exhaustion;
 use recycle::recycle;
 pub use recycle::rto_floor_ms;

@@ -105,15 +105,6 @@ fn exhaust(
     Ok(r)
 }
 
-/// `ip_local_port_range` text ("32768\t60999") as an inclusive pair.
-pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
-    let mut it = s.split_whitespace().map(|v| v.parse::<u16>());
-    match (it.next(), it.next(), it.next()) {
-        (Some(Ok(a)), Some(Ok(b)), None) if a <= b => Some((a, b)),
-        _ => None,
-    }
-}
-
 // 20 ports at 10/s: without reuse 20 connect and 10 fail; with reuse a port is back within
 // 0.5 s (tcp_tw_reuse_delay) or at the next second boundary (the fixed rule before 6.13), at
 // most 11 ports are held at once either way, and all 30 connect.
@@ -125,7 +116,7 @@ const REUSE_DELAY_MS: u64 = 500;
 pub(super) fn port_exhaustion(w: &Watch) -> Result<Claim> {
     let default_range = {
         let ns = NetNs::new()?;
-        parse_port_range(&ns.read_sysctl("net.ipv4.ip_local_port_range")?)
+        crate::host::procnet::parse_port_range(&ns.read_sysctl("net.ipv4.ip_local_port_range")?)
     };
     let rule = match w.features().reuse_rule {
         ReuseRule::Delay(_) => ReuseRule::Delay(REUSE_DELAY_MS),
