@@ -47,6 +47,9 @@ enum Command {
     /// Trace headless and serve Prometheus metrics on /metrics (and /healthz), loopback by
     /// default: the fleet front end of the same aggregation as the live view and `report`.
     Serve(cmd::serve::ServeArgs),
+    /// Man pages and shell completions from these definitions (for packaging).
+    #[command(hide = true)]
+    Generate(cmd::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Some(Command::Verify(a)) => cmd::verify::run(a),
         Some(Command::Lab(a)) => cmd::lab::run(a),
         Some(Command::Serve(a)) => cmd::serve::run(a),
+        Some(Command::Generate(a)) => cmd::generate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

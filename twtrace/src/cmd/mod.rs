@@ -1,6 +1,7 @@
 //! One module per subcommand: argument parsing and wiring; the work is in the library.
 
 pub mod export;
+pub mod generate;
 pub mod lab;
 pub mod live;
 pub mod record;
