@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod dist;
 mod fuzz;
 mod vmtest;
 
@@ -63,6 +64,9 @@ enum Cmd {
     },
     /// Run the integration tests on stock Debian kernels under QEMU (nothing installed).
     VmTest(vmtest::VmArgs),
+    /// Set up, build the release binary, and package it in target/dist: a stripped binary
+    /// with its .sha256 and a .deb (man pages, completions, systemd unit, docs).
+    Dist(dist::DistArgs),
 }
 
 /// Debian packages the build and the tests need, with why.
@@ -105,6 +109,7 @@ fn main() {
         Cmd::Bench { quick, json, args } => {
             setup().and_then(|_| bench::run(quick, json.as_deref(), &args))
         }
+        Cmd::Dist(a) => dist::run(a),
         Cmd::VmTest(a) => vmtest::run(a).and_then(|c| {
             if c.ok() {
                 Ok(())
