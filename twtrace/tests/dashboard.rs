@@ -153,6 +153,91 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
+/// The label names `expr` uses: in matchers (`{name=~"…"}`) and in the lists after
+/// by/without/on/ignoring/group_left/group_right.
+fn label_names(expr: &str) -> Vec<String> {
+    // String contents out first: `x="a}b,c=d"` must not look like matchers.
+    let mut clean = String::new();
+    let mut quote = None;
+    let mut escaped = false;
+    for c in expr.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                    clean.push(c);
+                }
+            }
+            None => {
+                if matches!(c, '"' | '\'' | '`') {
+                    quote = Some(c);
+                }
+                clean.push(c);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let words = |list: &str, out: &mut Vec<String>| {
+        for w in list.split(',') {
+            let w = w.trim();
+            if !w.is_empty() {
+                out.push(w.to_string());
+            }
+        }
+    };
+    // Matchers.
+    let mut rest = clean.as_str();
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
+        for m in rest[open + 1..close].split(',') {
+            let name = m.split(['=', '!']).next().unwrap_or("").trim();
+            if !name.is_empty() {
+                out.push(name.to_string());
+            }
+        }
+        rest = &rest[(close + 1).min(rest.len())..];
+    }
+    // Label lists: a keyword as a whole word, then `(`.
+    let b = clean.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    let mut i = 0;
+    while i < b.len() {
+        if ident(b[i]) && (i == 0 || !ident(b[i - 1])) {
+            let start = i;
+            while i < b.len() && ident(b[i]) {
+                i += 1;
+            }
+            let word = clean[start..i].to_ascii_lowercase();
+            if matches!(
+                word.as_str(),
+                "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+            ) {
+                let after = clean[i..].trim_start();
+                if let Some(list) = after.strip_prefix('(') {
+                    words(&list[..list.find(')').unwrap_or(list.len())], &mut out);
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The labels a legend names: `{{instance}} ns {{netns}}` → instance, netns.
+fn legend_labels(legend: &str) -> Vec<String> {
+    legend
+        .split("{{")
+        .skip(1)
+        .filter_map(|p| p.split_once("}}"))
+        .map(|(l, _)| l.trim().to_string())
+        .collect()
+}
+
 /// Every PromQL expression of the dashboard, with where it is: panel targets (rows' nested
 /// panels too) and the selector of each `label_values(selector, label)` variable query.
 fn queries(d: &serde_json::Value) -> Vec<(String, String)> {
@@ -186,6 +271,23 @@ fn queries(d: &serde_json::Value) -> Vec<(String, String)> {
     out
 }
 
+/// Every target's legend format.
+fn legends(d: &serde_json::Value) -> Vec<String> {
+    fn walk(panels: &serde_json::Value, out: &mut Vec<String>) {
+        for p in panels.as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(l) = t["legendFormat"].as_str() {
+                    out.push(l.to_string());
+                }
+            }
+            walk(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&d["panels"], &mut out);
+    out
+}
+
 /// The expression with Grafana's variables replaced by values Prometheus accepts.
 fn concrete(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
@@ -209,6 +311,16 @@ fn the_tokenizer_finds_metric_names_and_nothing_else() {
         ["x_total", "y"]
     );
     assert!(metric_names("vector(1) + 0.5 * time()").is_empty());
+    assert_eq!(
+        label_names(
+            r#"sum by (instance, le) (rate(m{netns=~"$netns", x!="a}b,c=d"}[5m])) * on(netns) group_left (cgroup) topk by (netns) (1, i)"#
+        ),
+        ["netns", "x", "instance", "le", "netns", "cgroup", "netns"]
+    );
+    assert_eq!(
+        legend_labels("{{instance}} ns {{ netns }} → x"),
+        ["instance", "netns"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,8 +490,8 @@ fn start_serve(args: &[String]) -> (Proc, SocketAddr) {
     (proc, addr)
 }
 
-/// The sample names of one `/metrics` scrape (Prometheus text format).
-fn scrape(addr: SocketAddr) -> BTreeSet<String> {
+/// The sample names and the label names of one `/metrics` scrape (Prometheus text format).
+fn scrape(addr: SocketAddr) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -390,11 +502,32 @@ fn scrape(addr: SocketAddr) -> BTreeSet<String> {
         head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
         "{head}"
     );
-    body.lines()
+    let mut names = BTreeSet::new();
+    let mut labels = BTreeSet::new();
+    for l in body
+        .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_string)
-        .collect()
+    {
+        let name = l.split(['{', ' ']).next().unwrap_or_default();
+        names.insert(name.to_string());
+        if let Some(set) = l.strip_prefix(name).and_then(|r| r.strip_prefix('{')) {
+            // `a="x",b="y"}`: a label name runs up to `=`, its value to the unescaped quote.
+            let mut rest = set;
+            while let Some((label, after)) = rest.split_once("=\"") {
+                labels.insert(label.trim_start_matches(',').to_string());
+                let mut end = 0;
+                let bytes = after.as_bytes();
+                while end < bytes.len() && bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                rest = &after[(end + 1).min(after.len())..];
+                if rest.starts_with('}') {
+                    break;
+                }
+            }
+        }
+    }
+    (names, labels)
 }
 
 const SERVICE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
@@ -407,12 +540,18 @@ fn every_metric_a_panel_uses_is_served() {
     let t0 = Instant::now();
     let q = queries(&dashboard());
     let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut used_labels: BTreeSet<String> = BTreeSet::new();
     for (where_, e) in &q {
         let names = metric_names(e);
         assert!(!names.is_empty(), "{where_}: no metric in {e}");
         used.extend(names);
+        used_labels.extend(label_names(e));
+    }
+    for l in legends(&dashboard()) {
+        used_labels.extend(legend_labels(&l));
     }
     assert!(used.len() >= 12, "{used:?}");
+    assert!(used_labels.len() >= 8, "{used_labels:?}");
 
     let ports = NetNs::new().unwrap();
     ports.sysctl("net.ipv4.tcp_tw_reuse", "0").unwrap();
@@ -450,12 +589,12 @@ fn every_metric_a_panel_uses_is_served() {
     }
     // The exposition is rendered once a second: wait until every name is there.
     let deadline = Instant::now() + SOON;
-    let (served, missing) = loop {
-        let served = scrape(addr);
+    let (served, served_labels, missing) = loop {
+        let (served, served_labels) = scrape(addr);
         let missing: Vec<&String> = used.iter().filter(|n| !served.contains(*n)).collect();
         if missing.is_empty() || Instant::now() >= deadline {
             let missing: Vec<String> = missing.into_iter().cloned().collect();
-            break (served, missing);
+            break (served, served_labels, missing);
         }
         std::thread::sleep(Duration::from_millis(250));
     };
@@ -464,14 +603,24 @@ fn every_metric_a_panel_uses_is_served() {
         "dashboard queries use metrics twtrace serve does not expose: {missing:?}\nserved: {served:?}\nserve log:\n{}",
         twtrace.log()
     );
+    // Labels: the exporter's, plus the target labels Prometheus adds to every series.
+    let missing: Vec<&String> = used_labels
+        .iter()
+        .filter(|l| !served_labels.contains(*l) && !["instance", "job"].contains(&l.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries or legends use labels twtrace serve does not expose: {missing:?}\nserved: {served_labels:?}"
+    );
     // And a name it does not expose is caught (the check can fail).
     let bogus = metric_names("rate(twtrace_timewait_exit_total[5m])");
     assert!(bogus.iter().any(|n| !served.contains(n)), "{bogus:?}");
     drop(twtrace);
     eprintln!(
-        "dashboard: {} queries, {} metric names, all served; {:.1} s",
+        "dashboard: {} queries, {} metric names and {} label names, all served; {:.1} s",
         q.len(),
         used.len(),
+        used_labels.len(),
         t0.elapsed().as_secs_f64()
     );
 }
