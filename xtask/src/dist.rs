@@ -195,6 +195,10 @@ pub fn run(args: DistArgs) -> Result<()> {
         .arg(&deb)
         .env("SOURCE_DATE_EPOCH", epoch.to_string()))?;
 
+    // Only the artifacts stay.
+    fs::remove_dir_all(&root)?;
+    fs::remove_dir_all(&gen)?;
+
     let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
     println!("xtask: dist: {}", out.display());

@@ -3,6 +3,7 @@
 //! - `setup`: installs only what is missing (Debian packages, bpf-linker), saying what it does.
 //! - `build`: setup, then `cargo build --release`.
 //! - `run [-- ARGS]`: build, then run `target/release/twtrace ARGS` as root.
+//! - `dist`: build, then package: a stripped binary and a .deb in `target/dist/` (dist.rs).
 //! - `test`: setup, format check, clippy, then every test (unit and integration; the
 //!   integration tests load the real programs into the running kernel, so they need root).
 
