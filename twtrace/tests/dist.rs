@@ -210,6 +210,15 @@ fn the_package_installs_runs_and_passes_lintian() {
     run(Command::new("bash")
         .arg("-n")
         .arg(r("usr/share/bash-completion/completions/twtrace")));
+    // Completions offer the visible subcommands, not the hidden `generate`.
+    for p in [
+        "usr/share/bash-completion/completions/twtrace",
+        "usr/share/zsh/vendor-completions/_twtrace",
+        "usr/share/fish/vendor_completions.d/twtrace.fish",
+    ] {
+        let c = std::fs::read_to_string(r(p)).unwrap();
+        assert!(c.contains("serve") && !c.contains("generate"), "{p}");
+    }
     let unit = std::fs::read_to_string(r("lib/systemd/system/twtrace.service")).unwrap();
     assert!(
         unit.contains("\nExecStart=/usr/sbin/twtrace serve "),

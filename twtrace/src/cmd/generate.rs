@@ -51,7 +51,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 shells
             };
             for sh in shells {
-                let mut cmd = crate::Cli::command();
+                let mut cmd = visible(crate::Cli::command());
                 let p = clap_complete::generate_to(sh, &mut cmd, "twtrace", &dir).with_context(
                     || {
                         format!(
@@ -65,6 +65,26 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The command without its hidden subcommands (this one): clap_complete offers them too.
+fn visible(full: clap::Command) -> clap::Command {
+    let mut cmd = clap::Command::new("twtrace")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args_conflicts_with_subcommands(full.is_args_conflicts_with_subcommands_set());
+    if let Some(a) = full.get_about() {
+        cmd = cmd.about(a.clone());
+    }
+    if let Some(a) = full.get_long_about() {
+        cmd = cmd.long_about(a.clone());
+    }
+    for a in full.get_arguments() {
+        cmd = cmd.arg(a.clone());
+    }
+    for s in full.get_subcommands().filter(|s| !s.is_hide_set()) {
+        cmd = cmd.subcommand(s.clone());
+    }
+    cmd
 }
 
 /// Writes the pages, the visible subcommands' recursively (hidden ones, like this one, and
