@@ -50,6 +50,9 @@ enum Command {
     /// Trace headless and serve Prometheus metrics on /metrics (and /healthz), loopback by
     /// default: the fleet front end of the same aggregation as the live view and `report`.
     Serve(cmd::serve::ServeArgs),
+    /// Man pages and shell completions from these definitions (for packaging).
+    #[command(hide = true)]
+    Generate(cmd::generate::GenerateArgs),
 }
 
 /// Userspace logging (`log::…` calls) on stderr: warnings by default, more with each `-v`.
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Some(Command::Lab(a)) => cmd::lab::run(a),
         Some(Command::Serve(a)) => cmd::serve::run(a),
         Some(Command::Census(a)) => cmd::census::run(a),
+        Some(Command::Generate(a)) => cmd::generate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

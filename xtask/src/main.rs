@@ -3,6 +3,7 @@
 //! - `setup`: installs only what is missing (Debian packages, bpf-linker), saying what it does.
 //! - `build`: setup, then `cargo build --release`.
 //! - `run [-- ARGS]`: build, then run `target/release/twtrace ARGS` as root.
+//! - `dist`: build, then package: a stripped binary and a .deb in `target/dist/` (dist.rs).
 //! - `test`: setup, format check, clippy, then every test (unit and integration; the
 //!   integration tests load the real programs into the running kernel, so they need root).
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod dist;
 mod fuzz;
 mod vmtest;
 
@@ -63,6 +65,9 @@ enum Cmd {
     },
     /// Run the integration tests on stock Debian kernels under QEMU (nothing installed).
     VmTest(vmtest::VmArgs),
+    /// Set up, build the release binary, and package it in target/dist: a stripped binary
+    /// with its .sha256 and a .deb (man pages, completions, systemd unit, docs).
+    Dist(dist::DistArgs),
 }
 
 /// Debian packages the build and the tests need, with why.
@@ -105,6 +110,7 @@ fn main() {
         Cmd::Bench { quick, json, args } => {
             setup().and_then(|_| bench::run(quick, json.as_deref(), &args))
         }
+        Cmd::Dist(a) => dist::run(a),
         Cmd::VmTest(a) => vmtest::run(a).and_then(|c| {
             if c.ok() {
                 Ok(())

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod census;
 pub mod export;
+pub mod generate;
 pub mod lab;
 pub mod live;
 pub mod record;
