@@ -285,7 +285,7 @@ mod tests {
         write_csv(&e, &Clock { offset_ns: 0 }, "h", &mut s);
         assert_eq!(
             s,
-            "1970-01-01T00:00:00.000001Z,1000,abort,7,4,127.0.0.1,1,::1,2,,,,,,,,,,,,9,\"a,\"\"b\"\"\",0xffff888100000100,,h,"
+            "1970-01-01T00:00:00.000001Z,1000,abort,7,4,127.0.0.1,1,::1,2,,,,,,,,,,,,9,\"a,\"\"b\"\"\",0xffff888100000100,,h,,"
         );
         // One separator fewer than columns, plus the comma inside the quoted comm.
         assert_eq!(s.matches(',').count() - 1, CSV_COLUMNS.len() - 1);
@@ -303,7 +303,27 @@ mod tests {
         };
         let mut s = String::new();
         write_csv(&f, &Clock { offset_ns: 0 }, "h", &mut s);
-        assert!(s.ends_with(",too young,4,,,,0x1,,h,3"), "{s}");
-        assert_eq!(CSV_COLUMNS.last(), Some(&"candidates"));
+        assert!(s.ends_with(",too young,4,,,,0x1,,h,3,"), "{s}");
+        assert_eq!(CSV_COLUMNS[25], "candidates");
+        // The pool of a bind() failure is the last column (appended in trace minor 2).
+        let b = Event {
+            ts_ns: 1_000,
+            body: Body::BindFail {
+                netns: 7,
+                family: 2,
+                errno: libc::EADDRINUSE,
+                timewait: 20,
+                ports: Some(20),
+                task: None,
+            },
+        };
+        let mut s = String::new();
+        write_csv(&b, &Clock { offset_ns: 0 }, "h", &mut s);
+        assert!(
+            s.starts_with("1970-01-01T00:00:00.000001Z,1000,bind_fail,7,2,"),
+            "{s}"
+        );
+        assert!(s.ends_with(",98,EADDRINUSE,,20,,,,,,h,,20"), "{s}");
+        assert_eq!(CSV_COLUMNS.last(), Some(&"ports"));
     }
 }
