@@ -192,7 +192,10 @@ fn bind_before_connect_drains_one_pool_for_all_destinations() {
     // gives its port back once: each such death is one connection more.
     let early = exits(&ev).len();
     if early > 0 {
-        eprintln!("bind_pool: {early} TIME_WAIT socket(s) died early: {:?}", exits(&ev));
+        eprintln!(
+            "bind_pool: {early} TIME_WAIT socket(s) died early: {:?}",
+            exits(&ev)
+        );
     }
     assert_eq!(made, 40 + early, "{failed:?}");
     assert!(

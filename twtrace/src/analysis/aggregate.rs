@@ -551,6 +551,17 @@ impl Aggregator {
         }
     }
 
+    /// The namespace's client side as one pool: TIME_WAIT sockets and entry rate summed over
+    /// its client rows (what bind()-before-connect() draws from).
+    fn client_pool(&self, netns: u32) -> (u64, f64) {
+        self.peers
+            .values()
+            .filter(|q| q.key.netns == netns && q.key.side == Side::Client)
+            .fold((0, 0.0), |(tw, rate), q| {
+                (tw + q.timewait_total(), rate + self.entry_rate(q))
+            })
+    }
+
     /// A row with its rate and, for client rows, its port forecast (netns sysctls from
     /// [`Aggregator::set_context`]; the lifetime is the row's median exit once the row is
     /// older than [`TRUST_LIFETIME_NS`], else 60 s).
@@ -566,8 +577,15 @@ impl Aggregator {
                 .median()
                 .filter(|_| self.now_ns.saturating_sub(p.first_ns) >= TRUST_LIFETIME_NS);
             let local_ts = ctx.and_then(|c| c.timestamps);
+            // A process that binds first draws from one pool for every destination: the
+            // namespace's client side is the pool (its rows summed).
+            let (timewait, entry_rate) = if p.binds_first {
+                self.client_pool(p.key.netns)
+            } else {
+                (p.timewait_total(), entry_rate)
+            };
             forecast::forecast(&ForecastInput {
-                timewait: p.timewait_total(),
+                timewait,
                 entry_rate,
                 lifetime_s: lifetime_ms.map(|ms| ms as f64 / 1000.0),
                 range: ctx.and_then(port_range),
@@ -580,6 +598,7 @@ impl Aggregator {
                     p.peer_timestamps
                 },
                 loopback: p.key.loopback(),
+                shared_pool: p.binds_first,
             })
         });
         PeerSummary {
@@ -949,6 +968,47 @@ pub(crate) mod tests {
             b.peer_summary(p).forecast.unwrap().exhaustion,
             Exhaustion::Unknown
         );
+    }
+
+    #[test]
+    fn a_process_that_binds_first_is_forecast_on_the_shared_pool() {
+        let mut a = Aggregator::default();
+        a.set_context(NSX, ports(40000, 40019, Some(1))); // 20 ports, reuse on
+                                                          // 8 TIME_WAIT sockets toward each of two destinations.
+        let to = |tw: u64, lport: u16, rport: u16| {
+            sock(tw, NSX, [10, 0, 0, 1], lport, [10, 0, 0, 2], rport)
+        };
+        for i in 0..8u16 {
+            a.observe(&enter(1.0, to(i as u64, 40000 + i, 80), Substate::TimeWait));
+            a.observe(&enter(
+                1.0,
+                to(100 + i as u64, 40000 + i, 443),
+                Substate::TimeWait,
+            ));
+        }
+        a.advance(2 * NS);
+        let row = |a: &Aggregator, rport: u16| {
+            let p = a.peers().find(|p| p.key.port == rport).unwrap();
+            a.peer_summary(p).forecast.unwrap()
+        };
+        // connect()'s pools: one per destination, 8 of 20 each.
+        assert_eq!(row(&a, 80).pressure, Some(8.0 / 20.0));
+        assert_ne!(row(&a, 80).reuse, forecast::ReuseAdvice::BindFirst);
+        // The process toward :80 binds before it connects: its pool is the namespace's one
+        // (16 of 20), and reuse cannot help it.
+        a.observe(&ev(
+            2.0,
+            Body::BoundConnect {
+                sock: to(999, 40010, 80),
+                task: task(7, "envoy"),
+            },
+        ));
+        let f = row(&a, 80);
+        assert_eq!(f.pressure, Some(16.0 / 20.0));
+        assert_eq!(f.reuse, forecast::ReuseAdvice::BindFirst);
+        assert!(f.reuse.note().contains("IP_BIND_ADDRESS_NO_PORT"));
+        assert_eq!(row(&a, 443).pressure, Some(8.0 / 20.0));
+        assert!(a.processes().any(|p| p.comm == "envoy" && p.binds_first));
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct ForecastInput {
     pub peer_timestamps: Option<bool>,
     /// The pool's local or remote address is a loopback address (what tw_reuse=2 allows).
     pub loopback: bool,
+    /// The process binds before connect(): the pool is the namespace's one pool of ports for
+    /// every destination (`timewait` and `entry_rate` are then the namespace's client side),
+    /// and bind() never takes a port a TIME_WAIT socket holds, whatever tcp_tw_reuse says.
+    pub shared_pool: bool,
 }
 
 /// When the pool runs out.
@@ -112,6 +116,10 @@ pub enum ReuseAdvice {
     CannotHelp,
     /// tw_reuse not known.
     Unknown,
+    /// The process binds before connect(): tcp_tw_reuse cannot help (bind() never takes a
+    /// TIME_WAIT socket's port); `IP_BIND_ADDRESS_NO_PORT` would make the pool per destination
+    /// again (and reusable); SO_REUSEADDR does not help (measured: tests/tests/bind_pool.rs).
+    BindFirst,
 }
 
 impl ReuseAdvice {
@@ -124,6 +132,7 @@ impl ReuseAdvice {
             ReuseAdvice::WouldHelp => "tw_reuse=1 would help",
             ReuseAdvice::CannotHelp => "no peer ts: reuse can't help",
             ReuseAdvice::Unknown => "",
+            ReuseAdvice::BindFirst => "binds first: IP_BIND_ADDRESS_NO_PORT would help",
         }
     }
 
@@ -136,6 +145,7 @@ impl ReuseAdvice {
             ReuseAdvice::WouldHelp => "reuse=1 helps",
             ReuseAdvice::CannotHelp => "no peer ts",
             ReuseAdvice::Unknown => "",
+            ReuseAdvice::BindFirst => "binds first",
         }
     }
 }
@@ -171,6 +181,7 @@ pub const HIGH_RISK_S: f64 = 60.0;
 pub fn forecast(i: &ForecastInput) -> Forecast {
     let reuse_on = i.tw_reuse.map(|r| r == 1 || (r == 2 && i.loopback));
     let reuse = match (reuse_on, i.peer_timestamps) {
+        _ if i.shared_pool => ReuseAdvice::BindFirst,
         (None, _) => ReuseAdvice::Unknown,
         (Some(true), Some(true)) => ReuseAdvice::Active,
         (Some(true), None) => ReuseAdvice::OnTimestampsUnknown,
