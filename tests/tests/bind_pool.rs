@@ -206,6 +206,6 @@ fn bind_before_connect_drains_one_pool_for_all_destinations() {
     );
     // The port was chosen at connect(): nothing bound first, no bind failure.
     assert_eq!(count_kind(&ev, "bind_fail"), 0, "{ev:#?}");
-    assert_eq!(count_kind(&ev, "bound_connect"), 0, "{ev:#?}");
+    assert_eq!(count_kind(&ev, "bind_connect"), 0, "{ev:#?}");
     assert_eq!(count_kind(&ev, "connect_fail"), failed.len());
 }

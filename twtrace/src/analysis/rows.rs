@@ -125,7 +125,7 @@ pub struct Peer {
     /// them; a refusal for want of them proves the opposite.
     pub peer_timestamps: Option<bool>,
     /// A process connects toward this peer on sockets it bound first: its ports come from
-    /// the namespace's one shared pool (see `bound_connect`).
+    /// the namespace's one shared pool (see `bind_connect`).
     pub binds_first: bool,
     pub first_ns: u64,
     pub last_ns: u64,

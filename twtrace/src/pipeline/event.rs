@@ -287,7 +287,7 @@ impl Event {
             Body::ConnectFail { .. } => "connect_fail",
             Body::PawsReject { .. } => "paws_reject",
             Body::BindFail { .. } => "bind_fail",
-            Body::BoundConnect { .. } => "bound_connect",
+            Body::BoundConnect { .. } => "bind_connect",
             Body::Netns { .. } => "netns",
             Body::Lost { .. } => "lost",
         }

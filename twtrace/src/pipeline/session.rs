@@ -315,6 +315,13 @@ fn summary_line(tracer: &Tracer, shown: u64) -> String {
         s.connect_fails,
         s.paws_rejects,
     );
+    // bind()-before-connect(): said only where it happened (the line stays as it was).
+    if s.bind_fails + s.bound_connects > 0 {
+        line.push_str(&format!(
+            "; {} bind_fail, {} processes binding before connect",
+            s.bind_fails, s.bound_connects
+        ));
+    }
     // Next to the lost events: records sent with fields the kernel could not read.
     let read_errors = tracer.read_errors();
     if read_errors > 0 {

@@ -36,7 +36,7 @@ pub const VERSION_MAJOR: u16 = 1;
 /// Minor version: additive changes (new record kinds, header fields, trailing fields, enum
 /// codes). Readers accept any minor of their major.
 /// 1: `connect_fail` may end with the function tier's candidate count.
-/// 2: record kinds `bind_fail` and `bound_connect`.
+/// 2: record kinds `bind_fail` and `bind_connect`.
 pub const VERSION_MINOR: u16 = 2;
 /// Starts every block. A resynchronising reader looks for it after damage; a false match inside
 /// a payload fails the block's checksum and the search goes on.
