@@ -315,17 +315,17 @@ fn summary_line(tracer: &Tracer, shown: u64) -> String {
         s.connect_fails,
         s.paws_rejects,
     );
+    // Next to the lost events: records sent with fields the kernel could not read.
+    let read_errors = tracer.read_errors();
+    if read_errors > 0 {
+        line.push_str(&format!(", {read_errors} kernel read errors"));
+    }
     // bind()-before-connect(): said only where it happened (the line stays as it was).
     if s.bind_fails + s.bound_connects > 0 {
         line.push_str(&format!(
             "; {} bind_fail, {} processes binding before connect",
             s.bind_fails, s.bound_connects
         ));
-    }
-    // Next to the lost events: records sent with fields the kernel could not read.
-    let read_errors = tracer.read_errors();
-    if read_errors > 0 {
-        line.push_str(&format!(", {read_errors} kernel read errors"));
     }
     // The function tier's own count, where it runs (the reused exits include these).
     if tracer.features().fn_tier() {
