@@ -4,7 +4,7 @@
 //! (`netstat -ant | awk '{++S[$NF]} …'`), from one `iter/tcp` walk per namespace.
 
 use crate::host::procs::Members;
-use crate::kernel::snapshot::{NetnsCensus, NetnsSockets};
+use crate::kernel::snapshot::{NetnsCensus, NetnsSockets, SS_STATE_NAMES};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -130,30 +130,29 @@ fn ns_census(
     }
 }
 
-/// `ss`'s names for the kernel's TCP states, in the kernel's order; the timewait sockets in
-/// their FIN_WAIT2 substate get a column of their own.
-const COLUMNS: &[(usize, &str)] = &[
-    (1, "ESTAB"),
-    (2, "SYN-SENT"),
-    (3, "SYN-RECV"),
-    (4, "FIN-WAIT-1"),
-    (5, "FIN-WAIT-2"),
-    (6, "TIME-WAIT"),
-    (census::TW_FIN_WAIT2 as usize, "TW-FIN-WAIT-2"),
-    (7, "CLOSE"),
-    (8, "CLOSE-WAIT"),
-    (9, "LAST-ACK"),
-    (10, "LISTEN"),
-    (11, "CLOSING"),
-    (12, "NEW-SYN-RECV"),
-];
+/// The table's columns: `ss`'s state names, with TIME_WAIT's two substates in their place.
+fn columns() -> Vec<(usize, &'static str)> {
+    let mut cols = SS_STATE_NAMES.to_vec();
+    let at = cols
+        .iter()
+        .position(|(slot, _)| *slot > 6)
+        .unwrap_or(cols.len());
+    cols.splice(
+        at..at,
+        [
+            (6, "TIME-WAIT"),
+            (census::TW_FIN_WAIT2 as usize, "TW-FIN-WAIT-2"),
+        ],
+    );
+    cols
+}
 
 /// The census as text: the state table (columns where any namespace has sockets), then the
 /// top destinations of each namespace that holds TIME_WAIT sockets.
 pub fn render_text(rows: &[NsCensus]) -> String {
     let mut out = String::new();
-    let cols: Vec<&(usize, &str)> = COLUMNS
-        .iter()
+    let cols: Vec<(usize, &str)> = columns()
+        .into_iter()
         .filter(|(slot, _)| rows.iter().any(|r| r.counts[*slot] > 0))
         .collect();
     let wl = rows

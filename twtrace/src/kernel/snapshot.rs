@@ -185,6 +185,22 @@ pub fn census_with_sockets(
     Ok(out)
 }
 
+/// `ss`'s names for the kernel's TCP states (slot = the state's number), in the kernel's
+/// order, for every state but TIME_WAIT (whose two substates each front end shows its way).
+pub const SS_STATE_NAMES: [(usize, &str); 11] = [
+    (1, "ESTAB"),
+    (2, "SYN-SENT"),
+    (3, "SYN-RECV"),
+    (4, "FIN-WAIT-1"),
+    (5, "FIN-WAIT-2"),
+    (7, "CLOSE"),
+    (8, "CLOSE-WAIT"),
+    (9, "LAST-ACK"),
+    (10, "LISTEN"),
+    (11, "CLOSING"),
+    (12, "NEW-SYN-RECV"),
+];
+
 /// Counts sockets per state in every namespace found, with the iterator in count mode.
 pub fn census(
     prog: &mut Iter,

@@ -58,19 +58,7 @@ pub(super) fn namespace_lines(m: &Model, v: &ViewState, w: u16, h: u16) -> Vec<L
     ns_lines
 }
 
-const STATE_NAMES: [(usize, &str); 11] = [
-    (1, "ESTAB"),
-    (2, "SYN-SENT"),
-    (3, "SYN-RECV"),
-    (4, "FIN-WAIT-1"),
-    (5, "FIN-WAIT-2"),
-    (7, "CLOSE"),
-    (8, "CLOSE-WAIT"),
-    (9, "LAST-ACK"),
-    (10, "LISTEN"),
-    (11, "CLOSING"),
-    (12, "NEW-SYN-RECV"),
-];
+use crate::kernel::snapshot::SS_STATE_NAMES as STATE_NAMES;
 
 /// `TIME-WAIT 1200 (tw 1166 + fw2 34)  ESTAB 12  LISTEN 5 …` (non-zero states only).
 fn census_spans(n: &NetnsData) -> Vec<Span<'static>> {

@@ -468,7 +468,7 @@ impl<R: Read> Reader<R> {
             }
             let ts = t.prev_ts;
             let r: Result<Option<Event>, DecErr> = match k {
-                kind::ENTER..=kind::NETNS => decode_event(k, ts, &mut b, t).map(Some),
+                kind::ENTER..=kind::BOUND_CONNECT => decode_event(k, ts, &mut b, t).map(Some),
                 kind::DEF_ADDR => match body.len() {
                     4 => {
                         let a: [u8; 4] = body.try_into().unwrap_or([0; 4]);
@@ -595,6 +595,11 @@ const LIFETIME: u8 = 8;
 const CANDIDATES: u8 = 16;
 const PORTS: u8 = 32;
 
+fn decode_errno(c: &mut Cursor) -> Result<i32, DecErr> {
+    let errno = unzigzag(c.varint()?);
+    i32::try_from(errno).map_err(|_| DecErr::Msg(format!("errno {errno} out of range")))
+}
+
 fn decode_task(c: &mut Cursor, t: &Tables, flags: u8) -> Result<Option<Task>, DecErr> {
     if flags & TASK == 0 {
         return Ok(None);
@@ -671,9 +676,7 @@ fn decode_event(k: u64, ts_ns: u64, c: &mut Cursor, t: &Tables) -> Result<Event,
         }
         kind::CONNECT_FAIL => {
             let sock = decode_sock(c, t)?;
-            let errno = unzigzag(c.varint()?);
-            let errno = i32::try_from(errno)
-                .map_err(|_| DecErr::Msg(format!("errno {errno} out of range")))?;
+            let errno = decode_errno(c)?;
             let refusal = refusal_from(c.u8()?);
             let timewait = c.varint_u32()?;
             let flags = c.u8()?;
@@ -698,9 +701,7 @@ fn decode_event(k: u64, ts_ns: u64, c: &mut Cursor, t: &Tables) -> Result<Event,
         kind::BIND_FAIL => {
             let netns = c.varint_u32()?;
             let family = c.u8()?;
-            let errno = unzigzag(c.varint()?);
-            let errno = i32::try_from(errno)
-                .map_err(|_| DecErr::Msg(format!("errno {errno} out of range")))?;
+            let errno = decode_errno(c)?;
             let timewait = c.varint_u32()?;
             let flags = c.u8()?;
             let ports = if flags & PORTS != 0 {

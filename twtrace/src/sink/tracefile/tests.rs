@@ -185,6 +185,28 @@ fn every_variant() -> Vec<Event> {
         });
     }
     bodies.push(Body::PawsReject { sock: sock4(9, 9) });
+    // Minor 2.
+    for (i, ports) in [None, Some(0), Some(28232), Some(u32::MAX)]
+        .into_iter()
+        .enumerate()
+    {
+        bodies.push(Body::BindFail {
+            netns: [0, 4026532999, u32::MAX, 7][i],
+            family: [2, 10, 2, 0][i],
+            errno: [libc::EADDRINUSE, -1, i32::MIN, i32::MAX][i],
+            timewait: [0, 1, 28232, u32::MAX][i],
+            ports,
+            task: if i % 2 == 0 { task("envoy") } else { None },
+        });
+    }
+    bodies.push(Body::BoundConnect {
+        sock: sock4(40001, 8080),
+        task: task("haproxy"),
+    });
+    bodies.push(Body::BoundConnect {
+        sock: sock6(0),
+        task: None,
+    });
     bodies.push(Body::Netns {
         netns: 4026532999,
         sysctls: crate::host::sysctls::Sysctls {
