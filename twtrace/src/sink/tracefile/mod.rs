@@ -74,6 +74,18 @@ pub(crate) mod kind {
     pub const SUMMARY: u64 = 25;
 }
 
+/// The flags byte of event records: which optional fields follow.
+pub(crate) mod flag {
+    pub const TASK: u8 = 1;
+    pub const SNAPSHOT: u8 = 2;
+    pub const AGE: u8 = 4;
+    pub const LIFETIME: u8 = 8;
+    /// connect_fail (minor 1): the function tier's candidate count follows the task.
+    pub const CANDIDATES: u8 = 16;
+    /// bind_fail (minor 2): the pool's size follows.
+    pub const PORTS: u8 = 32;
+}
+
 /// Header field tags.
 mod field {
     pub const KERNEL_RELEASE: u64 = 1;

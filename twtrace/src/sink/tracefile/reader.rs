@@ -587,13 +587,7 @@ fn refusal_from(code: u8) -> Refusal {
     }
 }
 
-const TASK: u8 = 1;
-const SNAPSHOT: u8 = 2;
-const AGE: u8 = 4;
-const LIFETIME: u8 = 8;
-/// connect_fail (minor 1): the function tier's candidate count follows the task.
-const CANDIDATES: u8 = 16;
-const PORTS: u8 = 32;
+use super::flag::{AGE, CANDIDATES, LIFETIME, PORTS, SNAPSHOT, TASK};
 
 fn decode_errno(c: &mut Cursor) -> Result<i32, DecErr> {
     let errno = unzigzag(c.varint()?);

@@ -4,7 +4,7 @@
 
 use super::codec::{put_bytes, put_varint, zigzag};
 use super::{
-    kind, nsfield, sysctls_kv, Header, Summary, BLOCK_HEADER_LEN, MAX_BLOCK_LEN, SYNC,
+    flag, kind, nsfield, sysctls_kv, Header, Summary, BLOCK_HEADER_LEN, MAX_BLOCK_LEN, SYNC,
     VERSION_MAJOR, VERSION_MINOR,
 };
 use crate::host::sysctls::Sysctls;
@@ -428,14 +428,29 @@ impl Writer {
         if let Some((ix, s)) = six {
             self.put_sock(ix, s);
         }
-        const TASK: u8 = 1;
-        const SNAPSHOT: u8 = 2;
-        const AGE: u8 = 4;
-        const LIFETIME: u8 = 8;
-        const CANDIDATES: u8 = 16;
-        const PORTS: u8 = 32;
-        let task_flag = if tix.is_some() { TASK } else { 0 };
-        match &e.body {
+        let task_flag = if tix.is_some() { flag::TASK } else { 0 };
+        self.put_body(&e.body, task_flag);
+        if let Some((pid, comm)) = tix {
+            put_varint(&mut self.block, pid as u64);
+            put_varint(&mut self.block, comm as u64);
+        }
+        // Fields added in minor 1 go last: older readers ignore trailing bytes.
+        if let Body::ConnectFail {
+            candidates: Some(n),
+            ..
+        } = &e.body
+        {
+            put_varint(&mut self.block, *n as u64);
+        }
+        self.end(start);
+        self.events += 1;
+        self.after_record()
+    }
+
+    /// The fields of each kind after the timestamp and the socket (docs/trace-format.md).
+    fn put_body(&mut self, body: &Body, task_flag: u8) {
+        use flag::{AGE, CANDIDATES, LIFETIME, PORTS, SNAPSHOT};
+        match body {
             Body::Enter {
                 substate,
                 timeout_ms,
@@ -516,21 +531,6 @@ impl Writer {
                 put_netns_fields(&mut self.block, sysctls);
             }
         }
-        if let Some((pid, comm)) = tix {
-            put_varint(&mut self.block, pid as u64);
-            put_varint(&mut self.block, comm as u64);
-        }
-        // Fields added in minor 1 go last: older readers ignore trailing bytes.
-        if let Body::ConnectFail {
-            candidates: Some(n),
-            ..
-        } = &e.body
-        {
-            put_varint(&mut self.block, *n as u64);
-        }
-        self.end(start);
-        self.events += 1;
-        self.after_record()
     }
 }
 
