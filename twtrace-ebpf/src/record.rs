@@ -9,8 +9,6 @@ use twtrace_common::{
     counter, flags, netconf, Config, FlowKey, NetConf, TwRecord, AF_INET6, NO_FIELD,
 };
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-
 use crate::{COUNTERS, EVENTS};
 
 /// Wake the reader only when a good part of the ring is full; otherwise it reads on its own
@@ -38,32 +36,6 @@ pub fn emit(fill: impl FnOnce(*mut TwRecord)) {
     };
     fill(entry.as_mut_ptr());
     entry.submit(wakeup_flags());
-}
-
-/// Per CPU: whether a kernel read failure was already logged (one line per CPU is enough to
-/// say a structure layout is off; the count goes on in `counter::READ_ERRORS`).
-#[map]
-static READ_ERROR_LOGGED: PerCpuArray<u8> = PerCpuArray::with_max_entries(1, 0);
-
-/// A kernel read failed while filling a record of kind `k` (the record is still sent): counted,
-/// and said once per CPU through aya-log (userspace prints it as a warning).
-#[inline(always)]
-pub fn read_error(k: u8) {
-    bump(counter::READ_ERRORS);
-    if let Some(p) = READ_ERROR_LOGGED.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, exclusive while we run.
-        unsafe {
-            if *p == 0 {
-                *p = 1;
-                aya_log_ebpf::warn!(
-                    &(),
-                    "a kernel read failed while filling a record of kind {} (fields left zero; \
-                     counted as read errors)",
-                    k
-                );
-            }
-        }
-    }
 }
 
 #[inline(always)]
@@ -211,7 +183,7 @@ pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) {
     (*r).aux = 0;
     (*r).aux2 = 0;
     if !ok {
-        read_error(k);
+        bump(counter::READ_ERRORS);
     }
 }
 
@@ -231,7 +203,7 @@ pub unsafe fn fill_sock(
     expires: u64,
 ) {
     if !fill_tuple(cfg, sk, r) {
-        read_error(k);
+        bump(counter::READ_ERRORS);
     }
     fill_common(r, k);
     if full {

@@ -13,12 +13,12 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use twtrace_common::{
-    flags, kind, Closer, Config, Connecting, NO_FIELD, TCP_CLOSE, TCP_CLOSING,
+    counter, flags, kind, Closer, Config, Connecting, NO_FIELD, TCP_CLOSE, TCP_CLOSING,
     TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_SYN_SENT,
 };
 
 use crate::correlate::{last_flow_is, CLOSERS, CONNECTING, LAST_BIRTH};
-use crate::record::{emit, fill_conf, fill_sock, net_of, read, read_error, sock_cgroup, sock_key};
+use crate::record::{bump, emit, fill_conf, fill_sock, net_of, read, sock_cgroup, sock_key};
 use crate::CONFIG;
 
 const FIN_WAIT2: i32 = TCP_FIN_WAIT2 as i32;
@@ -62,7 +62,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 unsafe fn on_close(cfg: &Config, sk: u64) {
     let (key, ok) = sock_key(cfg, sk, false);
     if !ok {
-        read_error(0);
+        bump(counter::READ_ERRORS);
         return;
     }
     let closer = Closer {

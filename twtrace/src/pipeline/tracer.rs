@@ -48,8 +48,6 @@ pub struct Tracer {
     counters: PerCpuArray<MapData, u64>,
     iter_mode: Array<MapData, u32>,
     census_counts: Array<MapData, u64>,
-    /// The kernel programs' log ring (aya-log), read on every poll.
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     ebpf: aya::Ebpf,
     lifecycle: Lifecycle,
     pub clock: Clock,
@@ -75,14 +73,6 @@ impl Tracer {
             features,
             ..
         } = loader::load(opts.ring_bytes)?;
-        // The programs' own diagnostics (aya-log): printed through `log` as warnings.
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                log::debug!("no kernel-side log: {e}");
-                None
-            }
-        };
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
@@ -139,7 +129,6 @@ impl Tracer {
             lifecycle,
             clock: Clock::now(),
             features,
-            logger,
             warnings,
             initial,
             lost_reported: 0,
@@ -155,12 +144,6 @@ impl Tracer {
     /// What the running kernel offers, as found when the programs loaded.
     pub fn features(&self) -> &Features {
         &self.features
-    }
-
-    /// Whether the kernel programs' own log (aya-log's ring) is read: their diagnostics (a
-    /// failed kernel read, once per CPU) reach `log` as warnings.
-    pub fn kernel_log(&self) -> bool {
-        self.logger.is_some()
     }
 
     pub fn stats(&self) -> Stats {
@@ -204,9 +187,6 @@ impl Tracer {
     /// call). Also settles overdue detaches and reports newly lost events.
     pub fn poll(&mut self, out: &mut Vec<Event>) {
         out.append(&mut self.initial);
-        if let Some(l) = self.logger.as_mut() {
-            l.flush();
-        }
         loop {
             let decoded = match self.ring.next() {
                 Some(item) => decode(&item),
