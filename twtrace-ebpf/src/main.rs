@@ -9,7 +9,7 @@
 //! userspace's job (`twtrace::pipeline::lifecycle`), where it is unit-tested.
 //! docs/lifecycle.md lists the evidence.
 //!
-//! Layout: `record` writes records (the one reserve → fill → submit path), `correlate` holds the
+//! Layout: `record` writes records (the one reserve → fill → submit path (`reserve`, `submit`)), `correlate` holds the
 //! per-CPU and per-task memory, `probes/` one file per hook group.
 //!
 //! No structure layout is compiled in: every offset comes from `CONFIG`, which userspace fills

@@ -9,6 +9,8 @@ use twtrace_common::{
     counter, flags, netconf, Config, FlowKey, NetConf, TwRecord, AF_INET6, NO_FIELD,
 };
 
+use aya_ebpf::maps::ring_buf::RingBufEntry;
+
 use crate::{COUNTERS, EVENTS};
 
 /// Wake the reader only when a good part of the ring is full; otherwise it reads on its own
@@ -26,15 +28,23 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Reserves one record in the ring buffer, lets `fill` write every field of it, and submits
-/// it. A failed reservation is counted (`counter::LOST`), never silent.
+/// Reserves one record in the ring buffer; a failed reservation is counted
+/// (`counter::LOST`), never silent. The caller writes every field of it and hands it to
+/// [`submit`]. (Not a function taking a closure: closures are not inlined and each becomes a
+/// BPF subprogram with its own stack frame, which older kernels without private stacks add to
+/// the program's: 6.1 refused timer_start at 640 bytes.)
 #[inline(always)]
-pub fn emit(fill: impl FnOnce(*mut TwRecord)) {
-    let Some(mut entry) = EVENTS.reserve::<TwRecord>(0) else {
+pub fn reserve() -> Option<RingBufEntry<TwRecord>> {
+    let entry = EVENTS.reserve::<TwRecord>(0);
+    if entry.is_none() {
         bump(counter::LOST);
-        return;
-    };
-    fill(entry.as_mut_ptr());
+    }
+    entry
+}
+
+/// Submits a record [`reserve`] gave, waking the reader only when the ring fills up.
+#[inline(always)]
+pub fn submit(entry: RingBufEntry<TwRecord>) {
     entry.submit(wakeup_flags());
 }
 

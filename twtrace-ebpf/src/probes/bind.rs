@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use twtrace_common::{kind, AF_INET, AF_INET6, NO_FIELD};
 
-use crate::record::{current_net, emit, fill_conf, fill_task, read};
+use crate::record::{current_net, reserve, submit, fill_conf, fill_task, read};
 use crate::CONFIG;
 
 /// bind() calls to port 0 in progress, per task (value: the address family).
@@ -64,14 +64,16 @@ pub fn bind_exit(ctx: TracePointContext) -> u32 {
             return 0;
         }
         let net = current_net(&cfg);
-        emit(|r| {
+        if let Some(mut entry) = reserve() {
+            let r = entry.as_mut_ptr();
             fill_task(r, kind::BIND_FAIL, family, EADDRINUSE as u32);
             if net != 0 {
                 (*r).netns = read(net, cfg.net_ns_inum).unwrap_or(0);
             }
             (*r).cgroup = bpf_get_current_cgroup_id();
             fill_conf(&cfg, net, r);
-        });
+            submit(entry);
+        }
     }
     0
 }

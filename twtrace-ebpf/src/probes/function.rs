@@ -14,7 +14,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExit
 use twtrace_common::{flags, kind, UNIQUE_TWP};
 
 use crate::correlate::CONNECTING;
-use crate::record::{emit, fill_conf, fill_sock, fill_tw, net_of, set_current};
+use crate::record::{reserve, submit, fill_conf, fill_sock, fill_tw, net_of, set_current};
 use crate::CONFIG;
 
 /// Every reuse decision of connect(). A refusal is only counted, in the task's `CONNECTING`
@@ -52,7 +52,8 @@ pub fn tw_unique(ctx: FExitContext) -> u32 {
     // SAFETY: kernel memory is read through bpf_probe_read_kernel; `r` points into a ring
     // buffer reservation of size_of::<TwRecord>() bytes, every field of which is written.
     unsafe {
-        emit(|r| {
+        if let Some(mut entry) = reserve() {
+            let r = entry.as_mut_ptr();
             fill_tw(&cfg, sktw, kind::TW_UNIQUE, r);
             set_current(r);
             (*r).aux = 1;
@@ -60,7 +61,8 @@ pub fn tw_unique(ctx: FExitContext) -> u32 {
             (*r).expires = refused_before as u64;
             // The settings tcp_twsk_unique() just applied, from the connecting socket's net.
             fill_conf(&cfg, net_of(&cfg, sk), r);
-        });
+            submit(entry);
+        }
     }
     0
 }
@@ -77,7 +79,8 @@ pub fn tw_alloc(ctx: FExitContext) -> u32 {
     let cfg = CONFIG.load();
     // SAFETY: as above.
     unsafe {
-        emit(|r| {
+        if let Some(mut entry) = reserve() {
+            let r = entry.as_mut_ptr();
             // `aux2` = the substate it would have had.
             fill_sock(&cfg, sk, kind::TW_ALLOC_FAIL, r, true, 0, state as u16, 0);
             fill_conf(&cfg, net_of(&cfg, sk), r);
@@ -88,7 +91,8 @@ pub fn tw_alloc(ctx: FExitContext) -> u32 {
                 (*r).aux = c.tw_count;
                 (*r).expires = c.max_tw_buckets as u64;
             }
-        });
+            submit(entry);
+        }
     }
     0
 }

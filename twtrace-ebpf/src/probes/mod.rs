@@ -1,5 +1,5 @@
 //! One file per hook group. Each program filters first, then writes at most one record through
-//! `record::emit`.
+//! `record::reserve` and `record::submit`.
 
 mod bind;
 mod function;

@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfT
 use twtrace_common::{flags, kind, TCPF_FIN, TCP_TIME_WAIT};
 
 use crate::correlate::{last_is, FIN_WAIT2_TWS, LAST_CANCEL};
-use crate::record::{emit, fill_sock, fill_tw, hot, read, set_current};
+use crate::record::{reserve, submit, fill_sock, fill_tw, hot, read, set_current};
 use crate::CONFIG;
 
 /// `skb:kfree_skb` with a timewait receiver: a PAWS rejection (the NAT symptom), or the
@@ -48,7 +48,8 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
         if reason != cfg.drop_tw_paws && !killed && !promoted {
             return 0;
         }
-        emit(|r| {
+        if let Some(mut entry) = reserve() {
+            let r = entry.as_mut_ptr();
             fill_tw(&cfg, rx_sk, kind::TW_DROP, r);
             set_current(r);
             (*r).aux = reason;
@@ -56,7 +57,8 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
             if reason == cfg.drop_tw_paws {
                 (*r).flags |= flags::PAWS;
             }
-        });
+            submit(entry);
+        }
     }
     0
 }
@@ -86,14 +88,20 @@ fn on_send_reset(sk: u64, skb: u64, reason: u32) -> u32 {
         let state: u8 = read(sk, hot!(skc_state)).unwrap_or(0);
         if state == TCP_TIME_WAIT {
             let cfg = CONFIG.load();
-            emit(|r| {
+            if let Some(mut entry) = reserve() {
+                let r = entry.as_mut_ptr();
                 fill_tw(&cfg, sk, kind::TW_RST_SENT, r);
                 set_current(r);
                 (*r).aux = reason;
-            });
+                submit(entry);
+            }
         } else if skb == 0 {
             let cfg = CONFIG.load();
-            emit(|r| fill_sock(&cfg, sk, kind::ABORT, r, true, reason, 0, 0));
+            if let Some(mut entry) = reserve() {
+                let r = entry.as_mut_ptr();
+                fill_sock(&cfg, sk, kind::ABORT, r, true, reason, 0, 0);
+                submit(entry);
+            }
         }
     }
     0

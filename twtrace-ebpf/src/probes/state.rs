@@ -18,7 +18,7 @@ use twtrace_common::{
 };
 
 use crate::correlate::{last_flow_is, CLOSERS, CONNECTING, LAST_BIRTH};
-use crate::record::{bump, emit, fill_conf, fill_sock, net_of, read, sock_cgroup, sock_key};
+use crate::record::{bump, reserve, submit, fill_conf, fill_sock, net_of, read, sock_cgroup, sock_key};
 use crate::CONFIG;
 
 const FIN_WAIT2: i32 = TCP_FIN_WAIT2 as i32;
@@ -36,7 +36,11 @@ unsafe fn bound_connect(cfg: &Config, sk: u64) {
         return;
     }
     let _ = BOUND_SEEN.insert(&tgid, &0, 0);
-    emit(|r| fill_sock(cfg, sk, kind::BOUND_CONNECT, r, true, 0, 0, 0));
+    if let Some(mut entry) = reserve() {
+        let r = entry.as_mut_ptr();
+        fill_sock(cfg, sk, kind::BOUND_CONNECT, r, true, 0, 0, 0);
+        submit(entry);
+    }
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -123,13 +127,15 @@ unsafe fn on_connect_end(cfg: &Config, sk: u64) {
     } else {
         0
     };
-    emit(|r| {
+    if let Some(mut entry) = reserve() {
+        let r = entry.as_mut_ptr();
         fill_sock(cfg, sk, kind::CONNECT_FAIL, r, true, refused, 0, last);
         (*r).flags = cflags;
         (*r).entry_stamp = started_ms;
         // The settings the port search just applied (microseconds ago, in this task).
         fill_conf(cfg, net_of(cfg, sk), r);
-    });
+        submit(entry);
+    }
 }
 
 #[inline(always)]
@@ -155,8 +161,10 @@ unsafe fn on_done(cfg: &Config, sk: u64) {
     if last_flow_is(LAST_BIRTH, &key, bpf_ktime_get_ns()) {
         return; // the normal path (the last free slot was just taken)
     }
-    emit(|r| {
+    if let Some(mut entry) = reserve() {
+        let r = entry.as_mut_ptr();
         fill_sock(cfg, sk, kind::OVERFLOW, r, true, count, 0, max as u64);
         fill_conf(cfg, net, r);
-    });
+        submit(entry);
+    }
 }

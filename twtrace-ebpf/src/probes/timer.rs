@@ -10,7 +10,7 @@ use crate::correlate::{
     LAST_BIRTH, LAST_CANCEL,
 };
 use crate::record::{
-    emit, fill_conf, fill_sock, fill_tw, flow_key, hot, net_of, read, set_current, sock_key,
+    reserve, submit, fill_conf, fill_sock, fill_tw, flow_key, hot, net_of, read, set_current, sock_key,
 };
 use crate::CONFIG;
 
@@ -59,7 +59,8 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
         }
         let cfg = CONFIG.load();
         let tw = timer - cfg.tw_timer as u64;
-        emit(|r| {
+        if let Some(mut entry) = reserve() {
+            let r = entry.as_mut_ptr();
             fill_tw(&cfg, tw, k, r);
             set_current(r);
             if k == kind::TIMER_START {
@@ -73,7 +74,8 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
                 }
                 remember(LAST_CANCEL, tw, &*r, seq);
             }
-        });
+            submit(entry);
+        }
     }
     0
 }
@@ -122,5 +124,9 @@ unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
     if !last_flow_is(LAST_CANCEL, &key, now) {
         return;
     }
-    emit(|r| fill_sock(cfg, req, kind::REQSK_START, r, false, 0, 0, 0));
+    if let Some(mut entry) = reserve() {
+        let r = entry.as_mut_ptr();
+        fill_sock(cfg, req, kind::REQSK_START, r, false, 0, 0, 0);
+        submit(entry);
+    }
 }
