@@ -2,6 +2,8 @@
 //! programs, recording real TCP in a private network namespace; then the files read back
 //! offline. Needs root, like the live tracer.
 
+mod common;
+use common::TempDir;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,23 +29,6 @@ fn kernel_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 /// Generous bound for anything that should take milliseconds to a couple of seconds.
 const SOON: Duration = Duration::from_secs(20);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("twtrace-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running `twtrace record`, killed if the test fails before stopping it.
 struct Recorder {

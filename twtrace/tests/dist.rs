@@ -4,30 +4,14 @@
 //! --version`, `twtrace report` on a trace file, `man -l` on every page, `bash -n` on the bash
 //! completion. Needs root (dist installs dpkg-dev, lintian and man-db when missing).
 
+mod common;
+use common::TempDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 use twtrace::sink::tracefile;
 
 const BIN: &str = env!("CARGO_BIN_EXE_twtrace");
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("twtrace-dist-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn run(cmd: &mut Command) -> Output {
     let o = cmd

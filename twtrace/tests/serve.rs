@@ -5,6 +5,8 @@
 //! Everything started here (twtrace, Prometheus, namespaces, temporary directories) is
 //! stopped or removed by a guard, also when an assertion fails; every wait has a deadline.
 
+mod common;
+use common::TempDir;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -119,24 +121,6 @@ fn start_serve(args: &[&str]) -> (Proc, SocketAddr) {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     (p, addr)
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("twtrace-serve-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A Prometheus server on loopback scraping `target` every second, with its data in a
