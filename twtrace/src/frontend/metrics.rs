@@ -22,6 +22,7 @@
 //! | `kernel_timewait_overflows_total` | counter | netns (TcpExtTCPTimeWaitOverflow) |
 //! | `aborts_total` | counter | netns |
 //! | `connect_failures_total` | counter | netns, errno, refusal |
+//! | `bind_failures_total` | counter | netns |
 //! | `paws_rejects_total` | counter | netns |
 //! | `port_pressure_ratio` | gauge | netns, raddr, rport (top N only) |
 //! | `netns_info` | info | netns, pid, cgroup, runtime |
@@ -260,6 +261,7 @@ impl Metrics {
                 + n.aborts
                 + n.connect_fail
                 + n.paws
+                + n.bind_fail
                 > 0;
             if !active {
                 census_only.push((n.netns.to_string(), timewait));
@@ -276,6 +278,7 @@ impl Metrics {
                 overflow: n.overflow,
                 aborts: n.aborts,
                 paws: n.paws,
+                bind_fail: n.bind_fail,
                 lifetime,
             });
         }
@@ -424,6 +427,7 @@ struct NetnsRow {
     overflow: u64,
     aborts: u64,
     paws: u64,
+    bind_fail: u64,
     lifetime: LifetimeBuckets,
 }
 
@@ -452,7 +456,9 @@ const SUBSTATES: [&str; 2] = ["time_wait", "fin_wait2"];
 
 impl Snapshot {
     fn series(&self) -> usize {
-        let per_netns = 2 + 1 + ExitReason::ALL.len() + (N_BUCKETS + 2) + 3;
+        // timewait ×2, entries, exits, the lifetime histogram, then overflow_drops, aborts,
+        // paws_rejects and bind_failures.
+        let per_netns = 2 + 1 + ExitReason::ALL.len() + (N_BUCKETS + 2) + 4;
         self.netns.len() * per_netns
             + self.census_only.len() * 2
             + self.connect_fail.len()
@@ -645,6 +651,14 @@ impl Snapshot {
                     ConstCounter::new(*v),
                 )
             }),
+        )?;
+        family(
+            e,
+            counter(
+                "bind_failures",
+                "bind() to port 0 refused (EADDRINUSE): the one pool of bind-before-connect used up",
+            ),
+            self.per_netns(|n| n.bind_fail),
         )?;
         family(
             e,
@@ -960,6 +974,7 @@ mod tests {
             ("twtrace_kernel_timewait_overflows_total", "counter"),
             ("twtrace_aborts_total", "counter"),
             ("twtrace_connect_failures_total", "counter"),
+            ("twtrace_bind_failures_total", "counter"),
             ("twtrace_paws_rejects_total", "counter"),
             ("twtrace_port_pressure_ratio", "gauge"),
             // The 0.0.4 format has no info type: a gauge of value 1.
@@ -1016,6 +1031,7 @@ mod tests {
             keys["twtrace_connect_failures_total"],
             one(&["netns", "errno", "refusal"])
         );
+        assert_eq!(keys["twtrace_bind_failures_total"], one(&["netns"]));
         assert_eq!(
             keys["twtrace_port_pressure_ratio"],
             one(&["netns", "raddr", "rport"])
@@ -1362,13 +1378,13 @@ mod tests {
         let all = [a.openmetrics, a.text, b.openmetrics, b.text].concat();
         let without: String = all
             .lines()
-            .filter(|l| !l.contains("kernel_read_errors"))
+            .filter(|l| !l.contains("kernel_read_errors") && !l.contains("bind_failures"))
             .map(|l| format!("{l}\n"))
             .collect();
-        // kernel_read_errors_total was added since (one family, one series each): without its
-        // lines every byte is as before.
-        assert_eq!((a.series, b.series), (52, 179));
+        // kernel_read_errors_total and bind_failures_total (per netns) were added since:
+        // without their lines every byte is as before.
+        assert_eq!((a.series, b.series), (53, 183));
         assert_eq!(fingerprint(&without), (17885367078450505819, 40820));
-        assert_eq!(fingerprint(&all), (18209375031134923647, 41636));
+        assert_eq!(fingerprint(&all), (3481479777814303367, 42756));
     }
 }
