@@ -3,6 +3,7 @@
 
 mod function;
 mod iter;
+mod kprobe;
 mod segment;
 mod state;
 mod timer;

@@ -42,6 +42,10 @@ pub struct TraceArgs {
     /// Do not print the hook report and summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// How the function tier attaches: fexit, kprobe (+ kretprobe), auto (fexit, else
+    /// kprobes) or off.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub fn_hooks: Option<twtrace::kernel::fn_tier::FnHooks>,
 }
 
 impl TraceArgs {
@@ -60,6 +64,10 @@ impl TraceArgs {
         Ok(TracerOptions {
             ring_bytes: self.ring_mib << 20,
             snapshot: !self.no_snapshot,
+            fn_hooks: match self.fn_hooks {
+                Some(f) => f,
+                None => twtrace::kernel::fn_tier::FnHooks::from_env()?,
+            },
             ..TracerOptions::default()
         })
     }

@@ -2,6 +2,7 @@
 //! their hooks, the iterator, and kernel facts (HZ, clocks). Computed once at load.
 
 pub mod btf;
+pub mod fn_tier;
 pub mod kallsyms;
 pub mod loader;
 pub mod prototypes;

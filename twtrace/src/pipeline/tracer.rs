@@ -5,6 +5,7 @@
 //! produces.
 
 use crate::host::sysctls::SysctlWatch;
+use crate::kernel::fn_tier::FnHooks;
 use crate::kernel::loader::{self, HookStatus};
 use crate::kernel::snapshot;
 use crate::kernel::sysinfo::{self, Clock};
@@ -28,6 +29,8 @@ pub struct TracerOptions {
     pub snapshot: bool,
     /// How long a timer detach may stay unexplained before it counts as an early death.
     pub settle_ns: u64,
+    /// The function tier's mechanism (default: `TWTRACE_FN_HOOKS`, else auto).
+    pub fn_hooks: FnHooks,
 }
 
 impl Default for TracerOptions {
@@ -36,6 +39,7 @@ impl Default for TracerOptions {
             ring_bytes: 8 << 20,
             snapshot: true,
             settle_ns: SETTLE_NS,
+            fn_hooks: FnHooks::from_env().unwrap_or_default(),
         }
     }
 }
@@ -67,7 +71,7 @@ impl Tracer {
     pub fn start(opts: &TracerOptions) -> Result<Tracer> {
         let loader::Loaded {
             mut ebpf, hooks, ..
-        } = loader::load(opts.ring_bytes)?;
+        } = loader::load_with(opts.ring_bytes, opts.fn_hooks)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
