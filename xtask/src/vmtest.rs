@@ -128,9 +128,10 @@ const MODULE_ORDER: &str = "modules.order";
 /// host with `timeout`. Measured: 190–240 s per kernel on 2 busy cores; this leaves room for a
 /// slower machine and for one binary hanging until its own budget.
 const KERNEL_BUDGET: Duration = Duration::from_secs(1200);
-/// Test binaries run a second time with the function tier forced onto kprobes
-/// (`TWTRACE_FN_HOOKS=kprobe`) where the guest kernel has kprobes.
-const KPROBE_RERUN: &[&str] = &["hooks", "fn_hooks", "reasons"];
+/// Test binaries (and, unless `--filter` is given, the tests in them that use the function
+/// tier) run a second time with it forced onto kprobes (`TWTRACE_FN_HOOKS=kprobe`) where the
+/// guest kernel has kprobes.
+const KPROBE_RERUN: &[(&str, &str)] = &[("hooks", ""), ("fn_hooks", ""), ("reasons", "reuse")];
 /// Budget of one test binary inside the guest. The slowest (lifecycle, with a real 62 s expiry)
 /// takes 80–110 s under TCG.
 const BINARY_BUDGET_SECS: u64 = 300;
@@ -1136,6 +1137,7 @@ mount -t tmpfs tmpfs /tmp
          insmod /lib/modules/$m.ko || echo \"TWVM-FACT module_failed $m\"\n\
          done\n"
     ));
+    s.push_str(&format!("FILTER={filter}\n"));
     s.push_str(
         r#"echo "TWVM-FACT kernel $(uname -r)"
 echo "TWVM-FACT cpus $(grep -c ^processor /proc/cpuinfo)"
@@ -1143,12 +1145,12 @@ if [ -e /sys/bus/event_source/devices/kprobe ]; then echo "TWVM-FACT kprobes yes
 if [ -e /proc/sys/net/ipv4/tcp_tw_reuse_delay ]; then echo "TWVM-FACT tcp_tw_reuse_delay yes"; else echo "TWVM-FACT tcp_tw_reuse_delay no"; fi
 T0=$(date +%s)
 run_test() {
-  n=$1; b=${2:-$1}
+  n=$1; b=${2:-$1}; f=${3:-$FILTER}
   s=$(date +%s)
 "#,
     );
     s.push_str(&format!(
-        "  timeout {BINARY_BUDGET_SECS} /tests/$b --test-threads={} {filter} > /tmp/$n.log 2>&1\n",
+        "  timeout {BINARY_BUDGET_SECS} /tests/$b --test-threads={} $f > /tmp/$n.log 2>&1\n",
         args.threads
     ));
     s.push_str(
@@ -1170,8 +1172,11 @@ run_test() {
     s.push_str(
         "if [ -e /sys/bus/event_source/devices/kprobe ]; then\n  export TWTRACE_FN_HOOKS=kprobe\n",
     );
-    for t in tests.iter().filter(|t| KPROBE_RERUN.contains(&t.as_str())) {
-        s.push_str(&format!("  run_test {t}@kprobe {t}\n"));
+    for (t, only) in KPROBE_RERUN {
+        if tests.iter().any(|x| x == t) {
+            let f = if args.filter.is_some() { "" } else { only };
+            s.push_str(&format!("  run_test {t}@kprobe {t} '{f}'\n"));
+        }
     }
     s.push_str("  unset TWTRACE_FN_HOOKS\nfi\n");
     s.push_str(

@@ -5,6 +5,7 @@ pub mod btf;
 pub mod fn_tier;
 pub mod kallsyms;
 pub mod loader;
+pub mod preempt;
 pub mod prototypes;
 pub mod snapshot;
 pub mod sysinfo;

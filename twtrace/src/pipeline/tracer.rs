@@ -82,6 +82,9 @@ impl Tracer {
         let census_counts =
             Array::try_from(ebpf.take_map("CENSUS").context("CENSUS map missing")?)?;
         let mut warnings = Vec::new();
+        if crate::kernel::preempt::is_preempt_rt() {
+            warnings.push(crate::kernel::preempt::RT_NOTICE.to_string());
+        }
         let iter_ok = hooks
             .iter()
             .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
