@@ -446,17 +446,18 @@ impl PrivateApt {
         .flat_map(|o| ["-o".to_string(), o])
         .collect();
         let apt = PrivateApt { opts };
-        let fresh = fs::read_dir(&lists)?
-            .flatten()
-            .filter(|e| file_name(&e.path()).ends_with("_Packages"))
-            .filter_map(|e| e.metadata().ok()?.modified().ok())
-            .any(|m| m.elapsed().is_ok_and(|a| a < Duration::from_secs(86_400)));
+        // apt gives the lists the archive's own dates: our stamp says when we updated.
+        let stamp = root.join("updated");
+        let fresh = fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m.elapsed().is_ok_and(|a| a < Duration::from_secs(86_400)));
         if !fresh {
             super::sh(
                 Command::new("apt-get")
                     .args(&apt.opts)
                     .args(["update", "-q"]),
             )?;
+            fs::write(&stamp, "")?;
         }
         Ok(apt)
     }
