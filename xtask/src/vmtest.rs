@@ -1433,6 +1433,25 @@ mod tests {
     }
 
     #[test]
+    fn the_pinned_kernel_runs_while_the_archive_has_it() {
+        let k = KERNELS.iter().find(|k| k.label == "7.3").unwrap();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with = names(&[
+            "linux-binary-7.3.4+deb13-cloud-amd64",
+            "linux-binary-7.3.9+deb13-cloud-amd64",
+        ]);
+        assert_eq!(pick_package(&with, k).as_deref(), k.pinned);
+        let without = names(&["linux-binary-7.3.9+deb13-cloud-amd64"]);
+        assert_eq!(
+            pick_package(&without, k).as_deref(),
+            Some("linux-binary-7.3.9+deb13-cloud-amd64")
+        );
+        assert_eq!(pick_package(&[], k), None);
+        // The RT entry is not in the default run; every default entry is in `all`.
+        assert!(KERNELS.iter().any(|k| k.label == "7.3-rt" && !k.default));
+    }
+
+    #[test]
     fn module_dependencies_are_read_from_modinfo() {
         let ko = b"\x7fELF...\0license=GPL\0depends=nf_tables,nf-nat\0retpoline=Y\0name=nft_masq\0";
         assert_eq!(module_depends(ko), vec!["nf_tables", "nf_nat"]);
