@@ -1447,7 +1447,7 @@ mod tests {
             Some("linux-binary-7.3.9+deb13-cloud-amd64")
         );
         assert_eq!(pick_package(&[], k), None);
-        // The RT entry is not in the default run; every default entry is in `all`.
+        // The RT entry runs by name (or with `all`), not in the default run.
         assert!(KERNELS.iter().any(|k| k.label == "7.3-rt" && !k.default));
     }
 
