@@ -35,6 +35,14 @@ fn every_hook_attaches_on_this_kernel() {
             );
             continue;
         }
+        // kprobes forced (TWTRACE_FN_HOOKS=kprobe) on a kernel without them.
+        if h.is_fn_tier() && e.contains("has no kprobes") {
+            kernel::partial(
+                "every_hook_attaches_on_this_kernel",
+                &format!("{} off: this kernel has no kprobes", h.label()),
+            );
+            continue;
+        }
         // An optional hook written for a newer tracepoint: acceptable only if the kernel's own
         // BTF confirms that the tracepoint has fewer arguments than the program reads.
         if let (false, Attach::TpBtf(tp), Some(n)) =

@@ -54,7 +54,7 @@ enum Cmd {
         seconds: u64,
     },
     /// Set up, check formatting and lints, and run every test: on this machine's kernel, then
-    /// the kernel matrix (Debian 6.1 and 6.12 under QEMU, `vm-test --kernel all`).
+    /// the kernel matrix (Debian 6.1, 6.12 and 7.3 under QEMU, `vm-test --kernel default`).
     Test {
         /// Only the host's kernel (skip the kernel matrix; also `TWTRACE_NO_VM=1`).
         #[arg(long)]

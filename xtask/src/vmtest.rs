@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct VmArgs {
-    /// Which kernel: 6.1, 6.12 or all.
+    /// Which kernel: 6.1, 6.12, 7.3, 7.3-rt, all (every one) or default (those `cargo xtask
+    /// test` runs).
     #[arg(long, default_value = "all")]
     kernel: String,
     /// Run only tests whose name contains this (libtest filter, passed to every binary).
@@ -46,11 +47,24 @@ pub struct VmArgs {
 /// One kernel of the matrix: a Debian package name pattern and a time budget.
 struct Kernel {
     label: &'static str,
-    /// `apt-cache search --names-only` regex; the newest match (by version sort) is used.
+    /// `apt-cache search --names-only` regex; the newest match (by version sort) is used,
+    /// unless `pinned` is among the matches.
     package_regex: &'static str,
     /// Prefix and suffix of matching package names, to pick a cached .deb when apt has none.
     prefix: &'static str,
     suffix: &'static str,
+    /// The package the matrix's results were measured with; when the archive no longer has it
+    /// the newest match runs instead (the report names the package that ran).
+    pinned: Option<&'static str>,
+    /// A suite of Debian's archive that the host's apt sources may lack (trixie-backports):
+    /// searched and downloaded through a private apt configuration under `target/vm/apt/`,
+    /// never through the host's sources.
+    suite: Option<&'static str>,
+    /// Split packaging (trixie-backports from 7.1 on): the kernel is in `linux-binary-<v>`
+    /// (`usr/lib/modules/<v>/vmlinuz`), the modules in `linux-modules-<v>`; there is no config.
+    split: bool,
+    /// Part of `cargo xtask test`'s default run (the others run by name).
+    default: bool,
 }
 
 const KERNELS: &[Kernel] = &[
@@ -59,12 +73,40 @@ const KERNELS: &[Kernel] = &[
         package_regex: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
         prefix: "linux-image-6.1.0-",
         suffix: "-cloud-amd64",
+        pinned: None,
+        suite: None,
+        split: false,
+        default: true,
     },
     Kernel {
         label: "6.12",
         package_regex: r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-cloud-amd64$",
         prefix: "linux-image-6.12.",
         suffix: "-cloud-amd64",
+        pinned: None,
+        suite: None,
+        split: false,
+        default: true,
+    },
+    Kernel {
+        label: "7.3",
+        package_regex: r"^linux-binary-7\.3\.[0-9]+\+deb[0-9]+-cloud-amd64$",
+        prefix: "linux-binary-7.3.",
+        suffix: "-cloud-amd64",
+        pinned: Some("linux-binary-7.3.4+deb13-cloud-amd64"),
+        suite: Some("trixie-backports"),
+        split: true,
+        default: true,
+    },
+    Kernel {
+        label: "7.3-rt",
+        package_regex: r"^linux-binary-7\.3\.[0-9]+\+deb[0-9]+-rt-amd64$",
+        prefix: "linux-binary-7.3.",
+        suffix: "-rt-amd64",
+        pinned: Some("linux-binary-7.3.4+deb13-rt-amd64"),
+        suite: Some("trixie-backports"),
+        split: true,
+        default: false,
     },
 ];
 
@@ -85,7 +127,11 @@ const MODULE_ORDER: &str = "modules.order";
 /// Wall-time budget of one kernel's run (boot, every test binary, power-off), enforced from the
 /// host with `timeout`. Measured: 190–240 s per kernel on 2 busy cores; this leaves room for a
 /// slower machine and for one binary hanging until its own budget.
-const KERNEL_BUDGET: Duration = Duration::from_secs(900);
+const KERNEL_BUDGET: Duration = Duration::from_secs(1200);
+/// Test binaries (and, unless `--filter` is given, the tests in them that use the function
+/// tier) run a second time with it forced onto kprobes (`TWTRACE_FN_HOOKS=kprobe`) where the
+/// guest kernel has kprobes.
+const KPROBE_RERUN: &[(&str, &str)] = &[("hooks", ""), ("fn_hooks", ""), ("reasons", "reuse")];
 /// Budget of one test binary inside the guest. The slowest (lifecycle, with a real 62 s expiry)
 /// takes 80–110 s under TCG.
 const BINARY_BUDGET_SECS: u64 = 300;
@@ -98,7 +144,7 @@ impl VmArgs {
     /// The whole matrix with the defaults: what `cargo xtask test` runs after the host tests.
     pub fn whole_matrix() -> VmArgs {
         VmArgs {
-            kernel: "all".into(),
+            kernel: "default".into(),
             filter: None,
             threads: 2,
             tcg: "single".into(),
@@ -127,10 +173,11 @@ impl Counts {
 pub fn run(args: VmArgs) -> Result<Counts> {
     let kernels: Vec<&Kernel> = match args.kernel.as_str() {
         "all" => KERNELS.iter().collect(),
+        "default" => KERNELS.iter().filter(|k| k.default).collect(),
         k => match KERNELS.iter().find(|x| x.label == k) {
             Some(x) => vec![x],
             None => bail!(
-                "unknown kernel {k:?}: choose one of {} or all",
+                "unknown kernel {k:?}: choose one of {}, default or all",
                 KERNELS
                     .iter()
                     .map(|k| k.label)
@@ -272,11 +319,12 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     ca.len().cmp(&cb.len())
 }
 
-/// `apt-get download` of `pkg` into `dir`; returns the .deb's path.
-fn apt_download(dir: &Path, pkg: &str) -> Result<PathBuf> {
+/// `apt-get download` of `pkg` into `dir` (through `apt` when given); returns the .deb's path.
+fn apt_download(dir: &Path, pkg: &str, apt: Option<&PrivateApt>) -> Result<PathBuf> {
     let before: Vec<PathBuf> = debs_in(dir)?;
     super::sh(
         Command::new("apt-get")
+            .args(apt.map(|a| a.opts.as_slice()).unwrap_or_default())
             .args(["download", "-q", pkg])
             // As root, apt warns that its sandbox user cannot write here; nothing to fix.
             .args(["-o", "APT::Sandbox::User=root"])
@@ -334,7 +382,7 @@ fn cached(dir: &Path, pkg: &str) -> Option<PathBuf> {
 fn cached_or_download(dir: &Path, pkg: &str) -> Result<PathBuf> {
     match cached(dir, pkg) {
         Some(p) => Ok(p),
-        None => apt_download(dir, pkg),
+        None => apt_download(dir, pkg, None),
     }
 }
 
@@ -361,40 +409,144 @@ fn deb_extract(deb: &Path, into: &Path, members: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Finds the newest kernel package of `k`, downloads it (once) and unpacks vmlinuz, config and
-/// the test modules into `target/vm/kernel-<label>/`. Never installs anything.
+/// A private apt configuration for `suite` of Debian's archive under `dir/apt-<suite>/`: its own
+/// sources list, package lists and cache, so the host's apt sources are never changed. The
+/// lists are refreshed when older than a day.
+struct PrivateApt {
+    opts: Vec<String>,
+}
+
+impl PrivateApt {
+    fn new(dir: &Path, suite: &str) -> Result<PrivateApt> {
+        let root = dir.join(format!("apt-{suite}"));
+        let lists = root.join("lists");
+        fs::create_dir_all(lists.join("partial"))?;
+        fs::create_dir_all(root.join("cache/archives/partial"))?;
+        fs::create_dir_all(root.join("sources.list.d"))?;
+        let list = root.join("sources.list");
+        fs::write(
+            &list,
+            format!(
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+                 http://deb.debian.org/debian {suite} main\n"
+            ),
+        )?;
+        let d = |p: &Path| p.display().to_string();
+        let opts = [
+            format!("Dir::Etc::sourcelist={}", d(&list)),
+            format!("Dir::Etc::sourceparts={}", d(&root.join("sources.list.d"))),
+            format!("Dir::State::Lists={}", d(&lists)),
+            format!("Dir::Cache={}", d(&root.join("cache"))),
+            "Dir::State::status=/dev/null".into(),
+            // As root, apt warns that its sandbox user cannot write here; nothing to fix.
+            "APT::Sandbox::User=root".into(),
+            "Debug::NoLocking=1".into(),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_string(), o])
+        .collect();
+        let apt = PrivateApt { opts };
+        // apt gives the lists the archive's own dates: our stamp says when we updated.
+        let stamp = root.join("updated");
+        let fresh = fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m.elapsed().is_ok_and(|a| a < Duration::from_secs(86_400)));
+        if !fresh {
+            super::sh(
+                Command::new("apt-get")
+                    .args(&apt.opts)
+                    .args(["update", "-q"]),
+            )?;
+            fs::write(&stamp, "")?;
+        }
+        Ok(apt)
+    }
+}
+
+/// `apt-cache search --names-only` of `k`'s regex: matching names, oldest first.
+fn search_packages(k: &Kernel, apt: Option<&PrivateApt>) -> Vec<String> {
+    let mut cmd = Command::new("apt-cache");
+    if let Some(a) = apt {
+        cmd.args(&a.opts);
+    }
+    let found = cmd
+        .args(["search", "--names-only", k.package_regex])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut names: Vec<String> = found
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(k.prefix) && n.ends_with(k.suffix))
+        .map(str::to_string)
+        .collect();
+    names.sort_by(|a, b| version_cmp(a, b));
+    names
+}
+
+/// The package of `k` to run: the pinned one when the archive (or the cache) has it, else the
+/// newest match.
+fn pick_package(names: &[String], k: &Kernel) -> Option<String> {
+    match k.pinned {
+        Some(p) if names.iter().any(|n| n == p) => Some(p.to_string()),
+        _ => names.last().cloned(),
+    }
+}
+
+/// Finds the kernel package of `k` (pinned, or the newest), downloads it (once) and unpacks
+/// vmlinuz, config (where the package has one) and the test modules into
+/// `target/vm/kernel-<label>/`. Never installs anything.
 fn fetch_kernel(dir: &Path, k: &Kernel) -> Result<PathBuf> {
     let debs = dir.join("debs");
-    let search = || {
-        let found = Command::new("apt-cache")
-            .args(["search", "--names-only", k.package_regex])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let mut names: Vec<String> = found
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(k.prefix) && n.ends_with(k.suffix))
-            .map(str::to_string)
-            .collect();
-        names.sort_by(|a, b| version_cmp(a, b));
-        names
+    let apt = match k.suite {
+        Some(suite) => match PrivateApt::new(dir, suite) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("xtask: vm-test: apt for {suite}: {e:#} (trying the cache)");
+                None
+            }
+        },
+        None => None,
     };
-    let mut names = search();
-    if names.is_empty() && super::is_root() {
+    let mut names = if k.suite.is_some() && apt.is_none() {
+        Vec::new()
+    } else {
+        search_packages(k, apt.as_ref())
+    };
+    if names.is_empty() && k.suite.is_none() && super::is_root() {
         // A fresh machine may have no package lists yet.
         super::sh(Command::new("apt-get").args(["update", "-q"]))?;
-        names = search();
+        names = search_packages(k, None);
     }
-    let deb = match names.last() {
-        Some(pkg) => cached_or_download(&debs, pkg)?,
-        None => newest_cached(&debs, k.prefix, k.suffix).with_context(|| {
-            format!(
-                "no package matches {} (run apt-get update first) and none is cached in {}",
-                k.package_regex,
-                debs.display()
-            )
-        })?,
+    let download = |pkg: &str| -> Result<PathBuf> {
+        match cached(&debs, pkg) {
+            Some(p) => Ok(p),
+            None => apt_download(&debs, pkg, apt.as_ref()),
+        }
+    };
+    let deb = match pick_package(&names, k) {
+        Some(pkg) => {
+            if k.pinned.is_some_and(|p| p != pkg) {
+                eprintln!(
+                    "xtask: vm-test: kernel {}: {} is gone from the archive; running {pkg}",
+                    k.label,
+                    k.pinned.unwrap_or_default()
+                );
+            }
+            download(&pkg)?
+        }
+        None => {
+            let pinned = k.pinned.and_then(|p| cached(&debs, p));
+            pinned
+                .or_else(|| newest_cached(&debs, k.prefix, k.suffix))
+                .with_context(|| {
+                    format!(
+                        "no package matches {} (run apt-get update first) and none is cached in {}",
+                        k.package_regex,
+                        debs.display()
+                    )
+                })?
+        }
     };
     let pkg = file_name(&deb).split('_').next().unwrap_or("").to_string();
     let out = dir.join(format!("kernel-{}", k.label));
@@ -406,32 +558,43 @@ fn fetch_kernel(dir: &Path, k: &Kernel) -> Result<PathBuf> {
     eprintln!("xtask: vm-test: kernel {}: unpacking {pkg}", k.label);
     let _ = fs::remove_dir_all(&out);
     let raw = out.join("raw");
-    let mut members = vec![
-        "./boot/vmlinuz-*".to_string(),
-        "./boot/config-*".to_string(),
-    ];
-    members.extend(MODULE_DIRS.iter().map(|d| d.to_string()));
-    let members: Vec<&str> = members.iter().map(|s| s.as_str()).collect();
-    deb_extract(&deb, &raw, &members)?;
-    let boot = raw.join("boot");
-    for e in fs::read_dir(&boot)?.flatten() {
-        let n = file_name(&e.path());
-        if n.starts_with("vmlinuz-") {
-            fs::copy(e.path(), out.join("vmlinuz"))?;
-        } else if n.starts_with("config-") {
-            fs::copy(e.path(), out.join("config"))?;
+    let modules: Vec<&str> = MODULE_DIRS.to_vec();
+    if k.split {
+        // linux-binary-<v> holds only the kernel; linux-modules-<v> the modules.
+        deb_extract(&deb, &raw, &["./usr/lib/modules/*/vmlinuz"])?;
+        let mods_pkg = pkg.replacen("linux-binary-", "linux-modules-", 1);
+        let mods = download(&mods_pkg)?;
+        deb_extract(&mods, &raw, &modules)?;
+        for e in fs::read_dir(raw.join("usr/lib/modules"))?.flatten() {
+            let v = e.path().join("vmlinuz");
+            if v.exists() {
+                fs::copy(&v, out.join("vmlinuz"))?;
+            }
+        }
+    } else {
+        let mut members = vec!["./boot/vmlinuz-*", "./boot/config-*"];
+        members.extend(modules.iter().copied());
+        deb_extract(&deb, &raw, &members)?;
+        for e in fs::read_dir(raw.join("boot"))?.flatten() {
+            let n = file_name(&e.path());
+            if n.starts_with("vmlinuz-") {
+                fs::copy(e.path(), out.join("vmlinuz"))?;
+            } else if n.starts_with("config-") {
+                fs::copy(e.path(), out.join("config"))?;
+            }
         }
     }
     // Every module file by module name (file names may use '-' where names use '_').
     let mut files = BTreeMap::new();
     index_modules(&raw.join("lib/modules"), &mut files);
+    index_modules(&raw.join("usr/lib/modules"), &mut files);
     let mut order = Vec::new();
     for m in MODULES {
         add_module(m, &files, &out, &mut order, 0).with_context(|| format!("in {pkg}"))?;
     }
     fs::write(out.join(MODULE_ORDER), order.join("\n") + "\n")?;
     if !out.join("vmlinuz").exists() {
-        bail!("{pkg} has no boot/vmlinuz-*");
+        bail!("{pkg} has no vmlinuz");
     }
     let _ = fs::remove_dir_all(&raw);
     fs::write(out.join("package"), &stamp)?;
@@ -975,6 +1138,7 @@ mount -t tmpfs tmpfs /tmp
          insmod /lib/modules/$m.ko || echo \"TWVM-FACT module_failed $m\"\n\
          done\n"
     ));
+    s.push_str(&format!("FILTER={filter}\n"));
     s.push_str(
         r#"echo "TWVM-FACT kernel $(uname -r)"
 echo "TWVM-FACT cpus $(grep -c ^processor /proc/cpuinfo)"
@@ -982,12 +1146,12 @@ if [ -e /sys/bus/event_source/devices/kprobe ]; then echo "TWVM-FACT kprobes yes
 if [ -e /proc/sys/net/ipv4/tcp_tw_reuse_delay ]; then echo "TWVM-FACT tcp_tw_reuse_delay yes"; else echo "TWVM-FACT tcp_tw_reuse_delay no"; fi
 T0=$(date +%s)
 run_test() {
-  n=$1; shift
+  n=$1; b=${2:-$1}; f=${3:-$FILTER}
   s=$(date +%s)
 "#,
     );
     s.push_str(&format!(
-        "  timeout {BINARY_BUDGET_SECS} /tests/$n --test-threads={} {filter} > /tmp/$n.log 2>&1\n",
+        "  timeout {BINARY_BUDGET_SECS} /tests/$b --test-threads={} $f > /tmp/$n.log 2>&1\n",
         args.threads
     ));
     s.push_str(
@@ -1004,6 +1168,18 @@ run_test() {
     for t in tests {
         s.push_str(&format!("run_test {t}\n"));
     }
+    // The function tier once more through kprobes (the first run took fexit where the kernel
+    // allows it): the same tests must give the same events. Reported as `<binary>@kprobe`.
+    s.push_str(
+        "if [ -e /sys/bus/event_source/devices/kprobe ]; then\n  export TWTRACE_FN_HOOKS=kprobe\n",
+    );
+    for (t, only) in KPROBE_RERUN {
+        if tests.iter().any(|x| x == t) {
+            let f = if args.filter.is_some() { "" } else { only };
+            s.push_str(&format!("  run_test {t}@kprobe {t} '{f}'\n"));
+        }
+    }
+    s.push_str("  unset TWTRACE_FN_HOOKS\nfi\n");
     s.push_str(
         "echo \"TWVM-FACT tests_secs $(( $(date +%s) - T0 ))\"\necho TWVM-DONE\npoweroff -f\n",
     );
@@ -1254,6 +1430,25 @@ mod tests {
         v.sort_by(|a, b| version_cmp(a, b));
         assert_eq!(v[2], "linux-image-6.12.117+deb12-cloud-amd64");
         assert!(version_cmp("6.1.0-9", "6.1.0-56").is_lt());
+    }
+
+    #[test]
+    fn the_pinned_kernel_runs_while_the_archive_has_it() {
+        let k = KERNELS.iter().find(|k| k.label == "7.3").unwrap();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let with = names(&[
+            "linux-binary-7.3.4+deb13-cloud-amd64",
+            "linux-binary-7.3.9+deb13-cloud-amd64",
+        ]);
+        assert_eq!(pick_package(&with, k).as_deref(), k.pinned);
+        let without = names(&["linux-binary-7.3.9+deb13-cloud-amd64"]);
+        assert_eq!(
+            pick_package(&without, k).as_deref(),
+            Some("linux-binary-7.3.9+deb13-cloud-amd64")
+        );
+        assert_eq!(pick_package(&[], k), None);
+        // The RT entry runs by name (or with `all`), not in the default run.
+        assert!(KERNELS.iter().any(|k| k.label == "7.3-rt" && !k.default));
     }
 
     #[test]

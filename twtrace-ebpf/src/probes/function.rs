@@ -29,8 +29,16 @@ pub fn tw_unique(ctx: FExitContext) -> u32 {
     let twp: u64 = ctx.arg(2);
     // An fexit context holds the arguments, then the return value (no helper needed).
     let taken: i32 = ctx.arg(3);
+    unique_decided(sk, sktw, twp, taken != 0);
+    0
+}
+
+/// What both mechanisms (fexit here, kprobe + kretprobe in `kprobe.rs`) report for one
+/// `tcp_twsk_unique(sk, sktw, twp)` call that returned `taken`.
+#[inline(always)]
+pub fn unique_decided(sk: u64, sktw: u64, twp: u64, taken: bool) {
     if sktw == 0 {
-        return 0;
+        return;
     }
     let connecting = CONNECTING.get_ptr_mut(&bpf_get_current_pid_tgid());
     let mut refused_before = 0;
@@ -39,14 +47,14 @@ pub fn tw_unique(ctx: FExitContext) -> u32 {
         unsafe {
             (*c).flags |= flags::CANDIDATES as u16;
             refused_before = (*c).refused;
-            if taken == 0 {
+            if !taken {
                 (*c).refused += 1;
                 (*c).last_refused = sktw;
             }
         }
     }
-    if taken == 0 {
-        return 0;
+    if !taken {
+        return;
     }
     let cfg = CONFIG.load();
     // SAFETY: kernel memory is read through bpf_probe_read_kernel; `r` points into a ring
@@ -64,7 +72,6 @@ pub fn tw_unique(ctx: FExitContext) -> u32 {
             submit(entry);
         }
     }
-    0
 }
 
 // match-proto:v6.1:net/ipv4/inet_timewait_sock.c:struct inet_timewait_sock *inet_twsk_alloc(const struct sock *sk, struct inet_timewait_death_row *dr, const int state)
@@ -74,8 +81,13 @@ pub fn tw_alloc(ctx: FExitContext) -> u32 {
     if tw != 0 {
         return 0; // a birth: the timer tier reports it
     }
-    let sk: u64 = ctx.arg(0);
-    let state: i32 = ctx.arg(2);
+    alloc_failed(ctx.arg(0), ctx.arg(2));
+    0
+}
+
+/// What both mechanisms report when `inet_twsk_alloc(sk, dr, state)` returned NULL.
+#[inline(always)]
+pub fn alloc_failed(sk: u64, state: i32) {
     let cfg = CONFIG.load();
     // SAFETY: as above.
     unsafe {
@@ -94,5 +106,4 @@ pub fn tw_alloc(ctx: FExitContext) -> u32 {
             submit(entry);
         }
     }
-    0
 }

@@ -4,6 +4,7 @@
 mod bind;
 mod function;
 mod iter;
+mod kprobe;
 mod segment;
 mod state;
 mod timer;

@@ -37,6 +37,10 @@ pub struct TraceArgs {
     /// Do not print the hook report and summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// How the function tier attaches: fexit, kprobe (+ kretprobe), auto (fexit, else
+    /// kprobes) or off. Default: auto, or $TWTRACE_FN_HOOKS.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub fn_hooks: Option<twtrace::kernel::fn_tier::FnHooks>,
 }
 
 impl TraceArgs {
@@ -49,10 +53,12 @@ impl TraceArgs {
     }
 
     pub fn tracer_options(&self) -> TracerOptions {
+        let defaults = TracerOptions::default();
         TracerOptions {
             ring_bytes: self.ring_mib << 20,
             snapshot: !self.no_snapshot,
-            ..TracerOptions::default()
+            fn_hooks: self.fn_hooks.unwrap_or(defaults.fn_hooks),
+            ..defaults
         }
     }
 

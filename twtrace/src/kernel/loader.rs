@@ -3,9 +3,10 @@
 
 use crate::kernel::btf::{KernelBtf, VMLINUX};
 use crate::kernel::features::{find_hz, BtfFacts, Features};
+use crate::kernel::fn_tier::{self, FnHooks};
 use crate::kernel::kallsyms;
 use anyhow::{bail, Context, Result};
-use aya::programs::{BtfTracePoint, FExit, Iter};
+use aya::programs::{BtfTracePoint, FExit, Iter, KProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::path::Path;
 use twtrace_common::{Config, NO_FIELD};
@@ -24,6 +25,14 @@ pub enum Attach {
     /// Function hook (`fexit/…`) of the optional tier ([`crate::kernel::prototypes::FN_HOOKS`]), attached
     /// only if the kernel's prototype matches the one the program was written against.
     FExit(&'static str),
+    /// The same hook as kprobes ([`crate::kernel::fn_tier::KPROBE_PAIRS`]): the program is a
+    /// kretprobe on `function`; `entry_program`, a kprobe on `entry_function`, saves the
+    /// arguments it needs.
+    KProbe {
+        function: &'static str,
+        entry_program: &'static str,
+        entry_function: &'static str,
+    },
 }
 
 /// One row of the hook table.
@@ -126,12 +135,21 @@ impl HookStatus {
             Attach::Iter(i) => format!("iter/{i}"),
             Attach::TracePoint(c, n) => format!("tracepoint/{c}/{n}"),
             Attach::FExit(f) => format!("fexit/{f}"),
+            Attach::KProbe { function, .. } => format!("kretprobe/{function}"),
         }
     }
 
     /// Whether this hook belongs to the optional function-hook tier.
     pub fn is_fn_tier(&self) -> bool {
-        matches!(self.hook.attach, Attach::FExit(_))
+        matches!(self.hook.attach, Attach::FExit(_) | Attach::KProbe { .. })
+    }
+
+    /// The function hooked, for a function-tier hook.
+    pub fn fn_name(&self) -> Option<&'static str> {
+        match self.hook.attach {
+            Attach::FExit(f) | Attach::KProbe { function: f, .. } => Some(f),
+            _ => None,
+        }
     }
 
     /// One line for stderr.
@@ -144,11 +162,19 @@ impl HookStatus {
                 self.hook.purpose,
                 self.hook.fallback.unwrap_or_default()
             ),
-            Ok(()) => format!(
-                "hook {:<34} attached     ({})",
-                self.label(),
-                self.hook.purpose
-            ),
+            Ok(()) => match self.hook.attach {
+                Attach::KProbe { entry_function, .. } => format!(
+                    "hook {:<34} attached     ({}; with kprobe/{entry_function} for the \
+                     arguments)",
+                    self.label(),
+                    self.hook.purpose
+                ),
+                _ => format!(
+                    "hook {:<34} attached     ({})",
+                    self.label(),
+                    self.hook.purpose
+                ),
+            },
             // The function tier is optional by design: off is a tier choice, not a fault.
             Err(e) if self.is_fn_tier() => format!(
                 "hook {:<34} off          ({}): {e}",
@@ -168,13 +194,22 @@ impl HookStatus {
 pub fn tier_line(hooks: &[HookStatus]) -> String {
     let fns: Vec<&HookStatus> = hooks.iter().filter(|h| h.is_fn_tier()).collect();
     let on = fns.iter().filter(|h| h.result.is_ok()).count();
+    let kp = fns
+        .iter()
+        .filter(|h| h.result.is_ok() && matches!(h.hook.attach, Attach::KProbe { .. }))
+        .count();
+    let how = match (on - kp, kp) {
+        (_, 0) => "fexit",
+        (0, _) => "kprobe",
+        _ => "fexit and kprobe",
+    };
     if on == 0 {
         "tier: tracepoints (this kernel gives no function hooks: reuses and overflows are \
          inferred)"
             .to_string()
     } else {
         format!(
-            "tier: tracepoints + function hooks ({on} of {} fexit attached)",
+            "tier: tracepoints + function hooks ({on} of {} attached, by {how})",
             fns.len()
         )
     }
@@ -184,7 +219,7 @@ pub fn tier_line(hooks: &[HookStatus]) -> String {
 pub fn fn_hook_on(hooks: &[HookStatus], function: &str) -> bool {
     hooks
         .iter()
-        .any(|h| matches!(h.hook.attach, Attach::FExit(f) if f == function) && h.result.is_ok())
+        .any(|h| h.fn_name() == Some(function) && h.result.is_ok())
 }
 
 const CAP_PERFMON: u32 = 38;
@@ -359,8 +394,14 @@ pub fn load_iter() -> Result<Ebpf> {
 }
 
 /// Pre-flight, resolve, load and attach. `ring_bytes` sizes the event ring buffer (a power of
-/// two, multiple of the page size).
+/// two, multiple of the page size). The function tier's mechanism comes from
+/// `TWTRACE_FN_HOOKS` (default auto).
 pub fn load(ring_bytes: u32) -> Result<Loaded> {
+    load_with(ring_bytes, FnHooks::from_env()?)
+}
+
+/// [`load`] with the function tier's mechanism chosen by the caller.
+pub fn load_with(ring_bytes: u32, fn_hooks: FnHooks) -> Result<Loaded> {
     preflight()?;
     let kbtf = KernelBtf::open(Path::new(VMLINUX))?;
     let config = running_config(&kbtf)?;
@@ -371,6 +412,9 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
             (
                 *h,
                 crate::kernel::prototypes::check(kbtf.raw(), h).map(|_| ()),
+                // The kprobe form also reads the arguments of its entry function.
+                fn_tier::pair_for(h.program)
+                    .map(|p| crate::kernel::prototypes::check(kbtf.raw(), &p.entry).map(|_| ())),
             )
         })
         .collect();
@@ -416,31 +460,15 @@ pub fn load(ring_bytes: u32) -> Result<Loaded> {
         });
     }
     // The optional tier: each hook on its own (a mismatch or a refusal leaves it off).
-    for (fh, check) in fn_checks {
-        let hook = Hook {
-            program: fh.program,
-            attach: Attach::FExit(fh.function),
-            required: false,
-            fallback: None,
-            purpose: fh.purpose,
-        };
-        let result = check.and_then(|_| {
-            attach(&mut ebpf, &btf, &hook).map_err(|e| {
-                let e = format!("{e:#}").replace('\n', " ");
-                // EPERM for any fexit program: no BPF trampolines here (or a lockdown). Said
-                // once, plainly; other errors keep their whole text.
-                if e.contains("Operation not permitted") {
-                    "this kernel refuses fexit programs (Operation not permitted)".to_string()
-                } else {
-                    e
-                }
-            })
-        });
-        hooks.push(HookStatus {
-            hook,
-            result,
-            fallback_used: false,
-        });
+    for (fh, check, entry_check) in fn_checks {
+        hooks.push(fn_tier_hook(
+            &mut ebpf,
+            &btf,
+            fh,
+            check,
+            entry_check,
+            fn_hooks,
+        ));
     }
     let features = features_at_load(&mut ebpf, facts, &hooks);
     Ok(Loaded {
@@ -499,6 +527,81 @@ pub fn load_floor() -> Result<(Ebpf, Vec<&'static str>)> {
     Ok((ebpf, attached))
 }
 
+/// One hook of the function tier, by the mechanism chosen: fexit, kprobe + kretprobe, or (auto)
+/// fexit and, when the kernel refuses it, kprobes.
+fn fn_tier_hook(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    fh: crate::kernel::prototypes::FnHook,
+    check: std::result::Result<(), String>,
+    entry_check: Option<std::result::Result<(), String>>,
+    choice: FnHooks,
+) -> HookStatus {
+    let fexit = Hook {
+        program: fh.program,
+        attach: Attach::FExit(fh.function),
+        required: false,
+        fallback: None,
+        purpose: fh.purpose,
+    };
+    let kprobe = fn_tier::pair_for(fh.program).map(|p| Hook {
+        program: p.ret_program,
+        attach: Attach::KProbe {
+            function: p.ret_function,
+            entry_program: p.entry_program,
+            entry_function: p.entry.function,
+        },
+        ..fexit
+    });
+    let status = |hook: Hook, result| HookStatus {
+        hook,
+        result,
+        fallback_used: false,
+    };
+    let try_fexit = |ebpf: &mut Ebpf| {
+        check.clone().and_then(|_| {
+            attach(ebpf, btf, &fexit).map_err(|e| {
+                let e = format!("{e:#}").replace('\n', " ");
+                // EPERM for any fexit program: no BPF trampolines here (or a lockdown). Said
+                // once, plainly; other errors keep their whole text.
+                if e.contains("Operation not permitted") {
+                    "this kernel refuses fexit programs (Operation not permitted)".to_string()
+                } else {
+                    e
+                }
+            })
+        })
+    };
+    let try_kprobe = |ebpf: &mut Ebpf, hook: &Hook| {
+        check
+            .clone()
+            .and_then(|_| entry_check.clone().unwrap_or(Ok(())))
+            .and_then(|_| fn_tier::kprobes_available())
+            .and_then(|_| attach(ebpf, btf, hook).map_err(|e| format!("{e:#}").replace('\n', " ")))
+    };
+    match (choice, kprobe) {
+        (FnHooks::Off, _) => status(fexit, Err("off (--fn-hooks off)".into())),
+        (FnHooks::Fexit, _) | (FnHooks::Auto, None) => {
+            let r = try_fexit(ebpf);
+            status(fexit, r)
+        }
+        (FnHooks::Kprobe, Some(kp)) => {
+            let r = try_kprobe(ebpf, &kp);
+            status(kp, r)
+        }
+        (FnHooks::Kprobe, None) => status(fexit, Err("no kprobe form of this hook".into())),
+        (FnHooks::Auto, Some(kp)) => match try_fexit(ebpf) {
+            Ok(()) => status(fexit, Ok(())),
+            // A prototype mismatch applies to both mechanisms: no second try.
+            Err(e) if check.is_err() => status(fexit, Err(e)),
+            Err(fexit_err) => match try_kprobe(ebpf, &kp) {
+                Ok(()) => status(kp, Ok(())),
+                Err(kp_err) => status(fexit, Err(format!("{fexit_err}; kprobes: {kp_err}"))),
+            },
+        },
+    }
+}
+
 fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<()> {
     let prog = ebpf
         .program_mut(hook.program)
@@ -527,6 +630,23 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &Hook) -> Result<()> {
             p.load(function, btf)
                 .context("the kernel refused the fexit program")?;
             p.attach()?;
+        }
+        Attach::KProbe {
+            function,
+            entry_program,
+            entry_function,
+        } => {
+            // The entry first: a return seen without its entry reports nothing.
+            for (program, f) in [(entry_program, entry_function), (hook.program, function)] {
+                let p: &mut KProbe = ebpf
+                    .program_mut(program)
+                    .with_context(|| format!("program {program} missing from the object"))?
+                    .try_into()?;
+                p.load()
+                    .with_context(|| format!("the kernel refused kprobe program {program}"))?;
+                p.attach(f, 0)
+                    .with_context(|| format!("attaching {program} to {f}"))?;
+            }
         }
     }
     Ok(())

@@ -4,8 +4,10 @@
 
 pub mod btf;
 pub mod features;
+pub mod fn_tier;
 pub mod kallsyms;
 pub mod loader;
+pub mod preempt;
 pub mod prototypes;
 pub mod reuse_rule;
 pub mod snapshot;

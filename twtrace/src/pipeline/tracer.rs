@@ -6,6 +6,7 @@
 
 use crate::host::sysctls::SysctlWatch;
 use crate::kernel::features::Features;
+use crate::kernel::fn_tier::FnHooks;
 use crate::kernel::loader;
 use crate::kernel::snapshot;
 use crate::kernel::sysinfo::{self, Clock};
@@ -30,6 +31,8 @@ pub struct TracerOptions {
     pub snapshot: bool,
     /// How long a timer detach may stay unexplained before it counts as an early death.
     pub settle_ns: u64,
+    /// The function tier's mechanism (default: `TWTRACE_FN_HOOKS`, else auto).
+    pub fn_hooks: FnHooks,
 }
 
 impl Default for TracerOptions {
@@ -38,6 +41,7 @@ impl Default for TracerOptions {
             ring_bytes: 8 << 20,
             snapshot: true,
             settle_ns: SETTLE_NS,
+            fn_hooks: FnHooks::from_env().unwrap_or_default(),
         }
     }
 }
@@ -72,7 +76,7 @@ impl Tracer {
             hooks,
             features,
             ..
-        } = loader::load(opts.ring_bytes)?;
+        } = loader::load_with(opts.ring_bytes, opts.fn_hooks)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
@@ -83,6 +87,9 @@ impl Tracer {
         let census_counts =
             Array::try_from(ebpf.take_map("CENSUS").context("CENSUS map missing")?)?;
         let mut warnings = Vec::new();
+        if crate::kernel::preempt::is_preempt_rt() {
+            warnings.push(crate::kernel::preempt::RT_NOTICE.to_string());
+        }
         let iter_ok = hooks
             .iter()
             .any(|h| h.hook.program == "snapshot_tcp" && h.result.is_ok());
