@@ -364,10 +364,14 @@ fn max_tw_buckets_overflow_matches_the_counter() {
         .collect();
     // The kernel's limit test (count - 1 >= max) is not atomic with the allocation: when
     // another CPU allocates at the same moment both may pass it, so 6 sockets and 44 drops
-    // happen too. The contract is that every drop the kernel counted is an event.
+    // happen too. A timewait socket that dies at once (reset at birth, seen under emulation)
+    // frees its bucket for one more. The contract is that every drop the kernel counted is an
+    // event.
+    let early = exits(&ev2).len() as u64;
     assert!(
-        (N as u64 - 7..=N as u64 - 5).contains(&counter),
-        "kernel counter {counter}"
+        (N as u64 - 7 - early..=N as u64 - 5).contains(&counter),
+        "kernel counter {counter}, {early} early deaths: {:?}",
+        exits(&ev2)
     );
     assert_eq!(
         overflows.len() as u64,
