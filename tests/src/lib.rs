@@ -94,6 +94,17 @@ pub fn count_kind(ev: &[Event], kind: &str) -> usize {
     ev.iter().filter(|e| e.kind() == kind).count()
 }
 
+/// The timewait sockets alive in `ns` now, as the kernel counts them (`/proc/net/sockstat`,
+/// both substates). A socket reset at its birth (seen now and then under emulation) is not
+/// among them: tests that make N sockets before a tracer can see them compare with this.
+pub fn timewait_in(ns: &NetNs) -> u64 {
+    let text = ns
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/sockstat"))
+        .unwrap()
+        .unwrap();
+    twtrace::host::procnet::parse_sockstat_tw(&text).expect("a TCP tw count in sockstat")
+}
+
 /// Generous bound for things the kernel does within milliseconds.
 pub const SOON: Duration = Duration::from_secs(10);
 

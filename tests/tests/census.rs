@@ -52,10 +52,7 @@ fn census_counts_states_per_namespace() {
     let tw = mine.counts[6] + mine.counts[twtrace_common::census::TW_FIN_WAIT2 as usize];
     // The kernel's own count of the namespace's timewait sockets (both substates), read just
     // after: a socket reset at its birth (seen now and then under emulation) is in neither.
-    let kernel_tw = ns
-        .run(|| std::fs::read_to_string("/proc/thread-self/net/sockstat").unwrap())
-        .map(|t| twtrace::host::procnet::parse_sockstat_tw(&t).unwrap())
-        .unwrap();
+    let kernel_tw = twtrace_tests::timewait_in(&ns);
     assert_eq!(
         tw, kernel_tw,
         "timewait sockets, census vs sockstat: {mine:?}"
