@@ -252,9 +252,13 @@ fn verify_measures_every_claim() {
     // counter) per extra close; the other namespace unaffected.
     let m = &by_id["max_tw_buckets"]["measured"];
     let (limit, n) = (num(m, "limit"), num(m, "n"));
-    assert_eq!(num(m, "capped_netns.timewait"), limit);
-    assert_eq!(num(m, "capped_netns.overflow_events"), n - limit);
-    assert_eq!(num(m, "capped_netns.TCPTimeWaitOverflow"), n - limit);
+    // The kernel's limit test is not atomic with the allocation: two CPUs closing at once
+    // may both pass it (seen on the 6.12 guest: 6 with a limit of 5). Whatever the kernel let
+    // in, every drop it counted is an event.
+    let tw = num(m, "capped_netns.timewait");
+    assert!((limit..=limit + 1).contains(&tw), "{m:#}");
+    assert_eq!(num(m, "capped_netns.overflow_events"), n - tw);
+    assert_eq!(num(m, "capped_netns.TCPTimeWaitOverflow"), n - tw);
     assert!(num(m, "capped_netns.sockstat_tw") <= limit);
     assert_eq!(num(m, "other_netns.timewait"), n);
     assert_eq!(num(m, "other_netns.overflow_events"), 0);
