@@ -144,10 +144,13 @@ pub(super) fn max_tw_buckets(w: &Watch) -> Result<Claim> {
     let (enter_c, over_c) = (count(&ev_c, is_enter), count(&ev_c, is_over));
     let (enter_o, over_o) = (count(&ev_o, is_enter), count(&ev_o, is_over));
     let (canary_seen, logged) = logged_overflows(log.as_mut());
-    let held = enter_c == LIMIT
-        && over_c == N - LIMIT
-        && counter == (N - LIMIT) as u64
-        && live_c <= LIMIT as u64;
+    // The kernel's limit test (count - 1 >= max) is not atomic with the allocation: two
+    // closes on two CPUs at once may both pass it, one socket past the limit (seen on the
+    // 6.12 guest). The cap holds when that is all, and every drop is counted.
+    let held = (LIMIT..=LIMIT + 1).contains(&enter_c)
+        && over_c == N - enter_c
+        && counter == over_c as u64
+        && live_c <= enter_c as u64;
     let per_netns = over_o == 0 && enter_o == N && counter_o == 0;
     let verdict = if !held {
         Verdict::Refuted
@@ -208,8 +211,8 @@ fn explanation(held: bool, logged: Option<usize>, enter_c: usize, over_c: usize)
     if held {
         format!(
             "past the limit tcp_time_wait gets no timewait socket and closes at once (the count \
-             stayed at {LIMIT}, one overflow per extra close); the limit is per network \
-             namespace{}",
+             stayed at {enter_c} for a limit of {LIMIT}, one overflow per extra close); the \
+             limit is per network namespace{}",
             match logged {
                 Some(0) => ", and this kernel logs nothing (only the TCPTimeWaitOverflow counter)",
                 Some(_) => ", and the warning is logged",
