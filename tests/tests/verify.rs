@@ -148,8 +148,14 @@ fn verify_measures_every_claim() {
     // As for the 60 s above: jiffies may tick between the arming and the program (seen: one
     // tick, 2 996 ms for 3 000, on 6.1 under QEMU), never the other way.
     let fin_armed = fin_ms - 4 * (1000 / wheel.hz)..=fin_ms;
-    assert!(fin_armed.contains(&num(f, "fin_wait2.armed_ms.min")), "{f:#}");
-    assert!(fin_armed.contains(&num(f, "fin_wait2.armed_ms.max")), "{f:#}");
+    assert!(
+        fin_armed.contains(&num(f, "fin_wait2.armed_ms.min")),
+        "{f:#}"
+    );
+    assert!(
+        fin_armed.contains(&num(f, "fin_wait2.armed_ms.max")),
+        "{f:#}"
+    );
     assert!(
         wheel.within(fin_ms, num(f, "fin_wait2.lifetime_ms.min")),
         "{f:#}"
