@@ -21,9 +21,9 @@
 //! Cmd::Bench { quick, json, args } => setup().and_then(|_| bench::run(quick, json.as_deref(), &args)),
 //! ```
 
-use super::{cargo, installed, is_root, root_dir, sh};
+use super::{cargo, installed, is_root, sh, target_dir};
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// Peer tools the bench measures twtrace against, with the command each package provides.
@@ -33,19 +33,6 @@ const PEER_PACKAGES: &[(&str, &str)] = &[
     ("libbpf-tools", "tcpstates"),
     ("bpftool", "tells when a peer tool is attached"),
 ];
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| {
-            if p.is_relative() {
-                root_dir().join(p)
-            } else {
-                p
-            }
-        })
-        .unwrap_or_else(|| root_dir().join("target"))
-}
 
 pub fn run(quick: bool, json: Option<&Path>, extra: &[String]) -> Result<()> {
     if !is_root() {

@@ -13,7 +13,7 @@
 //! `--binary` packages a binary already built (the integration test passes its debug build, to
 //! spare CI a release build); `--out` writes elsewhere.
 
-use super::{cargo, installed, is_root, root_dir, sh, show};
+use super::{cargo, installed, is_root, root_dir, sh, show, target_dir};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -219,19 +219,6 @@ pub fn run(args: DistArgs) -> Result<()> {
         glibc_minimum(&bin)?
     );
     Ok(())
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| {
-            if p.is_relative() {
-                root_dir().join(p)
-            } else {
-                p
-            }
-        })
-        .unwrap_or_else(|| root_dir().join("target"))
 }
 
 fn install_missing() -> Result<()> {

@@ -231,6 +231,20 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
+/// The workspace's target directory (`CARGO_TARGET_DIR` if set, relative to the root).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_relative() {
+                root_dir().join(p)
+            } else {
+                p
+            }
+        })
+        .unwrap_or_else(|| root_dir().join("target"))
+}
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root_dir());
