@@ -692,9 +692,9 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn enter(ts_s: f64, s: Sock, sub: Substate) -> Event {
-        Event {
-            ts_ns: (ts_s * 1e9) as u64,
-            body: Body::Enter {
+        Event::new(
+            (ts_s * 1e9) as u64,
+            Body::Enter {
                 sock: s,
                 substate: sub,
                 timeout_ms: 60_000,
@@ -702,7 +702,7 @@ pub(crate) mod tests {
                 snapshot: false,
                 age_ms: None,
             },
-        }
+        )
     }
 
     pub(crate) fn exit(
@@ -712,23 +712,20 @@ pub(crate) mod tests {
         reason: ExitReason,
         life_ms: u64,
     ) -> Event {
-        Event {
-            ts_ns: (ts_s * 1e9) as u64,
-            body: Body::Exit {
+        Event::new(
+            (ts_s * 1e9) as u64,
+            Body::Exit {
                 sock: s,
                 substate: sub,
                 reason,
                 lifetime_ms: Some(life_ms),
                 task: task(200, "wget"),
             },
-        }
+        )
     }
 
     pub(crate) fn ev(ts_s: f64, body: Body) -> Event {
-        Event {
-            ts_ns: (ts_s * 1e9) as u64,
-            body,
-        }
+        Event::new((ts_s * 1e9) as u64, body)
     }
 
     #[test]

@@ -9,10 +9,9 @@ use twtrace::pipeline::filter::Filter;
 use twtrace::pipeline::session::SessionOptions;
 use twtrace::pipeline::tracer::TracerOptions;
 
-/// What every tracing subcommand (`live`, `record`, `serve`) takes: filters and tracer
-/// settings.
-#[derive(Args, Debug, Clone)]
-pub struct TraceArgs {
+/// The event filters of the tracing subcommands and of `report`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
     /// Only sockets with this local or remote port (repeatable).
     #[arg(short = 'p', long = "port", value_name = "PORT", allow_negative_numbers = true,
           value_parser = parse_port)]
@@ -24,6 +23,34 @@ pub struct TraceArgs {
     /// Only sockets whose remote address is ADDR (repeatable).
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<IpAddr>,
+    /// Only events of workloads in this cgroup (v2 path, e.g. /kubepods.slice) or below it
+    /// (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+    /// Only events of this container (an id or its prefix, as `docker ps` shows it), or of
+    /// this pod (UID or name) (repeatable).
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            ports: self.ports.clone(),
+            netns: self.netns.clone(),
+            peers: self.peers.clone(),
+            cgroups: self.cgroups.clone(),
+            containers: self.containers.clone(),
+        }
+    }
+}
+
+/// What every tracing subcommand (`live`, `record`, `serve`) takes: filters and tracer
+/// settings.
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub only: FilterArgs,
     /// Do not list TIME_WAIT sockets that existed before start-up.
     #[arg(long)]
     pub no_snapshot: bool,
@@ -45,11 +72,7 @@ pub struct TraceArgs {
 
 impl TraceArgs {
     pub fn filter(&self) -> Filter {
-        Filter {
-            ports: self.ports.clone(),
-            netns: self.netns.clone(),
-            peers: self.peers.clone(),
-        }
+        self.only.filter()
     }
 
     pub fn tracer_options(&self) -> TracerOptions {

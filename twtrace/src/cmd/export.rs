@@ -264,9 +264,9 @@ mod tests {
 
     #[test]
     fn csv_rows_have_every_column_and_quote_what_needs_it() {
-        let e = Event {
-            ts_ns: 1_000,
-            body: Body::Abort {
+        let e = Event::new(
+            1_000,
+            Body::Abort {
                 sock: Sock {
                     tw: 0xffff_8881_0000_0100,
                     netns: 7,
@@ -280,7 +280,7 @@ mod tests {
                     comm: "a,\"b\"".into(),
                 }),
             },
-        };
+        );
         let mut s = String::new();
         write_csv(&e, &Clock { offset_ns: 0 }, "h", &mut s);
         assert_eq!(
@@ -290,9 +290,9 @@ mod tests {
         // One separator fewer than columns, plus the comma inside the quoted comm.
         assert_eq!(s.matches(',').count() - 1, CSV_COLUMNS.len() - 1);
         // The function tier's candidate count is the last column (appended in trace minor 1).
-        let f = Event {
-            ts_ns: 1_000,
-            body: Body::ConnectFail {
+        let f = Event::new(
+            1_000,
+            Body::ConnectFail {
                 sock: Sock::v4(1, 7, [127, 0, 0, 1], 0, [127, 0, 0, 1], 80),
                 errno: libc::EADDRNOTAVAIL,
                 refusal: twtrace::pipeline::event::Refusal::TooYoung,
@@ -300,15 +300,15 @@ mod tests {
                 candidates: Some(3),
                 task: None,
             },
-        };
+        );
         let mut s = String::new();
         write_csv(&f, &Clock { offset_ns: 0 }, "h", &mut s);
         assert!(s.ends_with(",too young,4,,,,0x1,,h,3,"), "{s}");
         assert_eq!(CSV_COLUMNS[25], "candidates");
         // The pool of a bind() failure is the last column (appended in trace minor 2).
-        let b = Event {
-            ts_ns: 1_000,
-            body: Body::BindFail {
+        let b = Event::new(
+            1_000,
+            Body::BindFail {
                 netns: 7,
                 family: 2,
                 errno: libc::EADDRINUSE,
@@ -316,7 +316,7 @@ mod tests {
                 ports: Some(20),
                 task: None,
             },
-        };
+        );
         let mut s = String::new();
         write_csv(&b, &Clock { offset_ns: 0 }, "h", &mut s);
         assert!(

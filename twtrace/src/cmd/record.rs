@@ -62,9 +62,11 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 /// The filters as they were given, for the header (a later reader sees what was left out).
 fn describe_filter(t: &TraceArgs) -> String {
     let mut parts = Vec::new();
-    parts.extend(t.ports.iter().map(|p| format!("--port {p}")));
-    parts.extend(t.netns.iter().map(|n| format!("--netns {n}")));
-    parts.extend(t.peers.iter().map(|p| format!("--peer {p}")));
+    parts.extend(t.only.ports.iter().map(|p| format!("--port {p}")));
+    parts.extend(t.only.netns.iter().map(|n| format!("--netns {n}")));
+    parts.extend(t.only.peers.iter().map(|p| format!("--peer {p}")));
+    parts.extend(t.only.cgroups.iter().map(|c| format!("--cgroup {c}")));
+    parts.extend(t.only.containers.iter().map(|c| format!("--container {c}")));
     if t.no_snapshot {
         parts.push("--no-snapshot".into());
     }
@@ -100,7 +102,7 @@ pub fn run(args: RecordArgs) -> Result<()> {
         &tracer.features().hooks,
     );
     header.filter = describe_filter(&args.trace);
-    header.sysctls = initial_sysctls(&args.trace.netns);
+    header.sysctls = initial_sysctls(&args.trace.only.netns);
     let wopts = WriterOptions {
         flush_interval: args.flush_interval,
         max_size: args.max_size,

@@ -10,11 +10,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use twtrace::analysis::aggregate::{Aggregator, Report};
 use twtrace::host::sysctls::Sysctls;
-use twtrace::pipeline::filter::Filter;
 use twtrace::sink::tracefile::Reader;
 
 #[derive(Args, Debug, Clone)]
@@ -22,17 +20,8 @@ pub struct ReportArgs {
     /// Trace files (e.g. FILE FILE.1 …, or files from several hosts).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Only sockets with this local or remote port (repeatable).
-    #[arg(short = 'p', long = "port", value_name = "PORT", allow_negative_numbers = true,
-          value_parser = super::args::parse_port)]
-    pub ports: Vec<u16>,
-    /// Only sockets in this network namespace, by inode (repeatable).
-    #[arg(long = "netns", value_name = "INODE", allow_negative_numbers = true,
-          value_parser = super::args::parse_inode)]
-    pub netns: Vec<u64>,
-    /// Only sockets whose remote address is ADDR (repeatable).
-    #[arg(long = "peer", value_name = "ADDR")]
-    pub peers: Vec<IpAddr>,
+    #[command(flatten)]
+    pub only: super::args::FilterArgs,
     /// Width of the report in columns, 40 to 10000 (default: the terminal's, else 100).
     #[arg(long, value_name = "COLS", allow_negative_numbers = true,
           value_parser = super::args::parse_count(40, 10_000, "a width in columns"))]
@@ -68,11 +57,7 @@ impl Input {
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
-    let filter = Filter {
-        ports: args.ports.clone(),
-        netns: args.netns.clone(),
-        peers: args.peers.clone(),
-    };
+    let filter = args.only.filter();
     let width = args.width.unwrap_or_else(terminal_width).max(40);
     let mut failed = Vec::new();
     // Host → its files, headers read. Events are streamed into the aggregator later, so a

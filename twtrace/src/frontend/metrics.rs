@@ -764,10 +764,7 @@ mod tests {
     }
 
     fn ev(ts_s: f64, body: Body) -> Event {
-        Event {
-            ts_ns: (ts_s * 1e9) as u64,
-            body,
-        }
+        Event::new((ts_s * 1e9) as u64, body)
     }
 
     fn enter(ts_s: f64, s: Sock) -> Event {

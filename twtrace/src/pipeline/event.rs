@@ -1,7 +1,9 @@
 //! The typed events every sink consumes: the one enum of the pipeline
 //! (kernel records → [`crate::pipeline::lifecycle`] → `Event` → printer / files / aggregator).
 
+use crate::host::workload::Workload;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 /// A timewait socket's identity: kernel address plus tuple and network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -274,9 +276,31 @@ pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     pub body: Body,
+    /// The cgroup (v2) id the kernel named: the socket owner's (`sk_cgrp_data`, read while
+    /// the socket was full: at its close for a timewait socket's whole life), or the calling
+    /// task's for a bind() failure. 0: none read.
+    pub cgroup: u64,
+    /// `cgroup` resolved to a workload by the tracer; `None` when `cgroup` is 0 (see [`crate::host::workload::Workloads`]).
+    pub workload: Option<Arc<Workload>>,
 }
 
 impl Event {
+    /// An event with no workload (the lifecycle adds the cgroup id, the tracer resolves it).
+    pub fn new(ts_ns: u64, body: Body) -> Event {
+        Event {
+            ts_ns,
+            body,
+            cgroup: 0,
+            workload: None,
+        }
+    }
+
+    /// The same event, owned by cgroup `id`.
+    pub fn in_cgroup(mut self, id: u64) -> Event {
+        self.cgroup = id;
+        self
+    }
+
     pub fn kind(&self) -> &'static str {
         match self.body {
             Body::Enter { .. } => "enter",

@@ -44,6 +44,9 @@ struct Live {
     birth_ns: Option<u64>,
     /// Set for sockets found by the snapshot: records older than this are history.
     snapshot_ns: Option<u64>,
+    /// The owner's cgroup id, read from the full socket at its close (0: not seen closing;
+    /// a timewait socket has no cgroup of its own).
+    cgroup: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -199,13 +202,16 @@ impl Lifecycle {
             }
             kind::ABORT => {
                 self.stats.aborts += 1;
-                out.push(Event {
-                    ts_ns: r.ts_ns,
-                    body: Body::Abort {
-                        sock: Self::sock_of(r),
-                        task: Some(Task::from_raw(r.pid, &r.comm)),
-                    },
-                });
+                out.push(
+                    Event::new(
+                        r.ts_ns,
+                        Body::Abort {
+                            sock: Self::sock_of(r),
+                            task: Some(Task::from_raw(r.pid, &r.comm)),
+                        },
+                    )
+                    .in_cgroup(r.cgroup),
+                );
             }
             kind::OVERFLOW if !self.exact_overflow => self.on_overflow(r, out),
             kind::TW_ALLOC_FAIL => self.on_overflow(r, out),
@@ -218,13 +224,16 @@ impl Lifecycle {
             kind::BIND_FAIL => self.on_bind_fail(r, out),
             kind::BOUND_CONNECT => {
                 self.stats.bound_connects += 1;
-                out.push(Event {
-                    ts_ns: r.ts_ns,
-                    body: Body::BoundConnect {
-                        sock: Self::sock_of(r),
-                        task: Some(Task::from_raw(r.pid, &r.comm)),
-                    },
-                });
+                out.push(
+                    Event::new(
+                        r.ts_ns,
+                        Body::BoundConnect {
+                            sock: Self::sock_of(r),
+                            task: Some(Task::from_raw(r.pid, &r.comm)),
+                        },
+                    )
+                    .in_cgroup(r.cgroup),
+                );
             }
             _ => {}
         }
@@ -235,12 +244,15 @@ impl Lifecycle {
     fn on_overflow(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
         self.stats.overflows += 1;
         *self.overflows.entry(r.netns).or_default() += 1;
-        out.push(Event {
-            ts_ns: r.ts_ns,
-            body: Body::Overflow {
-                sock: Self::sock_of(r),
-            },
-        });
+        out.push(
+            Event::new(
+                r.ts_ns,
+                Body::Overflow {
+                    sock: Self::sock_of(r),
+                },
+            )
+            .in_cgroup(r.cgroup),
+        );
     }
 
     /// Overflow drops seen per namespace.
@@ -269,10 +281,7 @@ impl Lifecycle {
             return;
         }
         self.sysctls.insert(netns, s.clone());
-        out.push(Event {
-            ts_ns,
-            body: Body::Netns { netns, sysctls: s },
-        });
+        out.push(Event::new(ts_ns, Body::Netns { netns, sysctls: s }));
     }
 
     /// The settings a record carries (read by the kernel program from the socket's namespace at
@@ -290,15 +299,12 @@ impl Lifecycle {
     fn on_tw_drop(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
         if r.flags & flags::PAWS != 0 {
             self.stats.paws_rejects += 1;
-            let sock = self
+            let (sock, cgroup) = self
                 .live
                 .get(&r.tw)
-                .map(|l| l.sock.clone())
-                .unwrap_or_else(|| Self::sock_of(r));
-            out.push(Event {
-                ts_ns: r.ts_ns,
-                body: Body::PawsReject { sock },
-            });
+                .map(|l| (l.sock.clone(), l.cgroup))
+                .unwrap_or_else(|| (Self::sock_of(r), 0));
+            out.push(Event::new(r.ts_ns, Body::PawsReject { sock }).in_cgroup(cgroup));
             return;
         }
         if self.pending.get(&r.cpu).is_some_and(|p| p.tw == r.tw) {
@@ -344,17 +350,20 @@ impl Lifecycle {
             _ => self.refusal(&all, &dest, sock.lport != 0, started),
         };
         self.stats.reuse_refusals += candidates.unwrap_or(0) as u64;
-        out.push(Event {
-            ts_ns: r.ts_ns,
-            body: Body::ConnectFail {
-                sock,
-                errno: libc::EADDRNOTAVAIL,
-                refusal,
-                timewait,
-                candidates,
-                task: Some(Task::from_raw(r.pid, &r.comm)),
-            },
-        });
+        out.push(
+            Event::new(
+                r.ts_ns,
+                Body::ConnectFail {
+                    sock,
+                    errno: libc::EADDRNOTAVAIL,
+                    refusal,
+                    timewait,
+                    candidates,
+                    task: Some(Task::from_raw(r.pid, &r.comm)),
+                },
+            )
+            .in_cgroup(r.cgroup),
+        );
     }
 
     /// bind() to port 0 failed: the pool is the namespace's port range (as the kernel read it
@@ -375,17 +384,20 @@ impl Lifecycle {
                 Some((lo, hi)) => ports.range(lo..=hi).count(),
                 None => ports.len(),
             }) as u32;
-        out.push(Event {
-            ts_ns: r.ts_ns,
-            body: Body::BindFail {
-                netns: r.netns,
-                family: r.family,
-                errno: r.aux as i32,
-                timewait,
-                ports: range.map(|(lo, hi)| u32::from(hi) - u32::from(lo) + 1),
-                task: Some(Task::from_raw(r.pid, &r.comm)),
-            },
-        });
+        out.push(
+            Event::new(
+                r.ts_ns,
+                Body::BindFail {
+                    netns: r.netns,
+                    family: r.family,
+                    errno: r.aux as i32,
+                    timewait,
+                    ports: range.map(|(lo, hi)| u32::from(hi) - u32::from(lo) + 1),
+                    task: Some(Task::from_raw(r.pid, &r.comm)),
+                },
+            )
+            .in_cgroup(r.cgroup),
+        );
     }
 
     /// The live timewait sockets toward `dest`.
@@ -454,7 +466,9 @@ impl Lifecycle {
             // A start without a detach on a live address: the old socket's death was missed.
             self.die(r, ExitReason::Unknown, out);
         }
-        let task = (r.flags & flags::CLOSER != 0).then(|| Task::from_raw(r.pid, &r.comm));
+        let closer = r.flags & flags::CLOSER != 0;
+        let task = closer.then(|| Task::from_raw(r.pid, &r.comm));
+        let cgroup = if closer { r.cgroup } else { 0 };
         let sock = Self::sock_of(r);
         let substate = Substate::from_raw(r.substate);
         self.live.insert(
@@ -466,21 +480,25 @@ impl Lifecycle {
                 entry_stamp: Self::entry_stamp(r),
                 birth_ns: Some(r.ts_ns),
                 snapshot_ns: None,
+                cgroup,
             },
         );
         self.index(&sock);
         self.stats.enters += 1;
-        out.push(Event {
-            ts_ns: r.ts_ns,
-            body: Body::Enter {
-                sock,
-                substate,
-                timeout_ms: self.timeout_ms(r),
-                task,
-                snapshot: false,
-                age_ms: None,
-            },
-        });
+        out.push(
+            Event::new(
+                r.ts_ns,
+                Body::Enter {
+                    sock,
+                    substate,
+                    timeout_ms: self.timeout_ms(r),
+                    task,
+                    snapshot: false,
+                    age_ms: None,
+                },
+            )
+            .in_cgroup(cgroup),
+        );
     }
 
     fn rearm(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
@@ -498,14 +516,17 @@ impl Lifecycle {
         if l.substate == Substate::FinWait2 && new == Substate::TimeWait {
             self.stats.promotes += 1;
             let age_ms = l.birth_ns.map(|b| r.ts_ns.saturating_sub(b) / 1_000_000);
-            out.push(Event {
-                ts_ns: r.ts_ns,
-                body: Body::Promote {
-                    sock: l.sock.clone(),
-                    timeout_ms,
-                    age_ms,
-                },
-            });
+            out.push(
+                Event::new(
+                    r.ts_ns,
+                    Body::Promote {
+                        sock: l.sock.clone(),
+                        timeout_ms,
+                        age_ms,
+                    },
+                )
+                .in_cgroup(l.cgroup),
+            );
         }
         l.substate = new;
         if r.ts_recent_stamp != 0 {
@@ -576,13 +597,14 @@ impl Lifecycle {
                 entry_stamp: Self::entry_stamp(r),
                 birth_ns: None,
                 snapshot_ns: Some(r.ts_ns),
+                cgroup: 0,
             },
         );
         self.index(&sock);
         self.stats.snapshot += 1;
-        out.push(Event {
-            ts_ns: r.ts_ns,
-            body: Body::Enter {
+        out.push(Event::new(
+            r.ts_ns,
+            Body::Enter {
                 sock,
                 substate,
                 timeout_ms: self.timeout_ms(r),
@@ -590,7 +612,7 @@ impl Lifecycle {
                 snapshot: true,
                 age_ms,
             },
-        });
+        ));
     }
 
     /// A cancel of `tw` pending on another CPU is explained now: `tw` died there.
@@ -627,10 +649,10 @@ impl Lifecycle {
         // memory: report what we knew of the old one. Any other record is the dying socket's
         // own, read at its death (the substate may have changed unseen).
         let own_record = r.kind != kind::TIMER_START;
-        let (sock, substate) = match live {
-            Some(l) if !own_record => (l.sock, l.substate),
-            Some(l) => (l.sock, Substate::from_raw(r.substate)),
-            None => (Self::sock_of(r), Substate::from_raw(r.substate)),
+        let (sock, substate, cgroup) = match live {
+            Some(l) if !own_record => (l.sock, l.substate, l.cgroup),
+            Some(l) => (l.sock, Substate::from_raw(r.substate), l.cgroup),
+            None => (Self::sock_of(r), Substate::from_raw(r.substate), 0),
         };
         // The task the socket died in: the connecting process for a reuse, a kworker for a
         // purge, whatever the softirq interrupted for syn/rst. Expiries run in the timer
@@ -642,16 +664,19 @@ impl Lifecycle {
         };
         self.stats.exits += 1;
         self.stats.by_reason[reason.index()] += 1;
-        out.push(Event {
-            ts_ns: r.ts_ns,
-            body: Body::Exit {
-                sock,
-                substate,
-                reason,
-                lifetime_ms,
-                task,
-            },
-        });
+        out.push(
+            Event::new(
+                r.ts_ns,
+                Body::Exit {
+                    sock,
+                    substate,
+                    reason,
+                    lifetime_ms,
+                    task,
+                },
+            )
+            .in_cgroup(cgroup),
+        );
     }
 
     /// Settles cancels older than the settle window at monotonic time `now_ns`.

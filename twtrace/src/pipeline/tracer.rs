@@ -5,6 +5,7 @@
 //! thread of its own that collects them (for the tests, `verify` and `lab`).
 
 use crate::host::sysctls::SysctlWatch;
+use crate::host::workload::{Workload, Workloads};
 use crate::kernel::features::Features;
 use crate::kernel::fn_tier::FnHooks;
 use crate::kernel::loader;
@@ -22,6 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twtrace_common::counter;
+
+/// How often the cgroup tree is walked again besides on a miss: a short-lived cgroup that
+/// existed at one walk still resolves after it is gone.
+const WORKLOAD_WALK_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct TracerOptions {
@@ -65,6 +70,9 @@ pub struct Tracer {
     pub records: u64,
     pub decode_errors: u64,
     sysctls: SysctlWatch,
+    /// Cgroup ids → workloads (cached for the session, so removed cgroups still resolve).
+    workloads: Workloads,
+    last_workload_walk: Instant,
     notices: Vec<String>,
     overflow_suspect: Option<(u32, u64, u64)>,
 }
@@ -108,6 +116,8 @@ impl Tracer {
         );
         let mut sysctls = SysctlWatch::new();
         sysctls.baseline();
+        // Walked once now, so cgroups that go away before their first event still resolve.
+        let workloads = Workloads::host();
         let mut initial = Vec::new();
         // The timer programs are attached already, so a socket cannot fall between the
         // snapshot and the live stream; the lifecycle drops the duplicates.
@@ -143,6 +153,8 @@ impl Tracer {
             records: 0,
             decode_errors: 0,
             sysctls,
+            workloads,
+            last_workload_walk: Instant::now(),
             notices: Vec::new(),
             overflow_suspect: None,
         })
@@ -193,6 +205,7 @@ impl Tracer {
     /// Drains the ring buffer and appends the resulting events (snapshot first, on the first
     /// call). Also settles overdue detaches and reports newly lost events.
     pub fn poll(&mut self, out: &mut Vec<Event>) {
+        let first_new = out.len();
         out.append(&mut self.initial);
         loop {
             let decoded = match self.ring.next() {
@@ -223,6 +236,18 @@ impl Tracer {
             self.last_counter_read = Instant::now();
             self.report_lost(now, out);
         }
+        if self.last_workload_walk.elapsed() >= WORKLOAD_WALK_EVERY {
+            self.last_workload_walk = Instant::now();
+            self.workloads.refresh();
+        }
+        for e in &mut out[first_new..] {
+            e.workload = self.workloads.resolve(e.cgroup);
+        }
+    }
+
+    /// The workload of a cgroup id, as the events carry it (tests and front ends).
+    pub fn workload(&mut self, cgroup_id: u64) -> Option<Arc<Workload>> {
+        self.workloads.resolve(cgroup_id)
     }
 
     /// Compares the overflow events seen per namespace with the kernel's own counter; a
@@ -279,12 +304,12 @@ impl Tracer {
     fn report_lost(&mut self, now: u64, out: &mut Vec<Event>) {
         let lost = self.lost_total();
         if lost > self.lost_reported {
-            out.push(Event {
-                ts_ns: now,
-                body: Body::Lost {
+            out.push(Event::new(
+                now,
+                Body::Lost {
                     count: lost - self.lost_reported,
                 },
-            });
+            ));
             self.lost_reported = lost;
         }
     }

@@ -133,6 +133,15 @@ pub fn bar(n: u64, max: u64, width: usize) -> String {
     bar
 }
 
+/// The WORKLOAD column: the workload's short form (see
+/// [`crate::host::workload::Workload::short`]), `-` when the kernel named no cgroup.
+pub fn workload(e: &crate::pipeline::event::Event) -> std::borrow::Cow<'static, str> {
+    match &e.workload {
+        Some(w) => w.short().into(),
+        None => "-".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! The NDJSON format of `--json`, `export --format ndjson` and the trace-file tests.
 
+use crate::host::workload::Workload;
 use crate::kernel::sysinfo::Clock;
 use crate::pipeline::event::{Body, Event, Task};
 use crate::sink::format::{errno_name, rfc3339_micros};
@@ -24,7 +25,39 @@ pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
         );
     }
     write_body(&e.body, out);
+    if let Some(w) = &e.workload {
+        write_workload(w, out);
+    }
     out.push('}');
+}
+
+/// `cgroup_id`, and what it resolved to: `cgroup` (the path; null when the id is unknown),
+/// `container_id`, `runtime`, `pod_uid`, `qos`, `pod` and `pod_source` where known.
+fn write_workload(w: &Workload, out: &mut String) {
+    let _ = write!(out, ",\"cgroup_id\":{},\"cgroup\":", w.cgroup_id);
+    push_str_or_null(out, w.path.as_deref());
+    let text = [
+        ("container_id", w.container_id.as_deref()),
+        ("runtime", w.runtime),
+        ("pod_uid", w.pod_uid.as_deref()),
+        ("qos", w.qos),
+        ("pod", w.pod.as_deref()),
+        ("pod_source", w.pod_source()),
+    ];
+    for (k, v) in text {
+        if let Some(v) = v {
+            let _ = write!(out, ",\"{k}\":");
+            push_str_or_null(out, Some(v));
+        }
+    }
+}
+
+/// A JSON string (escaped), or `null`.
+fn push_str_or_null(out: &mut String, v: Option<&str>) {
+    match v {
+        Some(v) => out.push_str(&serde_json::to_string(v).unwrap_or_else(|_| "null".into())),
+        None => out.push_str("null"),
+    }
 }
 
 /// The keys of each kind after the common ones.

@@ -2,11 +2,11 @@
 
 use crate::kernel::sysinfo::Clock;
 use crate::pipeline::event::{Body, Event, Task};
-use crate::sink::format::{endpoint, errno_name, rfc3339_micros, secs};
+use crate::sink::format::{endpoint, errno_name, rfc3339_micros, secs, workload};
 use std::fmt::Write as _;
 
 /// The column titles printed once above the lines.
-pub const LINE_HEADER: &str = "TIME(UTC)       NETNS      EVENT        SUBSTATE  LOCAL                  REMOTE                 DETAIL                       PID COMM";
+pub const LINE_HEADER: &str = "TIME(UTC)       NETNS      EVENT        SUBSTATE  LOCAL                  REMOTE                 DETAIL                       PID COMM             WORKLOAD";
 
 /// One human line with stable columns (see [`LINE_HEADER`]).
 pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
@@ -44,8 +44,8 @@ pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
                 };
                 let _ = write!(
                     out,
-                    "{hms:<15} {netns:<10} {:<12} {:<9} {:<22} {:<22} {detail:<24} {pid:>7} {comm}",
-                    "bind_fail", "-", "-", "-"
+                    "{hms:<15} {netns:<10} {:<12} {:<9} {:<22} {:<22} {detail:<24} {pid:>7} {comm:<16} {}",
+                    "bind_fail", "-", "-", "-", workload(e)
                 );
             }
             _ => {}
@@ -61,7 +61,7 @@ pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
     };
     let _ = write!(
         out,
-        "{hms:<15} {:<10} {:<12} {:<9} {:<22} {:<22} {:<24} {:>7} {}",
+        "{hms:<15} {:<10} {:<12} {:<9} {:<22} {:<22} {:<24} {:>7} {:<16} {}",
         s.netns,
         e.kind(),
         substate,
@@ -69,7 +69,8 @@ pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
         endpoint(&s.raddr, s.rport),
         detail,
         pid,
-        comm
+        comm,
+        workload(e)
     );
 }
 

@@ -49,7 +49,7 @@ fn handmade() -> Vec<crate::pipeline::event::Event> {
         pid: 7,
         comm: "a \"b\"\\c".into(),
     });
-    let ev = |ts_ns, body| Event { ts_ns, body };
+    let ev = |ts_ns, body| Event::new(ts_ns, body);
     vec![
         ev(
             1,
@@ -145,35 +145,35 @@ const MIX_FIRSTS: &[(&str, &str)] = &[
         "{\"time\":\"2023-11-14T22:30:00.000000Z\",\"kind\":\"netns\",\"netns\":4026531840,\"tcp_tw_reuse\":2,\"tcp_tw_reuse_delay\":1000,\"tcp_max_tw_buckets\":262144,\"tcp_timestamps\":1,\"tcp_fin_timeout\":60,\"tcp_rfc1337\":0,\"ip_local_port_range\":[32768,60999]}",
     ),
     (
-        "22:30:00.000004 4026532301 enter        TIME_WAIT 192.0.2.10:443         10.1.82.7:33925        timeout=60.000s                - -",
+        "22:30:00.000004 4026532301 enter        TIME_WAIT 192.0.2.10:443         10.1.82.7:33925        timeout=60.000s                - -                -",
         "{\"time\":\"2023-11-14T22:30:00.000004Z\",\"kind\":\"enter\",\"netns\":4026532301,\"family\":4,\"laddr\":\"192.0.2.10\",\"lport\":443,\"raddr\":\"10.1.82.7\",\"rport\":33925,\"substate\":\"TIME_WAIT\",\"timeout_ms\":60000}",
     ),
     (
-        "22:30:00.000420 4026532590 overflow     -         192.0.2.10:45737       10.0.59.7:80           no timewait: tcp_max_tw_buckets reached       - -",
+        "22:30:00.000420 4026532590 overflow     -         192.0.2.10:45737       10.0.59.7:80           no timewait: tcp_max_tw_buckets reached       - -                -",
         "{\"time\":\"2023-11-14T22:30:00.000420Z\",\"kind\":\"overflow\",\"netns\":4026532590,\"family\":4,\"laddr\":\"192.0.2.10\",\"lport\":45737,\"raddr\":\"10.0.59.7\",\"rport\":80}",
     ),
     (
-        "22:30:00.001324 4026532301 exit         TIME_WAIT 192.0.2.10:443         10.1.82.7:33925        expired 60.220s                - -",
+        "22:30:00.001324 4026532301 exit         TIME_WAIT 192.0.2.10:443         10.1.82.7:33925        expired 60.220s                - -                -",
         "{\"time\":\"2023-11-14T22:30:00.001324Z\",\"kind\":\"exit\",\"netns\":4026532301,\"family\":4,\"laddr\":\"192.0.2.10\",\"lport\":443,\"raddr\":\"10.1.82.7\",\"rport\":33925,\"substate\":\"TIME_WAIT\",\"reason\":\"expired\",\"lifetime_ms\":60220}",
     ),
     (
-        "22:30:00.002252 4026531840 promote      TIME_WAIT 192.0.2.10:60624       10.1.81.7:6379         promote timeout=60.000s        - -",
+        "22:30:00.002252 4026531840 promote      TIME_WAIT 192.0.2.10:60624       10.1.81.7:6379         promote timeout=60.000s        - -                -",
         "{\"time\":\"2023-11-14T22:30:00.002252Z\",\"kind\":\"promote\",\"netns\":4026531840,\"family\":4,\"laddr\":\"192.0.2.10\",\"lport\":60624,\"raddr\":\"10.1.81.7\",\"rport\":6379,\"substate\":\"TIME_WAIT\",\"timeout_ms\":60000}",
     ),
     (
-        "22:30:00.002387 4026531840 abort        -         127.0.0.1:34324        10.1.52.7:443          reset: no TIME_WAIT         2379 curl",
+        "22:30:00.002387 4026531840 abort        -         127.0.0.1:34324        10.1.52.7:443          reset: no TIME_WAIT         2379 curl             -",
         "{\"time\":\"2023-11-14T22:30:00.002387Z\",\"kind\":\"abort\",\"netns\":4026531840,\"family\":4,\"laddr\":\"127.0.0.1\",\"lport\":34324,\"raddr\":\"10.1.52.7\",\"rport\":443,\"pid\":2379,\"comm\":\"curl\"}",
     ),
     (
-        "22:30:00.002391 4026532417 connect_fail -         127.0.0.1:41715        10.0.193.7:5432        EADDRNOTAVAIL loopback only tw=8180 refused=17038    3758 python3",
+        "22:30:00.002391 4026532417 connect_fail -         127.0.0.1:41715        10.0.193.7:5432        EADDRNOTAVAIL loopback only tw=8180 refused=17038    3758 python3          -",
         "{\"time\":\"2023-11-14T22:30:00.002391Z\",\"kind\":\"connect_fail\",\"netns\":4026532417,\"family\":4,\"laddr\":\"127.0.0.1\",\"lport\":41715,\"raddr\":\"10.0.193.7\",\"rport\":5432,\"errno\":99,\"errno_name\":\"EADDRNOTAVAIL\",\"refusal\":\"loopback only\",\"timewait\":8180,\"candidates\":17038,\"pid\":3758,\"comm\":\"python3\"}",
     ),
     (
-        "22:30:00.005786 4026531840 exit         TIME_WAIT 192.0.2.10:52949       10.0.163.7:5432        reused 5.852s               9274 postgres",
+        "22:30:00.005786 4026531840 exit         TIME_WAIT 192.0.2.10:52949       10.0.163.7:5432        reused 5.852s               9274 postgres         -",
         "{\"time\":\"2023-11-14T22:30:00.005786Z\",\"kind\":\"exit\",\"netns\":4026531840,\"family\":4,\"laddr\":\"192.0.2.10\",\"lport\":52949,\"raddr\":\"10.0.163.7\",\"rport\":5432,\"substate\":\"TIME_WAIT\",\"reason\":\"reused\",\"lifetime_ms\":5852,\"pid\":9274,\"comm\":\"postgres\"}",
     ),
     (
-        "22:30:00.007150 4026532301 paws_reject  TIME_WAIT 192.0.2.10:443         10.0.59.7:39468        segment dropped by PAWS        - -",
+        "22:30:00.007150 4026532301 paws_reject  TIME_WAIT 192.0.2.10:443         10.0.59.7:39468        segment dropped by PAWS        - -                -",
         "{\"time\":\"2023-11-14T22:30:00.007150Z\",\"kind\":\"paws_reject\",\"netns\":4026532301,\"family\":4,\"laddr\":\"192.0.2.10\",\"lport\":443,\"raddr\":\"10.0.59.7\",\"rport\":39468}",
     ),
     (
@@ -184,31 +184,31 @@ const MIX_FIRSTS: &[(&str, &str)] = &[
 
 const HANDMADE: &[(&str, &str)] = &[
     (
-        "22:13:20.000000 4026532000 enter        FIN_WAIT2 10.0.0.1:40000         10.0.0.2:8080          snapshot timeout=1.234s age=5.678s       - -",
+        "22:13:20.000000 4026532000 enter        FIN_WAIT2 10.0.0.1:40000         10.0.0.2:8080          snapshot timeout=1.234s age=5.678s       - -                -",
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"enter\",\"netns\":4026532000,\"family\":4,\"laddr\":\"10.0.0.1\",\"lport\":40000,\"raddr\":\"10.0.0.2\",\"rport\":8080,\"substate\":\"FIN_WAIT2\",\"timeout_ms\":1234,\"snapshot\":true,\"age_ms\":5678}",
     ),
     (
-        "22:13:20.000000 4026531840 promote      TIME_WAIT [2001:db8::1]:443      [2001:db8::2]:51000    promote timeout=60.000s        - -",
+        "22:13:20.000000 4026531840 promote      TIME_WAIT [2001:db8::1]:443      [2001:db8::2]:51000    promote timeout=60.000s        - -                -",
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"promote\",\"netns\":4026531840,\"family\":6,\"laddr\":\"2001:db8::1\",\"lport\":443,\"raddr\":\"2001:db8::2\",\"rport\":51000,\"substate\":\"TIME_WAIT\",\"timeout_ms\":60000,\"age_ms\":3}",
     ),
     (
-        "22:13:20.000000 4026531840 exit         FIN_WAIT2 [2001:db8::1]:443      [2001:db8::2]:51000    syn ?                          7 a \"b\"\\c",
+        "22:13:20.000000 4026531840 exit         FIN_WAIT2 [2001:db8::1]:443      [2001:db8::2]:51000    syn ?                          7 a \"b\"\\c          -",
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"exit\",\"netns\":4026531840,\"family\":6,\"laddr\":\"2001:db8::1\",\"lport\":443,\"raddr\":\"2001:db8::2\",\"rport\":51000,\"substate\":\"FIN_WAIT2\",\"reason\":\"syn\",\"pid\":7,\"comm\":\"a \\\"b\\\"\\\\c\"}",
     ),
     (
-        "22:13:20.000000 4026532000 exit         TIME_WAIT 10.0.0.1:40000         10.0.0.2:8080          rst 0.000s                     - -",
+        "22:13:20.000000 4026532000 exit         TIME_WAIT 10.0.0.1:40000         10.0.0.2:8080          rst 0.000s                     - -                -",
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"exit\",\"netns\":4026532000,\"family\":4,\"laddr\":\"10.0.0.1\",\"lport\":40000,\"raddr\":\"10.0.0.2\",\"rport\":8080,\"substate\":\"TIME_WAIT\",\"reason\":\"rst\",\"lifetime_ms\":0}",
     ),
     (
-        "22:13:20.000000 4026532000 exit         TIME_WAIT 10.0.0.1:40000         10.0.0.2:8080          purged 999.999s                - -",
+        "22:13:20.000000 4026532000 exit         TIME_WAIT 10.0.0.1:40000         10.0.0.2:8080          purged 999.999s                - -                -",
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"exit\",\"netns\":4026532000,\"family\":4,\"laddr\":\"10.0.0.1\",\"lport\":40000,\"raddr\":\"10.0.0.2\",\"rport\":8080,\"substate\":\"TIME_WAIT\",\"reason\":\"purged\",\"lifetime_ms\":999999}",
     ),
     (
-        "22:13:20.000000 4026532000 exit         TIME_WAIT 10.0.0.1:40000         10.0.0.2:8080          unknown 0.012s                 - -",
+        "22:13:20.000000 4026532000 exit         TIME_WAIT 10.0.0.1:40000         10.0.0.2:8080          unknown 0.012s                 - -                -",
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"exit\",\"netns\":4026532000,\"family\":4,\"laddr\":\"10.0.0.1\",\"lport\":40000,\"raddr\":\"10.0.0.2\",\"rport\":8080,\"substate\":\"TIME_WAIT\",\"reason\":\"unknown\",\"lifetime_ms\":12}",
     ),
     (
-        "22:13:20.000000 4026531840 connect_fail -         [2001:db8::1]:443      [2001:db8::2]:51000    E? too young tw=0              - -",
+        "22:13:20.000000 4026531840 connect_fail -         [2001:db8::1]:443      [2001:db8::2]:51000    E? too young tw=0              - -                -",
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"connect_fail\",\"netns\":4026531840,\"family\":6,\"laddr\":\"2001:db8::1\",\"lport\":443,\"raddr\":\"2001:db8::2\",\"rport\":51000,\"errno\":1234,\"errno_name\":\"E?\",\"refusal\":\"too young\",\"timewait\":0}",
     ),
     (
@@ -216,7 +216,7 @@ const HANDMADE: &[(&str, &str)] = &[
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"netns\",\"netns\":9}",
     ),
     (
-        "22:13:20.000000 4026531840 abort        -         [2001:db8::1]:443      [2001:db8::2]:51000    reset: no TIME_WAIT            - -",
+        "22:13:20.000000 4026531840 abort        -         [2001:db8::1]:443      [2001:db8::2]:51000    reset: no TIME_WAIT            - -                -",
         "{\"time\":\"2023-11-14T22:13:20.000000Z\",\"kind\":\"abort\",\"netns\":4026531840,\"family\":6,\"laddr\":\"2001:db8::1\",\"lport\":443,\"raddr\":\"2001:db8::2\",\"rport\":51000}",
     ),
 ];
@@ -255,7 +255,7 @@ fn synthetic_mix_is_byte_exact() {
         .map(|(l, j)| (l.to_string(), j.to_string()))
         .collect();
     assert_eq!(firsts, want);
-    assert_eq!((h, len), (0xb0736c7454ebb753, 7011586));
+    assert_eq!((h, len), (0xc814ae73e5d2f97a, 7296934));
 }
 
 #[test]
@@ -263,9 +263,9 @@ fn json_contract_keys() {
     let clock = Clock {
         offset_ns: 1_700_000_000_000_000_000,
     };
-    let e = Event {
-        ts_ns: 1_234_567_000,
-        body: Body::Enter {
+    let e = Event::new(
+        1_234_567_000,
+        Body::Enter {
             sock: sock(),
             substate: Substate::TimeWait,
             timeout_ms: 60000,
@@ -276,7 +276,7 @@ fn json_contract_keys() {
             snapshot: false,
             age_ms: None,
         },
-    };
+    );
     let mut s = String::new();
     super::json::write_json(&e, &clock, &mut s);
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
@@ -294,9 +294,9 @@ fn json_contract_keys() {
     assert_eq!(v["comm"], "cu\"rl");
     assert!(v.get("snapshot").is_none());
 
-    let x = Event {
-        ts_ns: 1,
-        body: Body::Exit {
+    let x = Event::new(
+        1,
+        Body::Exit {
             sock: Sock::from_raw(
                 1,
                 7,
@@ -311,7 +311,7 @@ fn json_contract_keys() {
             lifetime_ms: Some(61992),
             task: None,
         },
-    };
+    );
     s.clear();
     super::json::write_json(&x, &clock, &mut s);
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
@@ -325,19 +325,70 @@ fn json_contract_keys() {
 #[test]
 fn line_has_units_and_columns() {
     let clock = Clock { offset_ns: 0 };
-    let e = Event {
-        ts_ns: 3_600_000_000_000 + 1_500,
-        body: Body::Exit {
+    let e = Event::new(
+        3_600_000_000_000 + 1_500,
+        Body::Exit {
             sock: sock(),
             substate: Substate::TimeWait,
             reason: ExitReason::Expired,
             lifetime_ms: Some(61992),
             task: None,
         },
-    };
+    );
     let mut s = String::new();
     super::line::write_line(&e, &clock, &mut s);
     assert!(s.starts_with("01:00:00.000001"), "{s}");
     assert!(s.contains("127.0.0.1:43210"), "{s}");
     assert!(s.contains("expired 61.992s"), "{s}");
+}
+
+/// The workload keys and column (issue 15): byte-exact for a pod's container, a plain
+/// service and an unknown cgroup; absent when the kernel named no cgroup.
+#[test]
+fn workload_keys_and_column_are_byte_exact() {
+    use crate::host::workload::Workload;
+    use std::sync::Arc;
+    let c = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut pod = Workload::from_path(
+        77,
+        &format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b2c3d_0000_1111_2222_333344445555.slice/cri-containerd-{c}.scope"),
+    );
+    pod.pod = Some("shop/cart-7d9".into());
+    let cases = [
+        (
+            pod,
+            "cart-7d9",
+            format!(",\"cgroup_id\":77,\"cgroup\":\"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b2c3d_0000_1111_2222_333344445555.slice/cri-containerd-{c}.scope\",\"container_id\":\"{c}\",\"runtime\":\"containerd\",\"pod_uid\":\"0a1b2c3d-0000-1111-2222-333344445555\",\"qos\":\"Burstable\",\"pod\":\"shop/cart-7d9\",\"pod_source\":\"/var/log/pods\"}}"),
+        ),
+        (
+            Workload::from_path(78, "/system.slice/nginx.service"),
+            "nginx.service",
+            ",\"cgroup_id\":78,\"cgroup\":\"/system.slice/nginx.service\"}".to_string(),
+        ),
+        (
+            Workload::unknown(79),
+            "?79",
+            ",\"cgroup_id\":79,\"cgroup\":null}".to_string(),
+        ),
+    ];
+    let base = Event::new(
+        1,
+        Body::Abort {
+            sock: sock(),
+            task: None,
+        },
+    );
+    let (l0, j0) = both(&base);
+    assert!(l0.ends_with(" - -                -"), "{l0}");
+    assert!(!j0.contains("cgroup"), "{j0}");
+    for (w, short, keys) in cases {
+        let mut e = base.clone();
+        e.cgroup = w.cgroup_id;
+        e.workload = Some(Arc::new(w));
+        let (l, j) = both(&e);
+        assert_eq!(l, format!("{} {short}", &l0[..l0.len() - 2]));
+        assert_eq!(j, format!("{}{keys}", &j0[..j0.len() - 1]));
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["cgroup_id"], e.cgroup);
+    }
 }

@@ -18,9 +18,9 @@ fn sock(tw: u64, l: [u8; 4], lport: u16, r: [u8; 4], rport: u16) -> Sock {
 }
 
 fn enter(ts_ns: u64, s: Sock) -> Event {
-    Event {
+    Event::new(
         ts_ns,
-        body: Body::Enter {
+        Body::Enter {
             sock: s,
             substate: Substate::TimeWait,
             timeout_ms: 60_000,
@@ -28,7 +28,7 @@ fn enter(ts_ns: u64, s: Sock) -> Event {
             snapshot: false,
             age_ms: None,
         },
-    }
+    )
 }
 
 /// Two destinations: one about to run out of its 16 ports, one quiet.
@@ -75,16 +75,16 @@ fn sample() -> (Aggregator, HostInfo) {
             ),
         ));
     }
-    a.observe(&Event {
-        ts_ns: base + 1_500_000_000,
-        body: Body::Exit {
+    a.observe(&Event::new(
+        base + 1_500_000_000,
+        Body::Exit {
             sock: sock(100, [10, 0, 0, 1], 40000, [10, 0, 0, 3], 80),
             substate: Substate::TimeWait,
             reason: ExitReason::Reused,
             lifetime_ms: Some(1_200),
             task: None,
         },
-    });
+    ));
     a.advance(base + 2_000_000_000);
     let host = HostInfo {
         host: "box".into(),
@@ -258,10 +258,7 @@ fn lost_events_and_empty_screens() {
     let m = Model::build(&a, &host);
     let text = buffer_text(&render_buffer(&m, &ViewState::default(), 80, 24));
     assert!(text.contains("no TIME_WAIT activity seen yet"), "{text}");
-    a.observe(&Event {
-        ts_ns: 5,
-        body: Body::Lost { count: 42 },
-    });
+    a.observe(&Event::new(5, Body::Lost { count: 42 }));
     let m = Model::build(&a, &host);
     let text = buffer_text(&render_buffer(&m, &ViewState::default(), 80, 24));
     assert!(text.contains("lost 42"), "{text}");

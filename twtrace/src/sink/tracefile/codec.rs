@@ -28,6 +28,16 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// A tagged varint field: tag, byte length, value. Fields after an event's own (minor 3 on)
+/// take this form, so that a reader can skip a tag it does not know.
+#[inline]
+pub fn put_varint_field(out: &mut Vec<u8>, tag: u64, v: u64) {
+    put_varint(out, tag);
+    let len = (64 - (v | 1).leading_zeros()).div_ceil(7);
+    out.push(len as u8);
+    put_varint(out, v);
+}
+
 /// Why a read from a [`Cursor`] failed; turned into a [`super::Damage`] message by the reader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodecError {

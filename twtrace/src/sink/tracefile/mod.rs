@@ -37,7 +37,9 @@ pub const VERSION_MAJOR: u16 = 1;
 /// codes). Readers accept any minor of their major.
 /// 1: `connect_fail` may end with the function tier's candidate count.
 /// 2: record kinds `bind_fail` and `bind_connect`.
-pub const VERSION_MINOR: u16 = 2;
+/// 3: workload definitions (`DEF_WORKLOAD`), and a trailing workload index on the events of a
+///    known cgroup.
+pub const VERSION_MINOR: u16 = 3;
 /// Starts every block. A resynchronising reader looks for it after damage; a false match inside
 /// a payload fails the block's checksum and the search goes on.
 pub const SYNC: [u8; 8] = [0xd7, b'T', b'W', b'B', b'L', b'K', 0x0d, 0x0a];
@@ -70,6 +72,8 @@ pub(crate) mod kind {
     pub const DEF_NETNS: u64 = 17;
     pub const DEF_COMM: u64 = 18;
     pub const DEF_TW_HIGH: u64 = 19;
+    /// Minor 3: a cgroup id, then tagged fields (see `workload_field`).
+    pub const DEF_WORKLOAD: u64 = 20;
     // 24 is reserved (an early draft's sysctl record; `NETNS` events carry them).
     pub const SUMMARY: u64 = 25;
 }
@@ -84,6 +88,22 @@ pub(crate) mod flag {
     pub const CANDIDATES: u8 = 16;
     /// bind_fail (minor 2): the pool's size follows.
     pub const PORTS: u8 = 32;
+}
+
+/// The tagged fields of a `DEF_WORKLOAD` record (each a string; a reader skips unknown tags).
+/// Only facts are stored: the container id, pod UID and QoS class are read off the path again.
+pub(crate) mod workload_field {
+    /// The cgroup path; absent: the id was unknown when recorded.
+    pub const PATH: u64 = 1;
+    /// `namespace/name` of the pod (from /var/log/pods).
+    pub const POD: u64 = 2;
+}
+
+/// Tags of the fields that may end an event record (minor 3 on): tag varint, length varint,
+/// value. A reader skips the tags it does not know.
+pub(crate) mod trailer {
+    /// Index in the block's workload table (varint).
+    pub const WORKLOAD: u64 = 1;
 }
 
 /// Header field tags.

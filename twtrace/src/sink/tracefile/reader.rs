@@ -7,16 +7,19 @@
 
 use super::codec::{unzigzag, CodecError, Cursor};
 use super::{
-    kind, nsfield, sysctls_kv, Damage, Header, Summary, SysctlsByNetns, Version, BLOCK_HEADER_LEN,
-    FILE_PREFIX_LEN, MAGIC, MAX_BLOCK_LEN, MAX_HEADER_LEN, SYNC, VERSION_MAJOR,
+    kind, nsfield, sysctls_kv, trailer, workload_field, Damage, Header, Summary, SysctlsByNetns,
+    Version, BLOCK_HEADER_LEN, FILE_PREFIX_LEN, MAGIC, MAX_BLOCK_LEN, MAX_HEADER_LEN, SYNC,
+    VERSION_MAJOR,
 };
 use crate::host::sysctls::Sysctls;
+use crate::host::workload::Workload;
 use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use anyhow::{anyhow, Context, Result};
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A buffered byte source that knows the file offset of what it holds.
 struct Source<R> {
@@ -100,6 +103,7 @@ struct Tables {
     netns: Vec<u32>,
     comms: Vec<String>,
     tw_high: Vec<u32>,
+    workloads: Vec<Arc<Workload>>,
 }
 
 impl Tables {
@@ -109,6 +113,7 @@ impl Tables {
         self.netns.clear();
         self.comms.clear();
         self.tw_high.clear();
+        self.workloads.clear();
     }
 }
 
@@ -492,6 +497,10 @@ impl<R: Read> Reader<R> {
                     t.comms.push(String::from_utf8_lossy(body).into_owned());
                     Ok(None)
                 }
+                kind::DEF_WORKLOAD => decode_workload(&mut b).map(|w| {
+                    t.workloads.push(Arc::new(w));
+                    None
+                }),
                 kind::DEF_TW_HIGH => b.u32_le().map_err(DecErr::from).map(|v| {
                     t.tw_high.push(v);
                     None
@@ -730,7 +739,39 @@ fn decode_event(k: u64, ts_ns: u64, c: &mut Cursor, t: &Tables) -> Result<Event,
         }
         other => return Err(DecErr::Msg(format!("kind {other} is not an event"))),
     };
-    Ok(Event { ts_ns, body })
+    let mut e = Event::new(ts_ns, body);
+    // Minor 3 on: tagged fields end the record (the workload of an event owned by a cgroup).
+    while !c.is_empty() {
+        let tag = c.varint()?;
+        let mut v = Cursor::new(c.bytes()?);
+        if tag == trailer::WORKLOAD {
+            let w = lookup(&t.workloads, "workload", v.varint()?)?;
+            e.cgroup = w.cgroup_id;
+            e.workload = Some(w.clone());
+        }
+    }
+    Ok(e)
+}
+
+/// A `DEF_WORKLOAD` body: the cgroup id, then tagged strings (unknown tags skipped).
+fn decode_workload(c: &mut Cursor) -> Result<Workload, DecErr> {
+    let id = c.varint()?;
+    let (mut path, mut pod) = (None, None);
+    while !c.is_empty() {
+        let tag = c.varint()?;
+        let v = String::from_utf8_lossy(c.bytes()?).into_owned();
+        match tag {
+            workload_field::PATH => path = Some(v),
+            workload_field::POD => pod = Some(v),
+            _ => {}
+        }
+    }
+    let mut w = match path {
+        Some(p) => Workload::from_path(id, &p),
+        None => Workload::unknown(id),
+    };
+    w.pod = pod;
+    Ok(w)
 }
 
 fn decode_netns_fields(c: &mut Cursor) -> Result<Sysctls, DecErr> {

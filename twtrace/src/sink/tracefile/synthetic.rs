@@ -141,9 +141,9 @@ impl Iterator for Mix {
         if self.announced < self.netns.len() {
             let netns = self.netns[self.announced];
             self.announced += 1;
-            return Some(Event {
-                ts_ns: self.now_ns,
-                body: Body::Netns {
+            return Some(Event::new(
+                self.now_ns,
+                Body::Netns {
                     netns,
                     sysctls: Sysctls {
                         tw_reuse: Some(2),
@@ -155,7 +155,7 @@ impl Iterator for Mix {
                         port_range: Some((32768, 60999)),
                     },
                 },
-            });
+            ));
         }
         // ~50 µs apart on average, jittered.
         self.now_ns += 1 + self.rng.below(100_000);
@@ -234,6 +234,6 @@ impl Iterator for Mix {
                 count: 1 + self.rng.below(5),
             }
         };
-        Some(Event { ts_ns, body })
+        Some(Event::new(ts_ns, body))
     }
 }

@@ -226,14 +226,42 @@ fn every_variant() -> Vec<Event> {
     bodies.push(Body::Lost { count: 0 });
     bodies.push(Body::Lost { count: u64::MAX });
     let ts = [5u64, 5, 4, u64::MAX, 0, 1 << 40, 1_000_000_000];
+    let workloads = workloads();
     bodies
         .into_iter()
         .enumerate()
-        .map(|(i, body)| Event {
-            ts_ns: ts[i % ts.len()].wrapping_add(i as u64),
-            body,
+        .map(|(i, body)| {
+            let e = Event::new(ts[i % ts.len()].wrapping_add(i as u64), body);
+            // Minor 3: most events owned by one of a few workloads, some by none.
+            match e.body {
+                Body::Netns { .. } | Body::Lost { .. } => e,
+                _ if i % 4 == 3 => e,
+                _ => with_workload(e, &workloads[i % workloads.len()]),
+            }
         })
         .collect()
+}
+
+/// Workloads of every form a file stores: a pod's container, a plain service, an unknown id.
+fn workloads() -> Vec<crate::host::workload::Workload> {
+    use crate::host::workload::Workload;
+    let c = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut pod = Workload::from_path(
+        u64::MAX,
+        &format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0a1b2c3d_0000_1111_2222_333344445555.slice/cri-containerd-{c}.scope"),
+    );
+    pod.pod = Some("shop/cart-7d9".into());
+    vec![
+        pod,
+        Workload::from_path(4242, "/system.slice/nginx.service"),
+        Workload::unknown(1 << 40),
+    ]
+}
+
+fn with_workload(mut e: Event, w: &crate::host::workload::Workload) -> Event {
+    e.cgroup = w.cgroup_id;
+    e.workload = Some(std::sync::Arc::new(w.clone()));
+    e
 }
 
 fn write_file(path: &Path, events: &[Event], opts: WriterOptions) -> Vec<PathBuf> {
@@ -395,16 +423,16 @@ fn rotation_splits_into_readable_parts_under_the_limit() {
     let mut events = events;
     events.insert(
         10,
-        Event {
-            ts_ns: events[10].ts_ns,
-            body: Body::Netns {
+        Event::new(
+            events[10].ts_ns,
+            Body::Netns {
                 netns: 77,
                 sysctls: crate::host::sysctls::Sysctls {
                     tw_reuse: Some(1),
                     ..Default::default()
                 },
             },
-        },
+        ),
     );
     for e in &events {
         w.write(e).unwrap();
@@ -439,9 +467,9 @@ fn sysctls_recorded_mid_trace_are_read() {
     let mut w = Writer::create(&path, &header(), WriterOptions::default()).unwrap();
     let ev = vec![
         every_variant()[0].clone(),
-        Event {
-            ts_ns: 7,
-            body: Body::Netns {
+        Event::new(
+            7,
+            Body::Netns {
                 netns: 4026532999,
                 sysctls: crate::host::sysctls::Sysctls {
                     max_tw_buckets: Some(5),
@@ -449,7 +477,7 @@ fn sysctls_recorded_mid_trace_are_read() {
                     ..Default::default()
                 },
             },
-        },
+        ),
     ];
     for e in &ev {
         w.write(e).unwrap();
@@ -696,7 +724,9 @@ fn newer_minor_version_additions_are_skipped() {
     exit.extend_from_slice(&[0, 0x10, 0, 0, 0, 0, 0, 0x50, 0, 0, 0x50, 0]); // sock
     exit.extend_from_slice(&[0, 200, 8]); // TIME_WAIT, reason 200, lifetime flag
     put_varint(&mut exit, 61_000);
-    exit.extend_from_slice(b"new trailing field");
+    // A trailing field of a later minor (tagged, as minor 3 defines them).
+    put_varint(&mut exit, 77);
+    put_bytes(&mut exit, b"new trailing field");
     rec(&mut p, kind::EXIT << 1 | 1, &exit);
     file.extend_from_slice(&block(&p));
 
@@ -706,9 +736,9 @@ fn newer_minor_version_additions_are_skipped() {
     assert_eq!(r.skipped_records(), 2);
     assert_eq!(
         ev,
-        vec![Event {
-            ts_ns: 1005,
-            body: Body::Exit {
+        vec![Event::new(
+            1005,
+            Body::Exit {
                 sock: Sock {
                     tw: 0x10,
                     netns: 7,
@@ -722,7 +752,7 @@ fn newer_minor_version_additions_are_skipped() {
                 lifetime_ms: Some(61_000),
                 task: None,
             }
-        }]
+        )]
     );
 }
 
@@ -744,13 +774,7 @@ fn bad_reference_inside_a_good_block_skips_one_record() {
     assert_eq!(dmg.len(), 1);
     assert_eq!(dmg[0].offset, at as u64);
     assert!(dmg[0].message.contains("#9"), "{}", dmg[0]);
-    assert_eq!(
-        ev,
-        vec![Event {
-            ts_ns: 11,
-            body: Body::Lost { count: 3 }
-        }]
-    );
+    assert_eq!(ev, vec![Event::new(11, Body::Lost { count: 3 })]);
 }
 
 #[test]

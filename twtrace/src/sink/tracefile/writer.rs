@@ -2,12 +2,13 @@
 //! `write` when it is full or older than the flush interval, so a SIGKILL loses at most that
 //! interval and a crash mid-write leaves at most one torn block at the end.
 
-use super::codec::{put_bytes, put_varint, zigzag};
+use super::codec::{put_bytes, put_varint, put_varint_field, zigzag};
 use super::{
-    flag, kind, nsfield, sysctls_kv, Header, Summary, BLOCK_HEADER_LEN, MAX_BLOCK_LEN, SYNC,
-    VERSION_MAJOR, VERSION_MINOR,
+    flag, kind, nsfield, sysctls_kv, trailer, workload_field, Header, Summary, BLOCK_HEADER_LEN,
+    MAX_BLOCK_LEN, SYNC, VERSION_MAJOR, VERSION_MINOR,
 };
 use crate::host::sysctls::Sysctls;
+use crate::host::workload::Workload;
 use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, Permissions};
@@ -77,6 +78,8 @@ pub struct Writer {
     addrs: HashMap<IpAddr, u32>,
     netns: HashMap<u32, u32>,
     comms: HashMap<String, u32>,
+    /// Cgroup id → index in the block's workload table.
+    workloads: HashMap<u64, u32>,
     tw_high: HashMap<u32, u32>,
     events: u64,
     total_bytes: u64,
@@ -153,6 +156,7 @@ impl Writer {
             addrs: HashMap::new(),
             netns: HashMap::new(),
             comms: HashMap::new(),
+            workloads: HashMap::new(),
             tw_high: HashMap::new(),
             events: 0,
             total_bytes: h.len() as u64,
@@ -219,6 +223,7 @@ impl Writer {
         self.addrs.clear();
         self.netns.clear();
         self.comms.clear();
+        self.workloads.clear();
         self.tw_high.clear();
         result?;
         self.file_bytes += n;
@@ -341,6 +346,28 @@ impl Writer {
         i
     }
 
+    fn intern_workload(&mut self, w: &Workload) -> u32 {
+        if let Some(&i) = self.workloads.get(&w.cgroup_id) {
+            return i;
+        }
+        let i = self.workloads.len() as u32;
+        self.workloads.insert(w.cgroup_id, i);
+        let s = self.begin(kind::DEF_WORKLOAD, false);
+        put_varint(&mut self.block, w.cgroup_id);
+        let fields = [
+            (workload_field::PATH, w.path.as_deref()),
+            (workload_field::POD, w.pod.as_deref()),
+        ];
+        for (tag, v) in fields {
+            if let Some(v) = v {
+                put_varint(&mut self.block, tag);
+                put_bytes(&mut self.block, v.as_bytes());
+            }
+        }
+        self.end(s);
+        i
+    }
+
     fn intern_tw_high(&mut self, high: u32) -> u32 {
         if let Some(&i) = self.tw_high.get(&high) {
             return i;
@@ -400,6 +427,7 @@ impl Writer {
             _ => None,
         };
         let tix = task.map(|t| (t.pid, self.intern_comm(&t.comm)));
+        let wix = e.workload.as_ref().map(|w| self.intern_workload(w));
 
         let k = match &e.body {
             Body::Enter { .. } => kind::ENTER,
@@ -441,6 +469,10 @@ impl Writer {
         } = &e.body
         {
             put_varint(&mut self.block, *n as u64);
+        }
+        // Minor 3: the workload, after everything else.
+        if let Some(w) = wix {
+            put_varint_field(&mut self.block, trailer::WORKLOAD, w as u64);
         }
         self.end(start);
         self.events += 1;
