@@ -41,7 +41,7 @@ pub use crate::analysis::hist::{bin_of, LifetimeHist, RecentExits, BINS, N_BINS,
 use crate::analysis::rows::ProcKey;
 pub use crate::analysis::rows::{
     port_range, side_of, CensusState, Limits, NetnsStats, Peer, PeerKey, PeerSummary, ProcStats,
-    Side, Totals, CENSUS_SLOTS, N_REASONS, SLOT_TW, SLOT_TW_FW2,
+    Side, Totals, WorkloadStats, CENSUS_SLOTS, N_REASONS, SLOT_TW, SLOT_TW_FW2,
 };
 // The text forms moved to `report` (and values and tables to the sink stage); the old paths
 // still resolve.
@@ -49,12 +49,14 @@ pub use crate::analysis::report::{
     advice_note, describe_sysctls, reasons_text, summary_text, text_histogram, Report,
 };
 use crate::host::sysctls::Sysctls;
+use crate::host::workload::Workload;
 use crate::kernel::snapshot::NetnsCensus;
 use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
 pub use crate::sink::format::{fit, fmt_count, fmt_ms, fmt_opt_ms, fmt_pct, fmt_rate};
 pub use crate::sink::table::{fit_columns, Col};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 const NS: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
@@ -74,6 +76,8 @@ pub struct Aggregator {
     last_laddr: HashMap<(u32, IpAddr, u16), IpAddr>,
     netns: HashMap<u32, NetnsStats>,
     procs: HashMap<ProcKey, ProcStats>,
+    /// Per cgroup id.
+    workloads: HashMap<u64, WorkloadStats>,
     totals: Totals,
     events_rate: RateWindow,
     now_ns: u64,
@@ -92,11 +96,13 @@ impl Aggregator {
             limits: Limits {
                 max_peers: limits.max_peers.max(1),
                 max_procs: limits.max_procs.max(1),
+                max_workloads: limits.max_workloads.max(1),
             },
             peers: HashMap::new(),
             last_laddr: HashMap::new(),
             netns: HashMap::new(),
             procs: HashMap::new(),
+            workloads: HashMap::new(),
             totals: Totals::default(),
             events_rate: RateWindow::default(),
             now_ns: 0,
@@ -143,6 +149,11 @@ impl Aggregator {
 
     pub fn processes(&self) -> impl Iterator<Item = &ProcStats> {
         self.procs.values()
+    }
+
+    /// Workloads (cgroups) seen in events.
+    pub fn workloads(&self) -> impl Iterator<Item = &WorkloadStats> {
+        self.workloads.values()
     }
 
     /// Events per second, recently.
@@ -316,6 +327,9 @@ impl Aggregator {
             Body::Netns { netns, sysctls } => self.set_context(*netns, sysctls.clone()),
             Body::Lost { count } => self.totals.lost += count,
         }
+        if let Some(w) = &e.workload {
+            self.on_workload(e, w);
+        }
         if self.now_ns.saturating_sub(self.last_sweep_ns) >= NS {
             self.sweep();
         }
@@ -431,6 +445,87 @@ impl Aggregator {
         }
     }
 
+    /// An event of a known workload: its row, and the workload named on the event's peer and
+    /// process rows.
+    fn on_workload(&mut self, e: &Event, w: &Arc<Workload>) {
+        let ts = e.ts_ns;
+        let row = self.workload_mut(w, ts);
+        match &e.body {
+            Body::Enter {
+                substate,
+                timeout_ms,
+                snapshot,
+                ..
+            } => {
+                row.timewait[sub_index(*substate)] += 1;
+                row.deadline_ns = row.deadline_ns.max(deadline(ts, *timeout_ms, *substate));
+                if !snapshot {
+                    row.entries += 1;
+                }
+            }
+            Body::Promote { timeout_ms, .. } => {
+                if row.timewait[1] > 0 {
+                    row.timewait[1] -= 1;
+                    row.timewait[0] += 1;
+                }
+                let d = deadline(ts, *timeout_ms, Substate::TimeWait);
+                row.deadline_ns = row.deadline_ns.max(d);
+            }
+            Body::Exit {
+                substate, reason, ..
+            } => {
+                take_one_u64(&mut row.timewait, sub_index(*substate));
+                row.exits[reason.index()] += 1;
+            }
+            Body::Overflow { .. } => row.overflow += 1,
+            Body::Abort { .. } => row.aborts += 1,
+            Body::ConnectFail { .. } => row.connect_fail += 1,
+            Body::BindFail { .. } => row.bind_fail += 1,
+            Body::PawsReject { .. } => row.paws += 1,
+            Body::BoundConnect { .. } => row.binds_first = true,
+            Body::Netns { .. } | Body::Lost { .. } => {}
+        }
+        let same = |x: &Option<Arc<Workload>>| x.as_ref().is_some_and(|x| Arc::ptr_eq(x, w));
+        if let Some(sock) = e.sock() {
+            let key = self.client_or_server(sock);
+            if let Some(p) = self.peers.get_mut(&key).filter(|p| !same(&p.workload)) {
+                p.workload = Some(w.clone());
+            }
+        }
+        if let Some(t) = e.task() {
+            let key = ProcKey::of(t);
+            if let Some(p) = self.procs.get_mut(&key).filter(|p| !same(&p.workload)) {
+                p.workload = Some(w.clone());
+            }
+        }
+    }
+
+    fn workload_mut(&mut self, w: &Arc<Workload>, ts: u64) -> &mut WorkloadStats {
+        let id = w.cgroup_id;
+        if !self.workloads.contains_key(&id) && self.workloads.len() >= self.limits.max_workloads {
+            // The least recently active eighth, idle ones first.
+            let mut order: Vec<(bool, u64, u64)> = self
+                .workloads
+                .iter()
+                .map(|(k, r)| (r.timewait != [0; 2], r.last_ns, *k))
+                .collect();
+            let n = (self.limits.max_workloads / 8).max(1).min(order.len());
+            if n < order.len() {
+                order.select_nth_unstable(n);
+            }
+            for (_, _, k) in order.into_iter().take(n) {
+                self.workloads.remove(&k);
+                self.totals.workloads_evicted += 1;
+            }
+        }
+        let row = self
+            .workloads
+            .entry(id)
+            .or_insert_with(|| WorkloadStats::new(w.clone(), ts));
+        row.last_ns = row.last_ns.max(ts);
+        row
+    }
+
     /// connect() found no local port.
     fn on_connect_fail(&mut self, ts: u64, sock: &Sock, refusal: Refusal, task: Option<&Task>) {
         // Always our connect(): a client row. Without a bound local address, book it
@@ -524,6 +619,7 @@ impl Aggregator {
             aborts: 0,
             bind_fail: 0,
             binds_first: false,
+            workload: None,
             last_ns: ts,
         });
         p.last_ns = p.last_ns.max(ts);
@@ -539,6 +635,11 @@ impl Aggregator {
             if p.timewait_total() > 0 && p.deadline_ns > 0 && now > p.deadline_ns {
                 cleared.push((p.key.netns, p.timewait));
                 p.timewait = [0; 2];
+            }
+        }
+        for r in self.workloads.values_mut() {
+            if r.timewait != [0; 2] && r.deadline_ns > 0 && now > r.deadline_ns {
+                r.timewait = [0; 2];
             }
         }
         for (ns, tw) in cleared {
@@ -1170,6 +1271,7 @@ pub(crate) mod tests {
         let limits = Limits {
             max_peers: 1000,
             max_procs: 50,
+            max_workloads: 1,
         };
         let mut a = Aggregator::new(limits);
         let n = 100_000u64;
@@ -1247,5 +1349,62 @@ pub(crate) mod tests {
         assert_eq!(r[bin_of(61_500)], 0, "older than a minute");
         assert_eq!(r[bin_of(1_200)], 1);
         assert_eq!(a.recent_exits(Some(1)).iter().sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn workload_rows_and_their_report() {
+        use crate::host::workload::Workload;
+        let c = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let mut pod = Workload::from_path(
+            9,
+            &format!("/kubepods.slice/kubepods-pod0a1b2c3d_0000_1111_2222_333344445555.slice/cri-containerd-{c}.scope"),
+        );
+        pod.pod = Some("shop/cart-7d9".into());
+        let pod = Arc::new(pod);
+        let gone = Arc::new(Workload::unknown(10));
+        let own = |e: Event, w: &Arc<Workload>| {
+            let mut e = e.in_cgroup(w.cgroup_id);
+            e.workload = Some(w.clone());
+            e
+        };
+        let mut a = Aggregator::default();
+        a.observe(&own(enter(1.0, client(1, 40001), Substate::TimeWait), &pod));
+        a.observe(&own(enter(1.1, client(2, 40002), Substate::TimeWait), &pod));
+        a.observe(&own(
+            exit(
+                2.0,
+                client(1, 40001),
+                Substate::TimeWait,
+                ExitReason::Reused,
+                900,
+            ),
+            &pod,
+        ));
+        a.observe(&own(
+            enter(1.2, client(3, 40003), Substate::TimeWait),
+            &gone,
+        ));
+        a.observe(&enter(1.3, client(4, 40004), Substate::TimeWait));
+        let rows: HashMap<u64, &WorkloadStats> =
+            a.workloads().map(|r| (r.workload.cgroup_id, r)).collect();
+        assert_eq!(rows.len(), 2, "events without a workload make no row");
+        let p = rows[&9];
+        assert_eq!(
+            (p.entries, p.timewait, p.exits.iter().sum::<u64>()),
+            (2, [1, 0], 1)
+        );
+        assert_eq!(rows[&10].entries, 1);
+        let peer = a.peers().next().unwrap();
+        assert_eq!(peer.workload.as_ref().map(|w| w.cgroup_id), Some(10));
+        let text = Report::render(&a, 200);
+        assert!(text.contains("Per workload (cgroup)"), "{text}");
+        assert!(
+            text.contains("shop/cart-7d9") && text.contains("Guaranteed"),
+            "{text}"
+        );
+        assert!(text.contains("unknown (cgroup id 10)"), "{text}");
+        assert!(Report::render(&Aggregator::default(), 200)
+            .find("Per workload")
+            .is_none());
     }
 }

@@ -3,11 +3,13 @@
 //! (exit reasons, the sysctls that decide the forecast, the tw_reuse advice).
 
 use crate::analysis::aggregate::{
-    port_range, Aggregator, NetnsStats, Peer, PeerSummary, ProcStats, Side, N_REASONS,
+    port_range, Aggregator, NetnsStats, Peer, PeerSummary, ProcStats, Side, WorkloadStats,
+    N_REASONS,
 };
 use crate::analysis::forecast::{self, Forecast};
 use crate::analysis::hist::{BINS, N_BINS};
 use crate::host::sysctls::Sysctls;
+use crate::host::workload::Workload;
 use crate::pipeline::event::ExitReason;
 use crate::sink::format::{bar, fmt_count, fmt_opt_ms, fmt_pct, fmt_rate, short_duration};
 use crate::sink::table::{Col, Table};
@@ -134,6 +136,7 @@ impl Report {
         netns_section(&mut out, agg, w);
         peer_section(&mut out, agg, w, self.max_peers);
         process_section(&mut out, agg, w, self.max_procs);
+        workload_section(&mut out, agg, w, self.max_procs);
         lifetime_section(&mut out, agg, w);
         out
     }
@@ -232,8 +235,13 @@ fn peer_section(out: &mut String, agg: &Aggregator, w: usize, max_peers: usize) 
         "\nPer peer ({} rows; REMOTE addr:* = clients of a LOCAL service)",
         agg.peer_count()
     );
-    let cols = [
-        Col::new("NETNS", 10, true, 6),
+    // The WORKLOAD column only where events named workloads (older traces have none).
+    let named = agg.peers().any(|p| p.workload.is_some());
+    let mut cols = vec![Col::new("NETNS", 10, true, 6)];
+    if named {
+        cols.push(Col::new("WORKLOAD", 16, false, 5));
+    }
+    cols.extend([
         Col::new("LOCAL", 21, false, 1),
         Col::new("REMOTE", 23, false, 0),
         Col::new("COUNT", 7, true, 0),
@@ -248,7 +256,7 @@ fn peer_section(out: &mut String, agg: &Aggregator, w: usize, max_peers: usize) 
         Col::new("CFAIL", 5, true, 7),
         Col::new("PAWS", 5, true, 8),
         Col::new("EXITS BY REASON", 34, false, 9),
-    ];
+    ]);
     let table = Table::new(&cols, w, "  ");
     table.header(out);
     let mut peers: Vec<&Peer> = agg.peers().collect();
@@ -261,8 +269,11 @@ fn peer_section(out: &mut String, agg: &Aggregator, w: usize, max_peers: usize) 
     });
     for p in peers.iter().take(max_peers) {
         let h = &p.lifetime;
-        let cells = [
-            p.key.netns.to_string(),
+        let mut cells = vec![p.key.netns.to_string()];
+        if named {
+            cells.push(workload_cell(&p.workload));
+        }
+        cells.extend([
             p.key.local(),
             p.key.remote(),
             fmt_count(p.entries + p.snapshot),
@@ -277,7 +288,7 @@ fn peer_section(out: &mut String, agg: &Aggregator, w: usize, max_peers: usize) 
             fmt_count(p.connect_fail),
             fmt_count(p.paws),
             p.exits_text(),
-        ];
+        ]);
         table.row(out, &cells);
     }
     if peers.len() > max_peers {
@@ -294,7 +305,8 @@ fn peer_section(out: &mut String, agg: &Aggregator, w: usize, max_peers: usize) 
 /// The `max_procs` busiest processes.
 fn process_section(out: &mut String, agg: &Aggregator, w: usize, max_procs: usize) {
     out.push_str("\nPer process\n");
-    let cols = [
+    let named = agg.processes().any(|p| p.workload.is_some());
+    let mut cols = vec![
         Col::new("PID", 8, true, 0),
         Col::new("COMM", 16, false, 0),
         Col::new("CLOSED", 8, true, 0),
@@ -302,6 +314,9 @@ fn process_section(out: &mut String, agg: &Aggregator, w: usize, max_procs: usiz
         Col::new("CONNFAIL", 8, true, 1),
         Col::new("ABORTS", 8, true, 2),
     ];
+    if named {
+        cols.push(Col::new("WORKLOAD", 16, false, 1));
+    }
     let table = Table::new(&cols, w, "  ");
     table.header(out);
     let mut procs: Vec<&ProcStats> = agg.processes().collect();
@@ -312,7 +327,7 @@ fn process_section(out: &mut String, agg: &Aggregator, w: usize, max_procs: usiz
         )
     });
     for p in procs.iter().take(max_procs) {
-        let cells = [
+        let mut cells = vec![
             p.pid.to_string(),
             p.comm.clone(),
             fmt_count(p.closes),
@@ -320,10 +335,72 @@ fn process_section(out: &mut String, agg: &Aggregator, w: usize, max_procs: usiz
             fmt_count(p.connect_fail),
             fmt_count(p.aborts),
         ];
+        if named {
+            cells.push(workload_cell(&p.workload));
+        }
         table.row(out, &cells);
     }
     if procs.len() > max_procs {
         let _ = writeln!(out, "  … {} more processes", procs.len() - max_procs);
+    }
+}
+
+/// A row's workload in its short form (`-`: none named).
+fn workload_cell(w: &Option<std::sync::Arc<Workload>>) -> String {
+    w.as_ref().map_or_else(|| "-".to_string(), |w| w.short())
+}
+
+/// The busiest workloads (cgroups), when the events named any: what their sockets did, with
+/// the pod and container each is.
+fn workload_section(out: &mut String, agg: &Aggregator, w: usize, max_rows: usize) {
+    let mut rows: Vec<&WorkloadStats> = agg.workloads().collect();
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("\nPer workload (cgroup)\n");
+    let cols = [
+        Col::new("WORKLOAD", 16, false, 0),
+        Col::new("IN TW", 7, true, 0),
+        Col::new("ENTRIES", 8, true, 0),
+        Col::new("EXITS", 8, true, 1),
+        Col::new("CFAIL", 6, true, 1),
+        Col::new("BFAIL", 6, true, 1),
+        Col::new("OVFL", 6, true, 2),
+        Col::new("POD", 28, false, 2),
+        Col::new("QOS", 10, false, 4),
+        Col::new("CONTAINER", 12, false, 3),
+        Col::new("CGROUP", 60, false, 5),
+    ];
+    let table = Table::new(&cols, w, "  ");
+    table.header(out);
+    rows.sort_by_key(|r| {
+        (
+            Reverse(r.entries + r.connect_fail + r.bind_fail + r.overflow),
+            r.workload.cgroup_id,
+        )
+    });
+    for r in rows.iter().take(max_rows) {
+        let wl = &r.workload;
+        let opt = |v: Option<&str>| v.unwrap_or("-").to_string();
+        let cells = [
+            wl.short(),
+            fmt_count(r.timewait[0] + r.timewait[1]),
+            fmt_count(r.entries),
+            fmt_count(r.exits.iter().sum()),
+            fmt_count(r.connect_fail),
+            fmt_count(r.bind_fail),
+            fmt_count(r.overflow),
+            opt(wl.pod.as_deref()),
+            opt(wl.qos),
+            opt(wl.container_id.as_deref().map(|c| c.get(..12).unwrap_or(c))),
+            wl.path
+                .clone()
+                .unwrap_or_else(|| format!("unknown (cgroup id {})", wl.cgroup_id)),
+        ];
+        table.row(out, &cells);
+    }
+    if rows.len() > max_rows {
+        let _ = writeln!(out, "  … {} more workloads", rows.len() - max_rows);
     }
 }
 

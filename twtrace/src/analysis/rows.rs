@@ -5,8 +5,10 @@ use crate::analysis::forecast::{Forecast, PortRange};
 use crate::analysis::hist::{LifetimeHist, RateWindow, RecentExits, N_BINS};
 use crate::analysis::report::reasons_text;
 use crate::host::sysctls::Sysctls;
+use crate::host::workload::Workload;
 use crate::pipeline::event::{ExitReason, Refusal, Sock, Task};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub const N_REASONS: usize = ExitReason::ALL.len();
 /// Census slots (see [`crate::kernel::snapshot::NetnsCensus::counts`]).
@@ -127,6 +129,8 @@ pub struct Peer {
     /// A process connects toward this peer on sockets it bound first: its ports come from
     /// the namespace's one shared pool (see `bind_connect`).
     pub binds_first: bool,
+    /// The workload of the row's latest event that named one.
+    pub workload: Option<Arc<Workload>>,
     pub first_ns: u64,
     pub last_ns: u64,
     pub(crate) rate: RateWindow,
@@ -152,6 +156,7 @@ impl Peer {
             paws: 0,
             peer_timestamps: None,
             binds_first: false,
+            workload: None,
             first_ns: ts,
             last_ns: ts,
             rate: RateWindow::default(),
@@ -276,7 +281,47 @@ pub struct ProcStats {
     pub bind_fail: u64,
     /// It binds its sockets before connect(): one pool of ports for every destination.
     pub binds_first: bool,
+    /// The workload of its latest event that named one.
+    pub workload: Option<Arc<Workload>>,
     pub last_ns: u64,
+}
+
+/// Per workload (cgroup): what its sockets and calls did. Keyed by the kernel's cgroup id.
+#[derive(Clone, Debug)]
+pub struct WorkloadStats {
+    pub workload: Arc<Workload>,
+    /// In TIME_WAIT now, by substate, as for peers.
+    pub timewait: [u64; 2],
+    pub entries: u64,
+    pub exits: [u64; N_REASONS],
+    pub overflow: u64,
+    pub aborts: u64,
+    pub connect_fail: u64,
+    pub bind_fail: u64,
+    pub paws: u64,
+    pub binds_first: bool,
+    pub last_ns: u64,
+    /// After this, every socket counted in `timewait` must be dead.
+    pub(crate) deadline_ns: u64,
+}
+
+impl WorkloadStats {
+    pub fn new(workload: Arc<Workload>, ts: u64) -> WorkloadStats {
+        WorkloadStats {
+            workload,
+            timewait: [0; 2],
+            entries: 0,
+            exits: [0; N_REASONS],
+            overflow: 0,
+            aborts: 0,
+            connect_fail: 0,
+            bind_fail: 0,
+            paws: 0,
+            binds_first: false,
+            last_ns: ts,
+            deadline_ns: 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -309,6 +354,7 @@ pub struct Totals {
     /// Evicted peer rows that still had sockets in TIME_WAIT.
     pub peers_evicted_busy: u64,
     pub procs_evicted: u64,
+    pub workloads_evicted: u64,
     /// Sockets dropped from "in TIME_WAIT now" because their deadline passed unseen.
     pub stale_cleared: u64,
     pub lifetime: LifetimeHist,
@@ -328,6 +374,7 @@ impl Totals {
 pub struct Limits {
     pub max_peers: usize,
     pub max_procs: usize,
+    pub max_workloads: usize,
 }
 
 impl Default for Limits {
@@ -335,6 +382,7 @@ impl Default for Limits {
         Limits {
             max_peers: 10_000,
             max_procs: 2_000,
+            max_workloads: 2_000,
         }
     }
 }

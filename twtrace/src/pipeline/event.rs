@@ -317,6 +317,23 @@ impl Event {
         }
     }
 
+    /// The process the event names, where it names one.
+    pub fn task(&self) -> Option<&Task> {
+        match &self.body {
+            Body::Enter { task, .. }
+            | Body::Exit { task, .. }
+            | Body::Abort { task, .. }
+            | Body::ConnectFail { task, .. }
+            | Body::BindFail { task, .. }
+            | Body::BoundConnect { task, .. } => task.as_ref(),
+            Body::Promote { .. }
+            | Body::Overflow { .. }
+            | Body::PawsReject { .. }
+            | Body::Netns { .. }
+            | Body::Lost { .. } => None,
+        }
+    }
+
     pub fn sock(&self) -> Option<&Sock> {
         match &self.body {
             Body::Enter { sock, .. }

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::host::sysctls::Sysctls;
 use crate::host::workload::Workload;
-use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
+use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -417,16 +417,7 @@ impl Writer {
     pub fn write(&mut self, e: &Event) -> io::Result<()> {
         // Definitions first: they are records of their own and must precede their first use.
         let six = e.sock().map(|s| (self.intern_sock(s), s));
-        let task: Option<&Task> = match &e.body {
-            Body::Enter { task, .. }
-            | Body::Exit { task, .. }
-            | Body::Abort { task, .. }
-            | Body::ConnectFail { task, .. }
-            | Body::BindFail { task, .. }
-            | Body::BoundConnect { task, .. } => task.as_ref(),
-            _ => None,
-        };
-        let tix = task.map(|t| (t.pid, self.intern_comm(&t.comm)));
+        let tix = e.task().map(|t| (t.pid, self.intern_comm(&t.comm)));
         let wix = e.workload.as_ref().map(|w| self.intern_workload(w));
 
         let k = match &e.body {
