@@ -59,6 +59,11 @@ pub const CSV_COLUMNS: &[&str] = &[
     "host",
     "candidates",
     "ports",
+    "cgroup_id",
+    "cgroup",
+    "container_id",
+    "pod_uid",
+    "pod",
 ];
 
 /// Quotes a CSV field when it needs it (RFC 4180).
@@ -75,7 +80,7 @@ fn csv_field(out: &mut String, s: &str) {
 /// One CSV row (without the newline), columns as [`CSV_COLUMNS`]; empty where a column does
 /// not apply to the event's kind.
 pub fn write_csv(e: &Event, clock: &Clock, host: &str, out: &mut String) {
-    let mut cols: [String; 27] = Default::default();
+    let mut cols: [String; 32] = Default::default();
     cols[0] = rfc3339_micros(clock.wall_ns(e.ts_ns));
     cols[1] = e.ts_ns.to_string();
     cols[2] = e.kind().to_string();
@@ -172,6 +177,13 @@ pub fn write_csv(e: &Event, clock: &Clock, host: &str, out: &mut String) {
         Body::BoundConnect { task: t, .. } => task(t),
     }
     cols[24] = host.to_string();
+    if let Some(w) = &e.workload {
+        cols[27] = w.cgroup_id.to_string();
+        cols[28] = w.path.clone().unwrap_or_default();
+        cols[29] = w.container_id.clone().unwrap_or_default();
+        cols[30] = w.pod_uid.clone().unwrap_or_default();
+        cols[31] = w.pod.clone().unwrap_or_default();
+    }
     for (i, c) in cols.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -285,7 +297,7 @@ mod tests {
         write_csv(&e, &Clock { offset_ns: 0 }, "h", &mut s);
         assert_eq!(
             s,
-            "1970-01-01T00:00:00.000001Z,1000,abort,7,4,127.0.0.1,1,::1,2,,,,,,,,,,,,9,\"a,\"\"b\"\"\",0xffff888100000100,,h,,"
+            "1970-01-01T00:00:00.000001Z,1000,abort,7,4,127.0.0.1,1,::1,2,,,,,,,,,,,,9,\"a,\"\"b\"\"\",0xffff888100000100,,h,,,,,,,"
         );
         // One separator fewer than columns, plus the comma inside the quoted comm.
         assert_eq!(s.matches(',').count() - 1, CSV_COLUMNS.len() - 1);
@@ -303,9 +315,9 @@ mod tests {
         );
         let mut s = String::new();
         write_csv(&f, &Clock { offset_ns: 0 }, "h", &mut s);
-        assert!(s.ends_with(",too young,4,,,,0x1,,h,3,"), "{s}");
+        assert!(s.ends_with(",too young,4,,,,0x1,,h,3,,,,,,"), "{s}");
         assert_eq!(CSV_COLUMNS[25], "candidates");
-        // The pool of a bind() failure is the last column (appended in trace minor 2).
+        // The pool of a bind() failure (appended in trace minor 2).
         let b = Event::new(
             1_000,
             Body::BindFail {
@@ -323,7 +335,23 @@ mod tests {
             s.starts_with("1970-01-01T00:00:00.000001Z,1000,bind_fail,7,2,"),
             "{s}"
         );
-        assert!(s.ends_with(",98,EADDRINUSE,,20,,,,,,h,,20"), "{s}");
-        assert_eq!(CSV_COLUMNS.last(), Some(&"ports"));
+        assert!(s.ends_with(",98,EADDRINUSE,,20,,,,,,h,,20,,,,,"), "{s}");
+        assert_eq!(CSV_COLUMNS[26], "ports");
+        // Issue 15's columns, appended: the workload of an event that names one.
+        let mut w = twtrace::host::workload::Workload::from_path(
+            5,
+            "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+        );
+        w.pod = Some("ns/p".into());
+        let b = b.in_cgroup(5);
+        let mut b = b;
+        b.workload = Some(std::sync::Arc::new(w));
+        let mut s = String::new();
+        write_csv(&b, &Clock { offset_ns: 0 }, "h", &mut s);
+        assert!(
+            s.ends_with(",h,,20,5,/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope,0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef,,ns/p"),
+            "{s}"
+        );
+        assert_eq!(CSV_COLUMNS.last(), Some(&"pod"));
     }
 }

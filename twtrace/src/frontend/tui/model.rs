@@ -34,6 +34,8 @@ pub struct RowData {
     pub aborts: u64,
     pub connect_fail: u64,
     pub paws: u64,
+    /// The row's workload, short form (pod, container, cgroup leaf); `None`: none named.
+    pub workload: Option<String>,
 }
 
 impl RowData {
@@ -118,6 +120,7 @@ impl Model {
                     aborts: p.aborts,
                     connect_fail: p.connect_fail,
                     paws: p.paws,
+                    workload: p.workload.as_ref().map(|w| w.short()),
                 }
             })
             .collect();

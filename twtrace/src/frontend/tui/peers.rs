@@ -20,9 +20,10 @@ use ratatui::Frame;
 /// NS (several); at 180 and more, all, with the long notes. No FIN_WAIT2 split per row: the
 /// kernel promotes without an event (see [`crate::analysis::aggregate::Peer::timewait`]); the census line
 /// has the kernel's split.
-const PEER_COLS: [Col; 17] = [
+const PEER_COLS: [Col; 18] = [
     Col::new("NETNS", 10, true, 14),
     Col::new("NS", 5, true, 8),
+    Col::new("WORKLOAD", 14, false, 8),
     Col::new("LOCAL", 15, false, 9),
     Col::new("REMOTE", 21, false, 0),
     Col::new("TW", 5, true, 1),
@@ -41,13 +42,14 @@ const PEER_COLS: [Col; 17] = [
 ];
 const COL_NETNS: usize = 0;
 const COL_NS: usize = 1;
-const COL_LOCAL: usize = 2;
-const COL_NOTE: usize = 16;
+const COL_WORKLOAD: usize = 2;
+const COL_LOCAL: usize = 3;
+const COL_NOTE: usize = 17;
 const SHORT_NOTE: usize = 13;
 const LONG_NOTE: usize = 26;
 
 /// The cells of a row. Without a LOCAL column a server row names its service in REMOTE.
-fn row_cells(r: &RowData, with_local: bool, long_note: bool) -> [String; 17] {
+fn row_cells(r: &RowData, with_local: bool, long_note: bool) -> [String; 18] {
     let ns = r.key.netns.to_string();
     let ns_short = ns[ns.len().saturating_sub(5)..].to_string();
     let (pct, eta) = match &r.forecast {
@@ -58,6 +60,7 @@ fn row_cells(r: &RowData, with_local: bool, long_note: bool) -> [String; 17] {
     [
         ns,
         ns_short,
+        r.workload.clone().unwrap_or_else(|| "-".into()),
         r.key.local(),
         if !with_local && r.key.side == Side::Server {
             format!("{}→:{}", r.key.remote(), r.key.port)
@@ -87,7 +90,7 @@ fn row_cells(r: &RowData, with_local: bool, long_note: bool) -> [String; 17] {
 /// The columns that fit `w`: which are kept, their widths (NOTE long when there is room),
 /// and whether LOCAL is one of them.
 struct Fitted {
-    cols: [Col; 17],
+    cols: [Col; 18],
     keep: Vec<bool>,
     long_note: bool,
     with_local: bool,
@@ -99,6 +102,10 @@ fn fit_to(rows: &[&RowData], w: u16) -> Fitted {
     let mut fit_cols = PEER_COLS;
     if !multi_ns {
         fit_cols[COL_NS].width = usize::MAX / 4;
+    }
+    // WORKLOAD only when some row has one (events from a cgroup the kernel named).
+    if rows.iter().all(|r| r.workload.is_none()) {
+        fit_cols[COL_WORKLOAD].width = usize::MAX / 4;
     }
     let mut keep = fit_columns(&fit_cols, usize::from(w));
     if keep[COL_NETNS] {

@@ -333,3 +333,34 @@ fn screens_are_unchanged_on_a_long_mix() {
     );
     assert_eq!(fingerprint(&t), (1487649916804753920, 212903));
 }
+
+/// The WORKLOAD column (issue 15): shown when events named a workload, with its short form;
+/// absent otherwise (see `screen_at_80x24_and_200x50`).
+#[test]
+fn workload_column_names_the_rows_workload() {
+    use crate::host::workload::Workload;
+    let (mut a, host) = sample();
+    let w = std::sync::Arc::new(Workload::from_path(
+        42,
+        "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+    ));
+    let mut e = enter(
+        1_003_000_000_000,
+        sock(500, [10, 0, 0, 1], 40100, [10, 0, 0, 2], 443),
+    )
+    .in_cgroup(42);
+    e.workload = Some(w);
+    a.observe(&e);
+    let m = Model::build(&a, &host);
+    let v = ViewState::default();
+    let text = buffer_text(&render_buffer(&m, &v, 200, 50));
+    let header = line_with(&text, "REMOTE").1;
+    assert!(header.contains("WORKLOAD"), "{header}");
+    let (_, row) = line_with(&text, "10.0.0.2:443");
+    assert!(row.contains("0123456789ab"), "{row}");
+    let (_, quiet) = line_with(&text, "10.0.0.3:80");
+    assert!(quiet.split_whitespace().any(|c| c == "-"), "{quiet}");
+    let (plain, _) = sample();
+    let text = buffer_text(&render_buffer(&Model::build(&plain, &host), &v, 200, 50));
+    assert!(!text.contains("WORKLOAD"), "{text}");
+}
