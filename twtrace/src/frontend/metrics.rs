@@ -25,7 +25,10 @@
 //! | `bind_failures_total` | counter | netns |
 //! | `paws_rejects_total` | counter | netns |
 //! | `port_pressure_ratio` | gauge | netns, raddr, rport (top N only) |
-//! | `netns_info` | info | netns, pid, cgroup, runtime |
+//! | `netns_info` | info | netns, pid, cgroup, runtime; container_id, pod_uid where the cgroup names them |
+//! | `workload_timewait_sockets` | gauge | workload, pod, container_id, cgroup_id (top N) |
+//! | `workload_timewait_entries_total` | counter | the same (top N) |
+//! | `workload_connect_failures_total`, `workload_bind_failures_total` | counter | the same (top N) |
 //! | `events_total` | counter | kind |
 //! | `events_lost_total`, `decode_errors_total`, `kernel_read_errors_total` | counter | — |
 //! | `hook_attached` | gauge | hook |
@@ -36,7 +39,10 @@
 //! the `timewait_sockets` gauge alone), and keeps them for [`GONE_KEEP_NS`] after the census
 //! stops listing it, so that the last increments are scraped; then they go. Port pressure is
 //! exposed for the `peer_labels` fullest destinations only. The cgroup path is an info metric
-//! of its own, joined on `netns` when wanted, never a label of every series.
+//! of its own, joined on `netns` when wanted, never a label of every series. The workload
+//! families (a cgroup the kernel named on the events: pod, container) cover the `peer_labels`
+//! busiest workloads only (most in TIME_WAIT, then most entries); one that drops out of the
+//! top N loses its series until it is back (its counters then restart: use `rate()`).
 //!
 //! # What the aggregator does not break down
 //! The histogram needs exact counts at fixed bucket bounds (the aggregator's lifetime
@@ -347,6 +353,7 @@ impl Metrics {
             connect_fail,
             pressure,
             info,
+            workloads: top_workloads(agg, self.opts.peer_labels),
             kernel_overflows,
             kinds,
             hooks: health.hooks.clone(),
@@ -355,6 +362,58 @@ impl Metrics {
             read_errors: health.read_errors,
         }
     }
+}
+
+/// One workload's series: labels (workload, pod, container_id, cgroup_id) and values.
+#[derive(Debug)]
+struct WorkloadRow {
+    labels: [String; 4],
+    timewait: u64,
+    entries: u64,
+    connect_fail: u64,
+    bind_fail: u64,
+}
+
+impl WorkloadRow {
+    fn labels(&self) -> [(&'static str, &str); 4] {
+        let [w, pod, container, id] = &self.labels;
+        [
+            ("workload", w.as_str()),
+            ("pod", pod.as_str()),
+            ("container_id", container.as_str()),
+            ("cgroup_id", id.as_str()),
+        ]
+    }
+}
+
+/// The `n` busiest workloads: most sockets in TIME_WAIT, then most entries.
+fn top_workloads(agg: &Aggregator, n: usize) -> Vec<WorkloadRow> {
+    let mut rows: Vec<&crate::analysis::aggregate::WorkloadStats> = agg.workloads().collect();
+    rows.sort_by_key(|r| {
+        (
+            std::cmp::Reverse(r.timewait[0] + r.timewait[1]),
+            std::cmp::Reverse(r.entries + r.connect_fail + r.bind_fail),
+            r.workload.cgroup_id,
+        )
+    });
+    rows.into_iter()
+        .take(n)
+        .map(|r| {
+            let w = &r.workload;
+            WorkloadRow {
+                labels: [
+                    w.short(),
+                    w.pod.clone().unwrap_or_default(),
+                    w.container_id.clone().unwrap_or_default(),
+                    w.cgroup_id.to_string(),
+                ],
+                timewait: r.timewait[0] + r.timewait[1],
+                entries: r.entries,
+                connect_fail: r.connect_fail,
+                bind_fail: r.bind_fail,
+            }
+        })
+        .collect()
 }
 
 /// The fullest destinations by port pressure: (netns, raddr, rport, ratio), at most `n`,
@@ -443,6 +502,8 @@ struct Snapshot {
     pressure: Vec<(String, String, String, f64)>,
     /// (netns, pid, cgroup, runtime).
     info: Vec<(String, String, String, &'static str)>,
+    /// The busiest workloads.
+    workloads: Vec<WorkloadRow>,
     /// (netns, kernel count).
     kernel_overflows: Vec<(String, u64)>,
     kinds: Vec<(&'static str, u64)>,
@@ -464,6 +525,7 @@ impl Snapshot {
             + self.connect_fail.len()
             + self.pressure.len()
             + self.info.len()
+            + self.workloads.len() * 4
             + self.kernel_overflows.len()
             + self.kinds.len()
             + self.hooks.len()
@@ -685,6 +747,50 @@ impl Snapshot {
                 )
             }),
         )?;
+        self.encode_workloads(e)
+    }
+
+    /// The busiest workloads' families (none at all before an event named a workload).
+    fn encode_workloads(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.workloads.is_empty() {
+            return Ok(());
+        }
+        family(
+            e,
+            gauge(
+                "workload_timewait_sockets",
+                "Sockets in TIME_WAIT owned by a workload (cgroup), busiest workloads only",
+            ),
+            self.workloads
+                .iter()
+                .map(|r| (r.labels(), ConstGauge::new(r.timewait as i64))),
+        )?;
+        let counters: [(&'static str, &'static str, fn(&WorkloadRow) -> u64); 3] = [
+            (
+                "workload_timewait_entries",
+                "Connections of a workload that entered TIME_WAIT, busiest workloads only",
+                |r| r.entries,
+            ),
+            (
+                "workload_connect_failures",
+                "connect() failures for want of a local port, by workload, busiest workloads only",
+                |r| r.connect_fail,
+            ),
+            (
+                "workload_bind_failures",
+                "bind() to port 0 refused (EADDRINUSE), by workload, busiest workloads only",
+                |r| r.bind_fail,
+            ),
+        ];
+        for (name, help, value) in counters {
+            family(
+                e,
+                counter(name, help),
+                self.workloads
+                    .iter()
+                    .map(|r| (r.labels(), ConstCounter::new(value(r)))),
+            )?;
+        }
         Ok(())
     }
 
@@ -697,12 +803,20 @@ impl Snapshot {
             MetricType::Info,
         )?;
         for (netns, pid, cgroup, runtime) in &self.info {
-            let labels = [
+            let mut labels = vec![
                 ("netns", netns.as_str()),
                 ("pid", pid.as_str()),
                 ("cgroup", cgroup.as_str()),
                 ("runtime", runtime),
             ];
+            // The cgroup path's container and pod, where its names give them.
+            let w = crate::host::workload::Workload::from_path(0, cgroup);
+            if let Some(c) = &w.container_id {
+                labels.push(("container_id", c.as_str()));
+            }
+            if let Some(p) = &w.pod_uid {
+                labels.push(("pod_uid", p.as_str()));
+            }
             m.encode_info(&labels)?;
         }
         family(
@@ -1383,5 +1497,64 @@ mod tests {
         assert_eq!((a.series, b.series), (53, 183));
         assert_eq!(fingerprint(&without), (17885367078450505819, 40820));
         assert_eq!(fingerprint(&all), (3481479777814303367, 42756));
+    }
+
+    /// Workload families: the busiest N workloads only, labelled with pod and container;
+    /// nothing at all when no event named a workload.
+    #[test]
+    fn workload_series_are_the_busiest_n() {
+        use crate::host::workload::Workload;
+        use std::sync::Arc;
+        let c = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let mut pod = Workload::from_path(
+            7,
+            &format!("/kubepods/burstable/pod0a1b2c3d-0000-1111-2222-333344445555/{c}"),
+        );
+        pod.pod = Some("shop/cart".into());
+        let ws = [
+            Arc::new(pod),
+            Arc::new(Workload::from_path(8, "/system.slice/x.service")),
+        ];
+        let mut agg = Aggregator::default();
+        let mut m = Metrics::new(Options { peer_labels: 1 });
+        let mut events = Vec::new();
+        for i in 0..5u16 {
+            // Four sockets of the pod, one of the service.
+            let w = &ws[usize::from(i == 4)];
+            let mut e =
+                enter(1.0 + f64::from(i), client(u64::from(i), 40000 + i)).in_cgroup(w.cgroup_id);
+            e.workload = Some(w.clone());
+            events.push(e);
+        }
+        feed(&mut agg, &mut m, &events);
+        let r = m.render(&agg, &health(), &HashMap::new());
+        let (_, samples) = parse(&r.text);
+        let pod_labels = [
+            ("workload", "cart"),
+            ("pod", "shop/cart"),
+            ("container_id", c),
+            ("cgroup_id", "7"),
+        ];
+        assert_eq!(
+            value(&samples, "twtrace_workload_timewait_sockets", &pod_labels),
+            Some(4.0)
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "twtrace_workload_timewait_entries_total",
+                &pod_labels
+            ),
+            Some(4.0)
+        );
+        let names: Vec<&str> = samples
+            .iter()
+            .filter(|s| s.name.starts_with("twtrace_workload_"))
+            .map(|s| s.labels["cgroup_id"].as_str())
+            .collect();
+        assert_eq!(names, ["7"; 4], "only the busiest workload (N = 1)");
+        let (agg0, mut m0) = (Aggregator::default(), Metrics::new(Options::default()));
+        let r0 = m0.render(&agg0, &health(), &HashMap::new());
+        assert!(!r0.text.contains("workload_"), "{}", r0.text);
     }
 }
