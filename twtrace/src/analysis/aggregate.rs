@@ -492,7 +492,10 @@ impl Aggregator {
                 p.workload = Some(w.clone());
             }
         }
-        if let Some(t) = e.task() {
+        // An exit's task is where the socket died (a connect() that reused it, a kworker), not
+        // necessarily the owner the workload names.
+        let owner = e.task().filter(|_| !matches!(e.body, Body::Exit { .. }));
+        if let Some(t) = owner {
             let key = ProcKey::of(t);
             if let Some(p) = self.procs.get_mut(&key).filter(|p| !same(&p.workload)) {
                 p.workload = Some(w.clone());

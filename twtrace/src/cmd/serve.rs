@@ -45,8 +45,8 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     pub listen: SocketAddr,
-    /// Destinations that get a port-pressure series (the fullest ones): bounds the labels.
-    /// 0 leaves the port-pressure series out.
+    /// Destinations that get a port-pressure series (the fullest ones), and workloads that get
+    /// the workload series (the busiest): bounds the labels. 0 leaves both out.
     #[arg(long, default_value = "20", value_name = "N", allow_negative_numbers = true,
           value_parser = parse_count(0, MAX_PEER_LABELS, "a number of destinations"))]
     pub peer_labels: usize,

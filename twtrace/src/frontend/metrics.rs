@@ -364,6 +364,9 @@ impl Metrics {
     }
 }
 
+/// A workload counter family: name, help, and its value in a row.
+type WorkloadCounter = (&'static str, &'static str, fn(&WorkloadRow) -> u64);
+
 /// One workload's series: labels (workload, pod, container_id, cgroup_id) and values.
 #[derive(Debug)]
 struct WorkloadRow {
@@ -765,7 +768,7 @@ impl Snapshot {
                 .iter()
                 .map(|r| (r.labels(), ConstGauge::new(r.timewait as i64))),
         )?;
-        let counters: [(&'static str, &'static str, fn(&WorkloadRow) -> u64); 3] = [
+        let counters: [WorkloadCounter; 3] = [
             (
                 "workload_timewait_entries",
                 "Connections of a workload that entered TIME_WAIT, busiest workloads only",
