@@ -176,6 +176,26 @@ fn bind_before_connect_drains_one_pool_for_all_destinations() {
     for b in &binds {
         assert_eq!(*b, (libc::EADDRINUSE, 20, Some(20), Some(me)), "{binds:?}");
     }
+    // The failing bind() names the calling task's cgroup (ours), as the kernel has it.
+    let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let v2 = ours.lines().find_map(|l| l.strip_prefix("0::"));
+    let ours_id = v2.and_then(|p| twtrace::host::workload::Workloads::host().id_of(p));
+    if ours_id.is_none() {
+        kernel::partial(
+            "bind_before_connect_drains_one_pool_for_all_destinations",
+            "no cgroup v2 hierarchy mounted: the bind_fail's cgroup id is not compared",
+        );
+    }
+    for e in ev.iter().filter(|e| e.kind() == "bind_fail") {
+        assert_ne!(e.cgroup, 0, "{e:#?}");
+        if let Some(id) = ours_id {
+            assert_eq!(e.cgroup, id, "{e:#?}");
+            assert!(
+                e.workload.as_ref().is_some_and(|w| w.path.is_some()),
+                "{e:#?}"
+            );
+        }
+    }
     let bound: Vec<_> = ev
         .iter()
         .filter_map(|e| match &e.body {
