@@ -506,17 +506,12 @@ impl Aggregator {
     fn workload_mut(&mut self, w: &Arc<Workload>, ts: u64) -> &mut WorkloadStats {
         let id = w.cgroup_id;
         if !self.workloads.contains_key(&id) && self.workloads.len() >= self.limits.max_workloads {
-            // The least recently active eighth, idle ones first.
-            let mut order: Vec<(bool, u64, u64)> = self
+            let order = self
                 .workloads
                 .iter()
                 .map(|(k, r)| (r.timewait != [0; 2], r.last_ns, *k))
                 .collect();
-            let n = (self.limits.max_workloads / 8).max(1).min(order.len());
-            if n < order.len() {
-                order.select_nth_unstable(n);
-            }
-            for (_, _, k) in order.into_iter().take(n) {
+            for (_, _, k) in eviction_batch(order, self.limits.max_workloads) {
                 self.workloads.remove(&k);
                 self.totals.workloads_evicted += 1;
             }
@@ -580,17 +575,12 @@ impl Aggregator {
     /// selection instead of a sort) keep the cost per new row O(1) amortised when a stream of
     /// new peers keeps the table full.
     fn evict_peers(&mut self) {
-        let mut order: Vec<(bool, u64, PeerKey)> = self
+        let order = self
             .peers
             .values()
             .map(|p| (p.timewait_total() > 0, p.last_ns, p.key))
             .collect();
-        let n = (self.limits.max_peers / 8).max(1).min(order.len());
-        // Only the n oldest are needed, not a full sort.
-        if n < order.len() {
-            order.select_nth_unstable(n);
-        }
-        for (busy, _, k) in order.into_iter().take(n) {
+        for (busy, _, k) in eviction_batch(order, self.limits.max_peers) {
             self.peers.remove(&k);
             self.totals.peers_evicted += 1;
             if busy {
@@ -711,6 +701,20 @@ impl Aggregator {
             forecast,
         }
     }
+}
+
+/// The rows to evict from a full table of at most `max`: the least recently active eighth,
+/// idle ones (`busy` false) first. Only the oldest are needed: a selection, not a sort, keeps
+/// the cost per new row O(1) amortised when a stream of new keys keeps the table full.
+fn eviction_batch<K: Ord>(
+    mut rows: Vec<(bool, u64, K)>,
+    max: usize,
+) -> impl Iterator<Item = (bool, u64, K)> {
+    let n = (max / 8).max(1).min(rows.len());
+    if n < rows.len() {
+        rows.select_nth_unstable(n);
+    }
+    rows.into_iter().take(n)
 }
 
 fn sub_index(s: Substate) -> usize {
