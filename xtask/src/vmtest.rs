@@ -1131,6 +1131,8 @@ mount -t devtmpfs dev /dev 2>/dev/null || {
 mount -t tracefs nodev /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /tmp
+# The cgroup v2 hierarchy, where a distribution mounts it (workload identity resolves ids in it).
+mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || echo "TWVM-FACT cgroup2 not mounted"
 "#,
     );
     s.push_str(&format!(
