@@ -79,12 +79,14 @@ fn run_bounded(cmd: &mut Command, budget: Duration) -> Output {
 fn chromium() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let t0 = Instant::now();
-    run_bounded(
+    let o = run_bounded(
         Command::new(cargo)
             .args(["xtask", "setup", "--browser"])
             .current_dir(workspace()),
         Duration::from_secs(600),
     );
+    // What setup said (whether it installed, and how long that took) goes to the CI log.
+    eprint!("{}", String::from_utf8_lossy(&o.stderr));
     eprintln!("browser setup: {:.1?}", t0.elapsed());
     let p = PathBuf::from("/usr/bin/chromium");
     assert!(
@@ -173,10 +175,18 @@ impl Drop for Recorder {
     }
 }
 
-fn count_enters(path: &Path) -> usize {
+fn count(path: &Path, kind: &str) -> usize {
     tracefile::read_all(path)
-        .map(|t| t.events.iter().filter(|e| e.kind() == "enter").count())
+        .map(|t| t.events.iter().filter(|e| e.kind() == kind).count())
         .unwrap_or(0)
+}
+
+/// Waits (bounded) until the file being written holds `n` events of `kind`.
+fn wait_for(path: &Path, kind: &str, n: usize) {
+    let deadline = Instant::now() + SOON;
+    while count(path, kind) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// What the browser's DOM serialisation makes of a line of text.
@@ -204,11 +214,17 @@ fn the_page_renders_in_chromium_with_the_reports_numbers() {
         .unwrap();
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0").unwrap();
     let ino = ns.inode();
+    // The ports as well as the namespace: once the namespace is deleted its inode number
+    // may soon name another test's new namespace.
     let mut rec = Recorder::start(&[
         "-o",
         file.to_str().unwrap(),
         "--netns",
         &ino.to_string(),
+        "--port",
+        "18080",
+        "--port",
+        "19090",
         "--duration",
         "60",
     ]);
@@ -225,13 +241,10 @@ fn the_page_renders_in_chromium_with_the_reports_numbers() {
         );
     }
     connect_many(&ns, b.addr, TO_B, FirstCloser::Client).unwrap();
-    let deadline = Instant::now() + SOON;
-    while count_enters(&file) < PORTS + TO_B && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(&file, "enter", PORTS + TO_B);
     drop((a, b));
     drop(ns);
-    std::thread::sleep(Duration::from_millis(1500)); // the purges reach the file
+    wait_for(&file, "exit", PORTS + TO_B);
     rec.stop();
 
     // The text report and the page, from the same file.
