@@ -401,6 +401,26 @@ fn an_unwritable_page_is_a_clear_error() {
         err.contains("cannot write") && err.contains("no/such/dir/r.html"),
         "{err}"
     );
+    // The trace itself as the page: refused, the trace left whole.
+    let copy = dir.0.join("t.twt");
+    std::fs::copy(&trace, &copy).unwrap();
+    let out = Command::new(BIN)
+        .arg("report")
+        .arg(&copy)
+        .arg("--html")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is one of the trace files"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&trace).unwrap()
+    );
     // The same trace to a writable path: a page with every chart.
     let ok = dir.0.join("r.html");
     let out = Command::new(BIN)
@@ -417,4 +437,45 @@ fn an_unwritable_page_is_a_clear_error() {
     );
     let html = std::fs::read_to_string(&ok).unwrap();
     assert_eq!(html.matches("<svg").count(), CHARTS_PER_HOST);
+}
+
+/// Damaged, truncated and header-only traces: a page or a clear error, never a panic.
+#[test]
+fn damaged_traces_make_a_page_or_an_error() {
+    let dir = TempDir::new("html-damaged");
+    let fixtures = workspace().join("twtrace/tests/fuzz-regressions");
+    let mut n = 0;
+    for e in std::fs::read_dir(&fixtures).unwrap() {
+        let trace = e.unwrap().path();
+        if trace.extension().is_none_or(|x| x != "twt") {
+            continue;
+        }
+        n += 1;
+        let page = dir.0.join("p.html");
+        let out = Command::new(BIN)
+            .arg("report")
+            .arg(&trace)
+            .arg("--html")
+            .arg(&page)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // 0: a page; 1: an error message. A panic exits with 101.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)) && !err.contains("panicked"),
+            "{}: {}\n{err}",
+            trace.display(),
+            out.status
+        );
+        if out.status.success() {
+            let html = std::fs::read_to_string(&page).unwrap();
+            assert_eq!(
+                html.matches("<svg").count(),
+                CHARTS_PER_HOST,
+                "{}",
+                trace.display()
+            );
+        }
+    }
+    assert!(n >= 3, "fixtures not found in {}", fixtures.display());
 }

@@ -59,6 +59,15 @@ fn terminal_width() -> usize {
         .unwrap_or(100)
 }
 
+/// Whether two paths name one existing file (device and inode).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 /// An opened file: its header read, its events not yet.
 struct Input {
     path: PathBuf,
@@ -80,12 +89,20 @@ pub fn run(args: ReportArgs) -> Result<()> {
         peers: args.peers.clone(),
     };
     let width = args.width.unwrap_or_else(terminal_width).max(40);
-    // Opened first: an unwritable path fails before a long read, not after.
+    // Opened first: an unwritable path fails before a long read, not after. Creating it
+    // truncates it, so it must not be one of the traces.
     let mut html_out = match &args.html {
-        Some(p) => Some((
-            p,
-            std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
-        )),
+        Some(p) => {
+            if args.files.iter().any(|f| same_file(f, p)) {
+                bail!(
+                    "{} is one of the trace files: not overwriting it",
+                    p.display()
+                );
+            }
+            let file = std::fs::File::create(p)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            Some((p, file))
+        }
         None => None,
     };
     // The page's tables are the text report at a width that keeps every column.
