@@ -5,6 +5,9 @@
 //! monotonic timestamps and namespace inodes only mean something on their own machine (every
 //! host's root namespace has the same inode). Within a host, files are read in time order on
 //! the wall clock (so recordings from different boots line up).
+//!
+//! `--html FILE` writes the same report as one page with charts instead (analysis/html/),
+//! fed in the same pass.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;

@@ -231,6 +231,21 @@ mod tests {
     }
 
     #[test]
+    fn each_host_has_its_own_section() {
+        let agg = crate::analysis::report::tests::mixed();
+        let s = Series::default();
+        let hosts = [section(&agg, &s, 250), section(&agg, &s, 1000)];
+        let p = render(&["a.twt".into(), "b.twt".into()], &hosts).unwrap();
+        assert_eq!(p.matches("<svg").count(), 2 * CHARTS_PER_HOST);
+        assert_eq!(p.matches("<section class=\"host\">").count(), 2);
+        // HZ=1000: 60 s is on level 4 of the wheel (4096-jiffy granules), + a jiffy + 200 ms.
+        assert!(
+            p.contains("HZ=1000: 59.999–64.297 s"),
+            "the band at HZ=1000"
+        );
+    }
+
+    #[test]
     fn a_mixed_trace_has_every_chart_and_the_report() {
         let agg0 = crate::analysis::report::tests::mixed();
         let mut agg = Aggregator::default();
