@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use twtrace::analysis::aggregate::{Aggregator, Report};
 use twtrace::analysis::html;
+use twtrace::analysis::report::ReportModel;
 use twtrace::host::sysctls::Sysctls;
 use twtrace::pipeline::filter::Filter;
 use twtrace::sink::tracefile::Reader;
@@ -108,10 +109,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
         }
         None => None,
     };
-    // The page's tables are the text report at a width that keeps every column.
-    let width = if html_out.is_some() { 150 } else { width };
     // Per host, what the page needs once every host has been read.
-    let mut pages: Vec<(String, String, Aggregator, html::Series, u64)> = Vec::new();
+    let mut pages: Vec<(String, ReportModel, Aggregator, html::Series, u64)> = Vec::new();
     let mut failed = Vec::new();
     // Host → its files, headers read. Events are streamed into the aggregator later, so a
     // report of a large recording needs the aggregator's memory, not the file's.
@@ -230,15 +229,16 @@ pub fn run(args: ReportArgs) -> Result<()> {
                 if cut_short == 1 { "" } else { "s" }
             );
         }
-        let report = Report::render(&agg, width);
         if html_out.is_some() {
+            // Every column (a page scrolls or wraps); the same rows as the text.
+            let report = Report::default_limits(width).model(&agg);
             pages.push((head, report, agg, series, h.hz));
             continue;
         }
         if i > 0 {
             println!();
         }
-        print!("{head}{report}");
+        print!("{head}{}", Report::render(&agg, width));
     }
     if let Some((path, file)) = html_out.as_mut() {
         let sections: Vec<html::HostSection> = pages

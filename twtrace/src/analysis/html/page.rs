@@ -1,8 +1,9 @@
 //! The HTML page: a section per host with its charts and the text report's tables, styled
 //! for a 1280 px browser window and for paper.
 
-use crate::analysis::aggregate::Aggregator;
+use crate::analysis::aggregate::{Aggregator, BINS};
 use crate::analysis::html::{charts, series::Series};
+use crate::analysis::report::{ReportModel, ReportTable};
 use crate::experiments::verify::Wheel;
 use crate::sink::format::rfc3339_micros;
 use anyhow::Result;
@@ -17,8 +18,8 @@ pub const CHARTS_PER_HOST: usize = 5;
 pub struct HostSection<'a> {
     /// The lines the text report prints above the tables (title, notes).
     pub head: String,
-    /// The text report of `agg` (the same numbers as `twtrace report`).
-    pub report: String,
+    /// The report's content (what `twtrace report` prints, before layout).
+    pub report: ReportModel,
     pub agg: &'a Aggregator,
     pub series: &'a Series,
     /// The kernel's HZ as the trace's header says (for the timer-wheel band).
@@ -43,8 +44,16 @@ h3 { font-size: 17px; margin: 22px 0 6px; }
 figure.chart { margin: 14px 0; border: 1px solid #e3e3e3; border-radius: 4px; }
 figure.chart svg { display: block; width: 100%; height: auto; }
 figcaption { font-size: 13px; color: #555; padding: 4px 10px 8px; }
-pre.report { font: 12px/1.35 ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace;
-  background: #f7f7f7; border: 1px solid #e3e3e3; padding: 10px; overflow-x: auto; }
+ul.totals { list-style: none; padding: 0; margin: 6px 0; }
+ul.totals li.warn { color: #a00; font-weight: 600; }
+.table { overflow-x: auto; margin: 4px 0 10px; }
+table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { padding: 3px 8px; border-bottom: 1px solid #e6e6e6; text-align: left;
+  white-space: nowrap; }
+th { background: #f2f2f2; font-weight: 600; }
+th.r, td.r { text-align: right; }
+tbody tr:nth-child(even) { background: #fafafa; }
+p.more { color: #555; margin: 2px 0 10px; font-size: 13px; }
 @page { size: A4 landscape; margin: 12mm; }
 @media print {
   body { font-size: 10pt; }
@@ -54,8 +63,10 @@ pre.report { font: 12px/1.35 ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, 
     margin: 2mm auto; }
   section.host + section.host { break-before: page; page-break-before: always; }
   h2, h3 { break-after: avoid; page-break-after: avoid; }
-  pre.report { font-size: 7.5pt; white-space: pre-wrap; background: none; border: none;
-    overflow: visible; }
+  .table { overflow: visible; }
+  table { font-size: 7.5pt; }
+  th, td { padding: 1px 4px; white-space: normal; }
+  tr { break-inside: avoid; page-break-inside: avoid; }
 }
 "#;
 
@@ -192,10 +203,72 @@ fn host_section(out: &mut String, h: &HostSection) -> Result<()> {
             escape(&caption)
         );
     }
-    out.push_str("<h3>Tables (as <code>twtrace report</code> prints them)</h3>\n");
-    let _ = writeln!(out, "<pre class=\"report\">{}</pre>", escape(&h.report));
+    report_tables(out, &h.report);
     out.push_str("</section>\n");
     Ok(())
+}
+
+/// The report's totals and tables (the same cells `twtrace report` prints, uncut).
+fn report_tables(out: &mut String, m: &ReportModel) {
+    out.push_str("<h3>Totals</h3>\n<ul class=\"totals\">\n");
+    for l in &m.totals {
+        let class = if l.starts_with("WARNING") {
+            " class=\"warn\""
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "<li{class}>{}</li>", escape(l));
+    }
+    out.push_str("</ul>\n");
+    for t in &m.tables {
+        html_table(out, t);
+    }
+    let _ = writeln!(out, "<h3>{}</h3>", escape(&m.lifetime));
+    let (Some(first), Some(last)) = (
+        m.bins.iter().position(|&n| n > 0),
+        m.bins.iter().rposition(|&n| n > 0),
+    ) else {
+        out.push_str("<p class=\"more\">(no exits with a known lifetime)</p>\n");
+        return;
+    };
+    out.push_str("<div class=\"table\"><table class=\"bins\">\n<thead><tr><th>LIFETIME</th>");
+    for b in &BINS[first..=last] {
+        let _ = write!(out, "<th class=\"r\">{}</th>", escape(b.1));
+    }
+    out.push_str("</tr></thead>\n<tbody><tr><td>exits</td>");
+    for n in &m.bins[first..=last] {
+        let _ = write!(out, "<td class=\"r\">{n}</td>");
+    }
+    out.push_str("</tr></tbody>\n</table></div>\n");
+}
+
+fn html_table(out: &mut String, t: &ReportTable) {
+    let _ = writeln!(out, "<h3>{}</h3>", escape(&t.title));
+    out.push_str("<div class=\"table\"><table>\n<thead><tr>");
+    for c in t.cols {
+        let _ = write!(out, "<th{}>{}</th>", align(c.right), escape(c.title));
+    }
+    out.push_str("</tr></thead>\n<tbody>\n");
+    for r in &t.rows {
+        out.push_str("<tr>");
+        for (c, v) in t.cols.iter().zip(r) {
+            let _ = write!(out, "<td{}>{}</td>", align(c.right), escape(v));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</tbody>\n</table></div>\n");
+    if let Some(more) = &t.more {
+        let _ = writeln!(out, "<p class=\"more\">{}</p>", escape(more));
+    }
+}
+
+/// The class of a right-aligned (numeric) column's cells.
+fn align(right: bool) -> &'static str {
+    if right {
+        " class=\"r\""
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]
@@ -206,7 +279,7 @@ mod tests {
     fn section<'a>(agg: &'a Aggregator, series: &'a Series, hz: u64) -> HostSection<'a> {
         HostSection {
             head: "host <x> (kernel 6.1, HZ 250): 1 file, 0 events\nnote: a & b".into(),
-            report: Report::render(agg, 150),
+            report: Report::default_limits(150).model(agg),
             agg,
             series,
             hz,
@@ -264,6 +337,22 @@ mod tests {
         assert_eq!(p.matches("<svg").count(), CHARTS_PER_HOST);
         let first = text.lines().next().unwrap();
         assert!(p.contains(&escape(first)), "{first}");
+        // Every row of the text's tables is a row of the page's (cells uncut, whole).
+        let m = Report::default_limits(150).model(&agg);
+        assert_eq!(m.tables.len(), 3);
+        for t in &m.tables {
+            assert!(p.contains(&escape(&t.title)), "{}", t.title);
+            assert!(!t.rows.is_empty(), "{}", t.title);
+            for r in &t.rows {
+                let cells: String = r
+                    .iter()
+                    .zip(t.cols)
+                    .map(|(v, c)| format!("<td{}>{}</td>", align(c.right), escape(v)))
+                    .collect();
+                assert!(p.contains(&format!("<tr>{cells}</tr>")), "{cells}");
+            }
+        }
+        assert!(p.contains(&escape(&m.lifetime)));
         assert!(p.contains("exit: expired"));
         assert!(
             p.contains("timer-wheel band at HZ=250: 59.996–62.252 s"),
