@@ -27,7 +27,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install the build dependencies that are missing (idempotent).
-    Setup,
+    Setup {
+        /// Install only the headless browser the HTML report's test renders pages with
+        /// (Debian's chromium): the test calls this itself, so nobody pays for it otherwise.
+        #[arg(long)]
+        browser: bool,
+    },
     /// Set up, then build the release binary with the kernel object embedded.
     Build,
     /// Build, then run twtrace as root with the given arguments.
@@ -102,7 +107,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Setup => setup(),
+        Cmd::Setup { browser: false } => setup(),
+        Cmd::Setup { browser: true } => setup_browser(),
         Cmd::Build => setup().and_then(|_| build()),
         Cmd::Run { args } => setup().and_then(|_| build()).and_then(|_| run(&args)),
         Cmd::Test { no_vm, args } => setup().and_then(|_| test(&args, no_vm)),
@@ -228,6 +234,29 @@ fn setup() -> Result<()> {
         let _ = sh(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]));
     }
     eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+/// Debian's chromium, for `twtrace/tests/html_report.rs` (headless: --screenshot, --dump-dom).
+/// Kept out of [`PACKAGES`]: ~300 MB that only that test needs.
+fn setup_browser() -> Result<()> {
+    const BROWSER: &str = "chromium";
+    if installed(BROWSER) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "installing {BROWSER} needs root. Run:\n  sudo apt-get update && sudo apt-get install -y \
+             --no-install-recommends {BROWSER}"
+        );
+    }
+    let t0 = std::time::Instant::now();
+    eprintln!("xtask: installing {BROWSER} (the HTML report's test renders with it)");
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", BROWSER])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    eprintln!("xtask: {BROWSER} installed in {:.1?}", t0.elapsed());
     Ok(())
 }
 

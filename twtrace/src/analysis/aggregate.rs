@@ -546,6 +546,11 @@ impl Aggregator {
         }
     }
 
+    /// The peer row a socket's events are booked on (what the report's per-peer table shows).
+    pub fn peer_key(&self, sock: &Sock) -> PeerKey {
+        self.client_or_server(sock)
+    }
+
     fn client_or_server(&self, sock: &Sock) -> PeerKey {
         PeerKey::of(sock, side_of(sock, self.range_of(sock.netns)))
     }

@@ -5,5 +5,6 @@ pub mod aggregate;
 pub mod census;
 pub mod forecast;
 pub mod hist;
+pub mod html;
 pub mod report;
 pub mod rows;

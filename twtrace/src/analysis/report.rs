@@ -118,147 +118,210 @@ pub struct Report {
     pub max_procs: usize,
 }
 
+/// One table of the report: its title line, columns, rows of cells (whole, not yet cut to
+/// a column's width), and the line about the rows left out.
+#[derive(Clone, Debug)]
+pub struct ReportTable {
+    pub title: String,
+    pub cols: &'static [Col],
+    pub rows: Vec<Vec<String>>,
+    pub more: Option<String>,
+}
+
+/// The report's content before layout: what the text report prints and the HTML page shows
+/// as tables, so that both have the same numbers.
+#[derive(Clone, Debug)]
+pub struct ReportModel {
+    /// Event and exit counts, then the warnings that qualify every number below.
+    pub totals: Vec<String>,
+    /// Per network namespace, per peer, per process, and per workload where events named any.
+    pub tables: Vec<ReportTable>,
+    /// "Lifetime of N exits: min … median … p99 … max …".
+    pub lifetime: String,
+    /// All exits per display bin.
+    pub bins: [u64; N_BINS],
+}
+
 impl Report {
     /// The report with the default row limits (50 peers, 20 processes).
     pub fn render(agg: &Aggregator, width: usize) -> String {
+        Report::default_limits(width).render_with(agg)
+    }
+
+    /// The default row limits (50 peers, 20 processes) at `width`.
+    pub fn default_limits(width: usize) -> Report {
         Report {
             width,
             max_peers: 50,
             max_procs: 20,
         }
-        .render_with(agg)
+    }
+
+    /// The report's content (row limits apply; the width does not).
+    pub fn model(&self, agg: &Aggregator) -> ReportModel {
+        let t = agg.totals();
+        let h = &t.lifetime;
+        ReportModel {
+            totals: totals_lines(agg),
+            tables: [
+                Some(netns_table(agg)),
+                Some(peer_table(agg, self.max_peers)),
+                Some(process_table(agg, self.max_procs)),
+                workload_table(agg, self.max_procs),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            lifetime: format!(
+                "Lifetime of {} exits: min {} median {} p99 {} max {}",
+                h.count(),
+                fmt_opt_ms(h.min()),
+                fmt_opt_ms(h.median()),
+                fmt_opt_ms(h.quantile(0.99)),
+                fmt_opt_ms(h.max())
+            ),
+            bins: t.bins,
+        }
     }
 
     pub fn render_with(&self, agg: &Aggregator) -> String {
         let w = self.width.max(40);
+        let m = self.model(agg);
         let mut out = String::new();
-        totals_section(&mut out, agg);
-        netns_section(&mut out, agg, w);
-        peer_section(&mut out, agg, w, self.max_peers);
-        process_section(&mut out, agg, w, self.max_procs);
-        workload_section(&mut out, agg, w, self.max_procs);
-        lifetime_section(&mut out, agg, w);
+        for l in &m.totals {
+            let _ = writeln!(out, "{l}");
+        }
+        for t in &m.tables {
+            let _ = writeln!(out, "\n{}", t.title);
+            let table = Table::new(t.cols, w, "  ");
+            table.header(&mut out);
+            for r in &t.rows {
+                table.row(&mut out, r);
+            }
+            if let Some(more) = &t.more {
+                let _ = writeln!(out, "  {more}");
+            }
+        }
+        let _ = writeln!(out, "\n{}", m.lifetime);
+        out.push_str(&text_histogram(&m.bins, w, "  "));
         out
     }
 }
 
 /// Event and exit counts, then the warnings that qualify every number below.
-fn totals_section(out: &mut String, agg: &Aggregator) {
+fn totals_lines(agg: &Aggregator) -> Vec<String> {
     let t = agg.totals();
     let entered: u64 = agg.netns().map(|n| n.entries).sum();
     let found: u64 = agg.netns().map(|n| n.snapshot).sum();
-    let _ = writeln!(
-        out,
-        "{} events over {}",
-        t.events,
-        short_duration(agg.span_s())
-    );
-    let _ = writeln!(
-        out,
-        "entered TIME_WAIT: {entered} (+{found} there when tracing began)"
-    );
-    let _ = writeln!(
-        out,
-        "exits: {} {}",
-        t.exits.iter().sum::<u64>(),
-        reasons_text(&t.exits, false)
-    );
+    let mut out = vec![
+        format!("{} events over {}", t.events, short_duration(agg.span_s())),
+        format!("entered TIME_WAIT: {entered} (+{found} there when tracing began)"),
+        format!(
+            "exits: {} {}",
+            t.exits.iter().sum::<u64>(),
+            reasons_text(&t.exits, false)
+        ),
+    ];
     if t.lost > 0 {
-        let _ = writeln!(
-            out,
+        out.push(format!(
             "WARNING: {} events lost in the kernel (ring buffer full): counts are low",
             t.lost
-        );
+        ));
     }
     if t.peers_evicted > 0 || t.procs_evicted > 0 {
-        let _ = writeln!(
-            out,
+        out.push(format!(
             "note: {} peer and {} process rows evicted to bound memory",
             t.peers_evicted, t.procs_evicted
-        );
-        out.push_str("      (their events are in the totals)\n");
+        ));
+        out.push("      (their events are in the totals)".into());
     }
     if t.stale_cleared > 0 {
-        let _ = writeln!(
-            out,
+        out.push(format!(
             "note: {} sockets never seen leaving (lost events?) cleared",
             t.stale_cleared
-        );
+        ));
     }
+    out
 }
+
+const NETNS_COLS: [Col; 12] = [
+    Col::new("NETNS", 10, true, 0),
+    Col::new("ENTERED", 8, true, 0),
+    Col::new("EXITS", 7, true, 1),
+    Col::new("MIN", 7, true, 4),
+    Col::new("MEDIAN", 7, true, 2),
+    Col::new("P99", 7, true, 3),
+    Col::new("MAX", 7, true, 2),
+    Col::new("OVERFLOW", 8, true, 5),
+    Col::new("ABORTS", 7, true, 6),
+    Col::new("CONNFAIL", 8, true, 5),
+    Col::new("PAWS", 6, true, 7),
+    Col::new("EXITS BY REASON", 40, false, 8),
+];
 
 /// One row per network namespace, most entries first.
-fn netns_section(out: &mut String, agg: &Aggregator, w: usize) {
-    out.push_str("\nPer network namespace\n");
-    let cols = [
-        Col::new("NETNS", 10, true, 0),
-        Col::new("ENTERED", 8, true, 0),
-        Col::new("EXITS", 7, true, 1),
-        Col::new("MIN", 7, true, 4),
-        Col::new("MEDIAN", 7, true, 2),
-        Col::new("P99", 7, true, 3),
-        Col::new("MAX", 7, true, 2),
-        Col::new("OVERFLOW", 8, true, 5),
-        Col::new("ABORTS", 7, true, 6),
-        Col::new("CONNFAIL", 8, true, 5),
-        Col::new("PAWS", 6, true, 7),
-        Col::new("EXITS BY REASON", 40, false, 8),
-    ];
-    let table = Table::new(&cols, w, "  ");
-    table.header(out);
+fn netns_table(agg: &Aggregator) -> ReportTable {
     let mut ns: Vec<&NetnsStats> = agg.netns().collect();
     ns.sort_by_key(|n| (Reverse(n.entries + n.snapshot), n.netns));
-    for n in ns {
-        let h = &n.lifetime;
-        let cells = [
-            n.netns.to_string(),
-            fmt_count(n.entries + n.snapshot),
-            fmt_count(n.exits.iter().sum()),
-            fmt_opt_ms(h.min()),
-            fmt_opt_ms(h.median()),
-            fmt_opt_ms(h.quantile(0.99)),
-            fmt_opt_ms(h.max()),
-            fmt_count(n.overflow),
-            fmt_count(n.aborts),
-            fmt_count(n.connect_fail),
-            fmt_count(n.paws),
-            reasons_text(&n.exits, false),
-        ];
-        table.row(out, &cells);
+    let rows = ns
+        .into_iter()
+        .map(|n| {
+            let h = &n.lifetime;
+            vec![
+                n.netns.to_string(),
+                fmt_count(n.entries + n.snapshot),
+                fmt_count(n.exits.iter().sum()),
+                fmt_opt_ms(h.min()),
+                fmt_opt_ms(h.median()),
+                fmt_opt_ms(h.quantile(0.99)),
+                fmt_opt_ms(h.max()),
+                fmt_count(n.overflow),
+                fmt_count(n.aborts),
+                fmt_count(n.connect_fail),
+                fmt_count(n.paws),
+                reasons_text(&n.exits, false),
+            ]
+        })
+        .collect();
+    ReportTable {
+        title: "Per network namespace".into(),
+        cols: &NETNS_COLS,
+        rows,
+        more: None,
     }
 }
 
-/// The `max_peers` busiest peer rows, the rest summed in one line.
-fn peer_section(out: &mut String, agg: &Aggregator, w: usize, max_peers: usize) {
-    let _ = writeln!(
-        out,
-        "\nPer peer ({} rows; REMOTE addr:* = clients of a LOCAL service)",
-        agg.peer_count()
-    );
-    // The WORKLOAD column only where events named workloads (older traces have none).
-    let named = agg.peers().any(|p| p.workload.is_some());
-    let mut cols = vec![Col::new("NETNS", 10, true, 6)];
-    if named {
-        cols.push(Col::new("WORKLOAD", 16, false, 5));
+const PEER_COLS: [Col; 15] = [
+    Col::new("NETNS", 10, true, 6),
+    Col::new("LOCAL", 21, false, 1),
+    Col::new("REMOTE", 23, false, 0),
+    Col::new("COUNT", 7, true, 0),
+    Col::new("MIN", 7, true, 4),
+    Col::new("MEDIAN", 7, true, 2),
+    Col::new("P99", 7, true, 3),
+    Col::new("MAX", 7, true, 2),
+    Col::new("REUSED", 6, true, 5),
+    Col::new("MINAGE", 7, true, 5),
+    Col::new("OVFL", 5, true, 7),
+    Col::new("ABORT", 5, true, 7),
+    Col::new("CFAIL", 5, true, 7),
+    Col::new("PAWS", 5, true, 8),
+    Col::new("EXITS BY REASON", 34, false, 9),
+];
+
+/// [`PEER_COLS`] with WORKLOAD after NETNS, for events that named workloads.
+const PEER_COLS_WL: [Col; 16] = {
+    let mut c = [Col::new("WORKLOAD", 16, false, 5); 16];
+    let mut i = 0;
+    while i < PEER_COLS.len() {
+        c[if i == 0 { 0 } else { i + 1 }] = PEER_COLS[i];
+        i += 1;
     }
-    cols.extend([
-        Col::new("LOCAL", 21, false, 1),
-        Col::new("REMOTE", 23, false, 0),
-        Col::new("COUNT", 7, true, 0),
-        Col::new("MIN", 7, true, 4),
-        Col::new("MEDIAN", 7, true, 2),
-        Col::new("P99", 7, true, 3),
-        Col::new("MAX", 7, true, 2),
-        Col::new("REUSED", 6, true, 5),
-        Col::new("MINAGE", 7, true, 5),
-        Col::new("OVFL", 5, true, 7),
-        Col::new("ABORT", 5, true, 7),
-        Col::new("CFAIL", 5, true, 7),
-        Col::new("PAWS", 5, true, 8),
-        Col::new("EXITS BY REASON", 34, false, 9),
-    ]);
-    let table = Table::new(&cols, w, "  ");
-    table.header(out);
+    c
+};
+
+/// The `max_peers` busiest peer rows, the rest summed in one line.
+fn peer_table(agg: &Aggregator, max_peers: usize) -> ReportTable {
     let mut peers: Vec<&Peer> = agg.peers().collect();
     peers.sort_by_key(|p| {
         (
@@ -267,58 +330,67 @@ fn peer_section(out: &mut String, agg: &Aggregator, w: usize, max_peers: usize) 
             p.key,
         )
     });
-    for p in peers.iter().take(max_peers) {
-        let h = &p.lifetime;
-        let mut cells = vec![p.key.netns.to_string()];
-        if named {
-            cells.push(workload_cell(&p.workload));
-        }
-        cells.extend([
-            p.key.local(),
-            p.key.remote(),
-            fmt_count(p.entries + p.snapshot),
-            fmt_opt_ms(h.min()),
-            fmt_opt_ms(h.median()),
-            fmt_opt_ms(h.quantile(0.99)),
-            fmt_opt_ms(h.max()),
-            fmt_count(p.exits_by(ExitReason::Reused)),
-            fmt_opt_ms(p.reuse_min_age_ms),
-            fmt_count(p.overflow),
-            fmt_count(p.aborts),
-            fmt_count(p.connect_fail),
-            fmt_count(p.paws),
-            p.exits_text(),
-        ]);
-        table.row(out, &cells);
-    }
-    if peers.len() > max_peers {
+    // The WORKLOAD column only where events named workloads (older traces have none).
+    let named = agg.peers().any(|p| p.workload.is_some());
+    let rows = peers
+        .iter()
+        .take(max_peers)
+        .map(|p| {
+            let h = &p.lifetime;
+            let mut cells = vec![
+                p.key.netns.to_string(),
+                p.key.local(),
+                p.key.remote(),
+                fmt_count(p.entries + p.snapshot),
+                fmt_opt_ms(h.min()),
+                fmt_opt_ms(h.median()),
+                fmt_opt_ms(h.quantile(0.99)),
+                fmt_opt_ms(h.max()),
+                fmt_count(p.exits_by(ExitReason::Reused)),
+                fmt_opt_ms(p.reuse_min_age_ms),
+                fmt_count(p.overflow),
+                fmt_count(p.aborts),
+                fmt_count(p.connect_fail),
+                fmt_count(p.paws),
+                p.exits_text(),
+            ];
+            if named {
+                cells.insert(1, workload_cell(&p.workload));
+            }
+            cells
+        })
+        .collect();
+    let more = (peers.len() > max_peers).then(|| {
         let rest = &peers[max_peers..];
-        let _ = writeln!(
-            out,
-            "  … {} more peers with {} entries",
+        format!(
+            "… {} more peers with {} entries",
             rest.len(),
             rest.iter().map(|p| p.entries + p.snapshot).sum::<u64>()
-        );
+        )
+    });
+    ReportTable {
+        title: format!(
+            "Per peer ({} rows; REMOTE addr:* = clients of a LOCAL service)",
+            agg.peer_count()
+        ),
+        cols: if named { &PEER_COLS_WL } else { &PEER_COLS },
+        rows,
+        more,
     }
 }
 
+const PROCESS_COLS: [Col; 7] = [
+    Col::new("PID", 8, true, 0),
+    Col::new("COMM", 16, false, 0),
+    Col::new("CLOSED", 8, true, 0),
+    Col::new("REUSED", 8, true, 1),
+    Col::new("CONNFAIL", 8, true, 1),
+    Col::new("ABORTS", 8, true, 2),
+    Col::new("WORKLOAD", 16, false, 1),
+];
+
 /// The `max_procs` busiest processes.
-fn process_section(out: &mut String, agg: &Aggregator, w: usize, max_procs: usize) {
-    out.push_str("\nPer process\n");
-    let named = agg.processes().any(|p| p.workload.is_some());
-    let mut cols = vec![
-        Col::new("PID", 8, true, 0),
-        Col::new("COMM", 16, false, 0),
-        Col::new("CLOSED", 8, true, 0),
-        Col::new("REUSED", 8, true, 1),
-        Col::new("CONNFAIL", 8, true, 1),
-        Col::new("ABORTS", 8, true, 2),
-    ];
-    if named {
-        cols.push(Col::new("WORKLOAD", 16, false, 1));
-    }
-    let table = Table::new(&cols, w, "  ");
-    table.header(out);
+fn process_table(agg: &Aggregator, max_procs: usize) -> ReportTable {
     let mut procs: Vec<&ProcStats> = agg.processes().collect();
     procs.sort_by_key(|p| {
         (
@@ -326,22 +398,33 @@ fn process_section(out: &mut String, agg: &Aggregator, w: usize, max_procs: usiz
             p.pid,
         )
     });
-    for p in procs.iter().take(max_procs) {
-        let mut cells = vec![
-            p.pid.to_string(),
-            p.comm.clone(),
-            fmt_count(p.closes),
-            fmt_count(p.reuses),
-            fmt_count(p.connect_fail),
-            fmt_count(p.aborts),
-        ];
-        if named {
-            cells.push(workload_cell(&p.workload));
-        }
-        table.row(out, &cells);
-    }
-    if procs.len() > max_procs {
-        let _ = writeln!(out, "  … {} more processes", procs.len() - max_procs);
+    // The WORKLOAD column (the last) only where events named workloads.
+    let named = agg.processes().any(|p| p.workload.is_some());
+    let rows = procs
+        .iter()
+        .take(max_procs)
+        .map(|p| {
+            let mut cells = vec![
+                p.pid.to_string(),
+                p.comm.clone(),
+                fmt_count(p.closes),
+                fmt_count(p.reuses),
+                fmt_count(p.connect_fail),
+                fmt_count(p.aborts),
+            ];
+            if named {
+                cells.push(workload_cell(&p.workload));
+            }
+            cells
+        })
+        .collect();
+    let n = PROCESS_COLS.len() - usize::from(!named);
+    ReportTable {
+        title: "Per process".into(),
+        cols: &PROCESS_COLS[..n],
+        rows,
+        more: (procs.len() > max_procs)
+            .then(|| format!("… {} more processes", procs.len() - max_procs)),
     }
 }
 
@@ -350,74 +433,63 @@ fn workload_cell(w: &Option<std::sync::Arc<Workload>>) -> String {
     w.as_ref().map_or_else(|| "-".to_string(), |w| w.short())
 }
 
+const WORKLOAD_COLS: [Col; 11] = [
+    Col::new("WORKLOAD", 16, false, 0),
+    Col::new("IN TW", 7, true, 0),
+    Col::new("ENTRIES", 8, true, 0),
+    Col::new("EXITS", 8, true, 1),
+    Col::new("CFAIL", 6, true, 1),
+    Col::new("BFAIL", 6, true, 1),
+    Col::new("OVFL", 6, true, 2),
+    Col::new("POD", 28, false, 2),
+    Col::new("QOS", 10, false, 4),
+    Col::new("CONTAINER", 12, false, 3),
+    Col::new("CGROUP", 60, false, 5),
+];
+
 /// The busiest workloads (cgroups), when the events named any: what their sockets did, with
 /// the pod and container each is.
-fn workload_section(out: &mut String, agg: &Aggregator, w: usize, max_rows: usize) {
+fn workload_table(agg: &Aggregator, max_rows: usize) -> Option<ReportTable> {
     let mut rows: Vec<&WorkloadStats> = agg.workloads().collect();
     if rows.is_empty() {
-        return;
+        return None;
     }
-    out.push_str("\nPer workload (cgroup)\n");
-    let cols = [
-        Col::new("WORKLOAD", 16, false, 0),
-        Col::new("IN TW", 7, true, 0),
-        Col::new("ENTRIES", 8, true, 0),
-        Col::new("EXITS", 8, true, 1),
-        Col::new("CFAIL", 6, true, 1),
-        Col::new("BFAIL", 6, true, 1),
-        Col::new("OVFL", 6, true, 2),
-        Col::new("POD", 28, false, 2),
-        Col::new("QOS", 10, false, 4),
-        Col::new("CONTAINER", 12, false, 3),
-        Col::new("CGROUP", 60, false, 5),
-    ];
-    let table = Table::new(&cols, w, "  ");
-    table.header(out);
     rows.sort_by_key(|r| {
         (
             Reverse(r.entries + r.connect_fail + r.bind_fail + r.overflow),
             r.workload.cgroup_id,
         )
     });
-    for r in rows.iter().take(max_rows) {
-        let wl = &r.workload;
-        let opt = |v: Option<&str>| v.unwrap_or("-").to_string();
-        let cells = [
-            wl.short(),
-            fmt_count(r.timewait[0] + r.timewait[1]),
-            fmt_count(r.entries),
-            fmt_count(r.exits.iter().sum()),
-            fmt_count(r.connect_fail),
-            fmt_count(r.bind_fail),
-            fmt_count(r.overflow),
-            opt(wl.pod.as_deref()),
-            opt(wl.qos),
-            opt(wl.container_id.as_deref().map(|c| c.get(..12).unwrap_or(c))),
-            wl.path
-                .clone()
-                .unwrap_or_else(|| format!("unknown (cgroup id {})", wl.cgroup_id)),
-        ];
-        table.row(out, &cells);
-    }
-    if rows.len() > max_rows {
-        let _ = writeln!(out, "  … {} more workloads", rows.len() - max_rows);
-    }
-}
-
-/// Lifetime quantiles of every exit and their histogram.
-fn lifetime_section(out: &mut String, agg: &Aggregator, w: usize) {
-    let t = agg.totals();
-    let h = &t.lifetime;
-    let _ = writeln!(
-        out,
-        "\nLifetime of {} exits: min {} median {} p99 {} max {}",
-        h.count(),
-        fmt_opt_ms(h.min()),
-        fmt_opt_ms(h.median()),
-        fmt_opt_ms(h.quantile(0.99)),
-        fmt_opt_ms(h.max())
-    );
-    out.push_str(&text_histogram(&t.bins, w, "  "));
+    let cells = rows
+        .iter()
+        .take(max_rows)
+        .map(|r| {
+            let wl = &r.workload;
+            let opt = |v: Option<&str>| v.unwrap_or("-").to_string();
+            vec![
+                wl.short(),
+                fmt_count(r.timewait[0] + r.timewait[1]),
+                fmt_count(r.entries),
+                fmt_count(r.exits.iter().sum()),
+                fmt_count(r.connect_fail),
+                fmt_count(r.bind_fail),
+                fmt_count(r.overflow),
+                opt(wl.pod.as_deref()),
+                opt(wl.qos),
+                opt(wl.container_id.as_deref().map(|c| c.get(..12).unwrap_or(c))),
+                wl.path
+                    .clone()
+                    .unwrap_or_else(|| format!("unknown (cgroup id {})", wl.cgroup_id)),
+            ]
+        })
+        .collect();
+    Some(ReportTable {
+        title: "Per workload (cgroup)".into(),
+        cols: &WORKLOAD_COLS,
+        rows: cells,
+        more: (rows.len() > max_rows)
+            .then(|| format!("… {} more workloads", rows.len() - max_rows)),
+    })
 }
 
 /// The compact periodic summary of `--summary-every`: a totals line and the top `n` client
