@@ -390,10 +390,14 @@ fn a_port(text: &str) -> u16 {
 fn a_addr_str(text: &str) -> String {
     let mut lines = text.lines().skip_while(|l| !l.starts_with("Per peer"));
     lines.next();
-    lines.next(); // the header
+    // The REMOTE column's place, from the header (a WORKLOAD column comes and goes).
+    let at = lines
+        .next()
+        .and_then(|h| h.split_whitespace().position(|c| c == "REMOTE"))
+        .unwrap_or(2);
     lines
         .next()
-        .and_then(|row| row.split_whitespace().nth(2))
+        .and_then(|row| row.split_whitespace().nth(at))
         .unwrap_or_default()
         .to_string()
 }
