@@ -10,7 +10,7 @@ use crate::correlate::{
     LAST_BIRTH, LAST_CANCEL,
 };
 use crate::record::{
-    reserve, submit, fill_conf, fill_sock, fill_tw, flow_key, hot, load, net_of, set_current, sock_key,
+    reserve, submit, fill_conf, fill_sock, fill_tw, flow_key, hot, load, set_current, sock_key,
 };
 use crate::CONFIG;
 
@@ -59,12 +59,11 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
         let tw = timer - cfg.tw_timer as u64;
         if let Some(mut entry) = reserve() {
             let r = entry.as_mut_ptr();
-            fill_tw(&cfg, tw, k, r);
+            let net = fill_tw(&cfg, tw, k, r);
             set_current(r);
             if k == kind::TIMER_START {
                 on_start(tw, seq, r);
             } else if k == kind::TIMER_CANCEL {
-                let net = net_of(&cfg, tw);
                 (*r).flags |= cancel_flags(&cfg, net, &*r);
                 if (*r).flags & flags::IN_CONNECT != 0 {
                     // A reuse: the settings connect() applied to it.
