@@ -473,39 +473,39 @@ pub unsafe fn flow_key(r: *const TwRecord) -> FlowKey {
 
 /// [`sock_key`] (not `full`) of the tracepoint's own BTF-typed `struct sock *` argument, with
 /// direct loads (see [`load`]) instead of ~7 helper calls; IPv6 addresses still go through
-/// the helper.
+/// the helper. Written into the caller's `key` (every field), not returned: a returned key is
+/// copied through a `memcpy` subprogram, whose frame Debian's 6.1 adds to the program's
+/// 512-byte stack (it refused inet_sock_set_state at 544).
 #[inline(always)]
-pub unsafe fn sock_key_arg(cfg: &Config, sk: u64) -> (FlowKey, bool) {
+pub unsafe fn sock_key_arg(cfg: &Config, sk: u64, key: *mut FlowKey) -> bool {
     let family: u16 = load(sk, cfg.skc_family);
     let net: u64 = load(sk, cfg.skc_net);
-    let mut key = FlowKey {
-        netns: if net != 0 { load(net, cfg.net_ns_inum) } else { 0 },
-        family: family as u8 as u16,
-        lport: load(sk, cfg.skc_num),
-        rport: u16::from_be(load(sk, cfg.skc_dport)),
-        _pad: 0,
-        laddr: [0; 16],
-        raddr: [0; 16],
-    };
+    (*key).netns = if net != 0 { load(net, cfg.net_ns_inum) } else { 0 };
+    (*key).family = family as u8 as u16;
+    (*key).lport = load(sk, cfg.skc_num);
+    (*key).rport = u16::from_be(load(sk, cfg.skc_dport));
+    (*key)._pad = 0;
+    (*key).laddr = [0; 16];
+    (*key).raddr = [0; 16];
     let mut ok = true;
     if family as u8 == AF_INET6 {
         ok &= bpf_probe_read_kernel_buf(
             (sk + cfg.skc_v6_rcv_saddr as u64) as *const u8,
-            &mut key.laddr,
+            &mut (*key).laddr,
         )
         .is_ok();
         ok &= bpf_probe_read_kernel_buf(
             (sk + cfg.skc_v6_daddr as u64) as *const u8,
-            &mut key.raddr,
+            &mut (*key).raddr,
         )
         .is_ok();
     } else {
         let l: u32 = load(sk, cfg.skc_rcv_saddr);
         let d: u32 = load(sk, cfg.skc_daddr);
-        ((&raw mut key.laddr) as *mut [u8; 4]).write(l.to_ne_bytes());
-        ((&raw mut key.raddr) as *mut [u8; 4]).write(d.to_ne_bytes());
+        ((&raw mut (*key).laddr) as *mut [u8; 4]).write(l.to_ne_bytes());
+        ((&raw mut (*key).raddr) as *mut [u8; 4]).write(d.to_ne_bytes());
     }
-    (key, ok && family != 0 && net != 0)
+    ok && family != 0 && net != 0
 }
 
 /// The tuple key of a socket, read onto the stack (for map lookups, no record sent), and

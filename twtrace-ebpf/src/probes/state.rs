@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use twtrace_common::{
-    counter, flags, kind, Closer, Config, Connecting, NO_FIELD, TCP_CLOSE, TCP_CLOSING,
+    counter, flags, kind, Closer, Config, Connecting, FlowKey, NO_FIELD, TCP_CLOSE, TCP_CLOSING,
     TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_SYN_SENT,
 };
 
@@ -68,7 +68,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 unsafe fn on_close(cfg: &Config, sk: u64) {
-    let (key, ok) = sock_key_arg(cfg, sk);
+    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
+    let ok = sock_key_arg(cfg, sk, slot.as_mut_ptr());
+    let key = slot.assume_init_ref();
     if !ok {
         bump(counter::READ_ERRORS);
         return;
@@ -79,12 +81,14 @@ unsafe fn on_close(cfg: &Config, sk: u64) {
         _pad: 0,
         cgroup: sock_cgroup_arg(cfg, sk),
     };
-    let _ = CLOSERS.insert(&key, &closer, 0);
+    let _ = CLOSERS.insert(key, &closer, 0);
 }
 
 #[inline(always)]
 unsafe fn on_connect(cfg: &Config, sk: u64) {
-    let (key, _) = sock_key_arg(cfg, sk);
+    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
+    sock_key_arg(cfg, sk, slot.as_mut_ptr());
+    let key = slot.assume_init_ref();
     if key.lport != 0 {
         // Bound before connect(): this process draws from the namespace's one shared pool.
         bound_connect(cfg, sk);
