@@ -64,7 +64,7 @@ pub fn enters(ev: &[Event]) -> Vec<Enter> {
                 timeout_ms: *timeout_ms,
                 snapshot: *snapshot,
                 age_ms: *age_ms,
-                comm: task.as_ref().map(|t| t.comm.clone()),
+                comm: task.as_ref().map(|t| t.comm.to_string()),
             }),
             _ => None,
         })

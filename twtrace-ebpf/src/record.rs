@@ -9,7 +9,8 @@ use twtrace_common::{
     counter, flags, netconf, Config, FlowKey, NetConf, TwRecord, AF_INET6, NO_FIELD,
 };
 
-use aya_ebpf::maps::ring_buf::RingBufEntry;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{ring_buf::RingBufEntry, PerCpuArray};
 
 use crate::{COUNTERS, EVENTS};
 
@@ -59,6 +60,17 @@ pub fn bump(idx: u32) {
 #[inline(always)]
 pub unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
     bpf_probe_read_kernel((base + off as u64) as *const T)
+}
+
+/// A scalar field (1, 2, 4 or 8 bytes) of a BTF-typed tracepoint argument (a `tp_btf`
+/// program's own pointer argument, not one derived from it by arithmetic or read from
+/// memory), loaded directly instead of through the `bpf_probe_read_kernel` helper: a plain
+/// load the JIT guards against faults, several times cheaper than a helper call. The verifier
+/// checks the field against the type's BTF, so `off` must be a constant it knows: a `CONFIG`
+/// field (`.rodata`, frozen by the loader, so its loads are constants to the verifier).
+#[inline(always)]
+pub unsafe fn load<T>(arg: u64, off: u32) -> T {
+    core::ptr::read_volatile((arg + off as u64) as *const T)
 }
 
 /// One field of CONFIG, read alone (volatile like `Global::load`, but 4–8 bytes instead of
@@ -157,6 +169,24 @@ pub unsafe fn sock_cgroup(cfg: &Config, sk: u64) -> u64 {
     read(kn, cfg.kn_id).unwrap_or(0)
 }
 
+/// [`sock_cgroup`] of the tracepoint's own BTF-typed `struct sock *` argument: every step
+/// loaded directly (see [`load`]; the pointers read on the way are BTF-typed too).
+#[inline(always)]
+pub unsafe fn sock_cgroup_arg(cfg: &Config, sk: u64) -> u64 {
+    if cfg.sock_cgroup == NO_FIELD || cfg.cgroup_kn == NO_FIELD || cfg.kn_id == NO_FIELD {
+        return 0;
+    }
+    let cgrp: u64 = load(sk, cfg.sock_cgroup);
+    if cgrp == 0 {
+        return 0;
+    }
+    let kn: u64 = load(cgrp, cfg.cgroup_kn);
+    if kn == 0 {
+        return 0;
+    }
+    load(kn, cfg.kn_id)
+}
+
 /// The current task's network namespace (`struct net`; 0 if unknown).
 #[inline(always)]
 pub unsafe fn current_net(cfg: &Config) -> u64 {
@@ -171,10 +201,123 @@ pub unsafe fn current_net(cfg: &Config) -> u64 {
     read(nsproxy, cfg.nsproxy_net).unwrap_or(0)
 }
 
-/// Fills every field of `r` from the timewait socket `tw`. Every byte is written: ring buffer
-/// memory is not zeroed by the kernel.
+/// Bytes of a timewait socket [`fill_tw`] copies at once (`struct tcp_timewait_sock` is ~250
+/// bytes on the kernels of the matrix).
+const SNAP: usize = 512;
+
+/// Per CPU: a copy of the timewait socket being recorded (too large for the BPF stack).
+#[map]
+static TW_SNAP: PerCpuArray<[u8; SNAP]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A field of a [`TW_SNAP`] copy (0 past its end; the verifier needs the bound).
 #[inline(always)]
-pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) {
+unsafe fn at<T: Default>(buf: *const u8, off: u32) -> T {
+    if off as usize + core::mem::size_of::<T>() <= SNAP {
+        core::ptr::read_volatile(buf.add(off as usize) as *const T)
+    } else {
+        T::default()
+    }
+}
+
+/// How many bytes from a timewait socket's start cover every field `fill_tw` reads (0: more
+/// than [`SNAP`]). The offsets are the verifier's constants (CONFIG is frozen), so this folds.
+#[inline(always)]
+fn tw_span(cfg: &Config) -> usize {
+    let ends = [
+        cfg.skc_daddr + 4,
+        cfg.skc_rcv_saddr + 4,
+        cfg.skc_dport + 2,
+        cfg.skc_num + 2,
+        cfg.skc_family + 2,
+        cfg.skc_net + 8,
+        cfg.skc_v6_daddr + 16,
+        cfg.skc_v6_rcv_saddr + 16,
+        cfg.tw_timer + cfg.timer_expires + 8,
+        cfg.tw_substate + 1,
+        cfg.tw_ts_recent_stamp + 4,
+        if cfg.tw_entry_stamp != NO_FIELD {
+            cfg.tw_entry_stamp + 4
+        } else {
+            0
+        },
+    ];
+    let mut end = 0;
+    let mut i = 0;
+    while i < ends.len() {
+        if ends[i] > end {
+            end = ends[i];
+        }
+        i += 1;
+    }
+    if end as usize <= SNAP {
+        end as usize
+    } else {
+        0
+    }
+}
+
+/// Fills every field of `r` from the timewait socket `tw`. Every byte is written: ring buffer
+/// memory is not zeroed by the kernel. Returns the socket's `struct net` (0 if unreadable).
+///
+/// The socket is copied with one helper call (into [`TW_SNAP`]) and its fields taken from the
+/// copy: ~10 `bpf_probe_read_kernel` calls cost several times more. (`tw` comes from pointer
+/// arithmetic, so the verifier does not let it be read directly.)
+#[inline(always)]
+pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) -> u64 {
+    let span = tw_span(cfg);
+    let buf = match TW_SNAP.get_ptr_mut(0) {
+        Some(b) if span != 0 => b as *mut u8,
+        _ => return fill_tw_reads(cfg, tw, k, r),
+    };
+    let mut ok = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+        buf as *mut core::ffi::c_void,
+        span as u32,
+        tw as *const core::ffi::c_void,
+    ) == 0;
+    let family: u16 = at(buf, cfg.skc_family);
+    let net: u64 = at(buf, cfg.skc_net);
+    (*r).family = family as u8;
+    (*r).lport = at(buf, cfg.skc_num);
+    (*r).rport = u16::from_be(at(buf, cfg.skc_dport));
+    (*r).netns = if net != 0 {
+        read(net, cfg.net_ns_inum).unwrap_or(0)
+    } else {
+        0
+    };
+    if family as u8 == AF_INET6 {
+        (*r).laddr = at(buf, cfg.skc_v6_rcv_saddr);
+        (*r).raddr = at(buf, cfg.skc_v6_daddr);
+    } else {
+        (*r).laddr = [0; 16];
+        (*r).raddr = [0; 16];
+        ((&raw mut (*r).laddr) as *mut u32).write(at(buf, cfg.skc_rcv_saddr));
+        ((&raw mut (*r).raddr) as *mut u32).write(at(buf, cfg.skc_daddr));
+    }
+    ok &= family != 0 && net != 0;
+    fill_common(r, k);
+    (*r).tw = tw;
+    (*r).expires = at(buf, cfg.tw_timer + cfg.timer_expires);
+    let sub: u8 = at(buf, cfg.tw_substate);
+    (*r).substate = sub;
+    ok &= sub != 0;
+    (*r).ts_recent_stamp = at(buf, cfg.tw_ts_recent_stamp);
+    (*r).flags = 0;
+    (*r).entry_stamp = 0;
+    if cfg.tw_entry_stamp != NO_FIELD {
+        (*r).entry_stamp = at(buf, cfg.tw_entry_stamp);
+        (*r).flags = flags::ENTRY_STAMP;
+    }
+    (*r).aux = 0;
+    (*r).aux2 = 0;
+    if !ok {
+        bump(counter::READ_ERRORS);
+    }
+    net
+}
+
+/// [`fill_tw`] one field at a time (where the copy is not possible).
+#[inline(always)]
+unsafe fn fill_tw_reads(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) -> u64 {
     let mut ok = fill_tuple(cfg, tw, r);
     fill_common(r, k);
     (*r).tw = tw;
@@ -195,6 +338,7 @@ pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) {
     if !ok {
         bump(counter::READ_ERRORS);
     }
+    net_of(cfg, tw)
 }
 
 /// Fills every field of `r` for a full or request socket (not a timewait one): tuple, netns,
@@ -325,6 +469,43 @@ pub unsafe fn flow_key(r: *const TwRecord) -> FlowKey {
         laddr: (*r).laddr,
         raddr: (*r).raddr,
     }
+}
+
+/// [`sock_key`] (not `full`) of the tracepoint's own BTF-typed `struct sock *` argument, with
+/// direct loads (see [`load`]) instead of ~7 helper calls; IPv6 addresses still go through
+/// the helper. Written into the caller's `key` (every field), not returned: a returned key is
+/// copied through a `memcpy` subprogram, whose frame Debian's 6.1 adds to the program's
+/// 512-byte stack (it refused inet_sock_set_state at 544).
+#[inline(always)]
+pub unsafe fn sock_key_arg(cfg: &Config, sk: u64, key: *mut FlowKey) -> bool {
+    let family: u16 = load(sk, cfg.skc_family);
+    let net: u64 = load(sk, cfg.skc_net);
+    (*key).netns = if net != 0 { load(net, cfg.net_ns_inum) } else { 0 };
+    (*key).family = family as u8 as u16;
+    (*key).lport = load(sk, cfg.skc_num);
+    (*key).rport = u16::from_be(load(sk, cfg.skc_dport));
+    (*key)._pad = 0;
+    (*key).laddr = [0; 16];
+    (*key).raddr = [0; 16];
+    let mut ok = true;
+    if family as u8 == AF_INET6 {
+        ok &= bpf_probe_read_kernel_buf(
+            (sk + cfg.skc_v6_rcv_saddr as u64) as *const u8,
+            &mut (*key).laddr,
+        )
+        .is_ok();
+        ok &= bpf_probe_read_kernel_buf(
+            (sk + cfg.skc_v6_daddr as u64) as *const u8,
+            &mut (*key).raddr,
+        )
+        .is_ok();
+    } else {
+        let l: u32 = load(sk, cfg.skc_rcv_saddr);
+        let d: u32 = load(sk, cfg.skc_daddr);
+        ((&raw mut (*key).laddr) as *mut [u8; 4]).write(l.to_ne_bytes());
+        ((&raw mut (*key).raddr) as *mut [u8; 4]).write(d.to_ne_bytes());
+    }
+    ok && family != 0 && net != 0
 }
 
 /// The tuple key of a socket, read onto the stack (for map lookups, no record sent), and

@@ -610,7 +610,7 @@ impl Aggregator {
         }
         let p = self.procs.entry(key).or_insert_with(|| ProcStats {
             pid: t.pid,
-            comm: t.comm.clone(),
+            comm: t.comm.to_string(),
             closes: 0,
             reuses: 0,
             connect_fail: 0,

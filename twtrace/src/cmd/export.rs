@@ -96,7 +96,7 @@ pub fn write_csv(e: &Event, clock: &Clock, host: &str, out: &mut String) {
     let mut task = |t: &Option<twtrace::pipeline::event::Task>| {
         if let Some(t) = t {
             cols[20] = t.pid.to_string();
-            cols[21] = t.comm.clone();
+            cols[21] = t.comm.to_string();
         }
     };
     let opt = |v: &Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();

@@ -182,16 +182,99 @@ impl ExitReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 impl Task {
     pub fn from_raw(pid: u32, comm: &[u8]) -> Task {
-        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
         Task {
             pid,
-            comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+            comm: Comm::from_raw(comm),
         }
+    }
+}
+
+/// A process name, stored inline: an event carries one, and a heap `String` per event was a
+/// good part of the pipeline's cost. Reads as `&str` (derefs to it, displays as it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm {
+    len: u8,
+    buf: [u8; Comm::CAP],
+}
+
+impl Comm {
+    /// The kernel's 16-byte name (15 bytes and a NUL) in UTF-8, where every invalid byte may
+    /// become U+FFFD (3 bytes).
+    pub const CAP: usize = 3 * twtrace_common::TASK_COMM_LEN;
+
+    /// The kernel's NUL-padded name, decoded like `String::from_utf8_lossy`.
+    pub fn from_raw(raw: &[u8]) -> Comm {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let mut c = Comm {
+            len: 0,
+            buf: [0; Comm::CAP],
+        };
+        for chunk in raw[..end].utf8_chunks() {
+            c.push(chunk.valid());
+            if !chunk.invalid().is_empty() {
+                c.push("\u{FFFD}");
+            }
+        }
+        c
+    }
+
+    /// Appends `s`, or as much of it as fits, cut at a character boundary.
+    fn push(&mut self, s: &str) {
+        let room = Comm::CAP - self.len as usize;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        let at = self.len as usize;
+        self.buf[at..at + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n as u8;
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only whole UTF-8 characters are ever copied in (`push`).
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Longer names (only from a hand-made trace file) are cut at [`Comm::CAP`] bytes.
+impl From<&str> for Comm {
+    fn from(s: &str) -> Comm {
+        let mut c = Comm {
+            len: 0,
+            buf: [0; Comm::CAP],
+        };
+        c.push(s);
+        c
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -352,3 +435,26 @@ impl Event {
 // The text forms of events moved to the sink stage; the old paths still resolve.
 pub use crate::sink::format::{endpoint, errno_name, rfc3339_micros, secs};
 pub use crate::sink::line::LINE_HEADER;
+
+#[cfg(test)]
+mod tests {
+    use super::Comm;
+
+    #[test]
+    fn comm_decodes_like_from_utf8_lossy() {
+        let cases: [&[u8]; 6] = [
+            b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            b"0123456789abcdef",
+            b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7\xf6\xf5\xf4\xf3\xf2\xf1\xf0",
+            b"caf\xc3\xa9\0",
+            b"ab\xe2\x82\0",
+            b"",
+        ];
+        for raw in cases {
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            let want = String::from_utf8_lossy(&raw[..end]);
+            assert_eq!(Comm::from_raw(raw).as_str(), want, "{raw:?}");
+        }
+        assert_eq!(Comm::from("x".repeat(60).as_str()).len(), Comm::CAP);
+    }
+}

@@ -79,31 +79,65 @@ pub struct Dest {
     pub rport: u16,
 }
 
+/// Hasher for the maps keyed by integers the kernel chose (socket addresses, namespace
+/// inodes, CPU numbers), not a remote peer: the default SipHash was ~10 % of the pipeline's
+/// CPU (several lookups per event). Multiply-and-rotate, as rustc's FxHash; the rotation
+/// brings the product's well-mixed high bits down (socket addresses are 64-byte aligned,
+/// and the table indexes by the low bits).
+#[derive(Default, Clone, Copy)]
+pub struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n as u64);
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n as u64);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
+type IntSet<K> = HashSet<K, std::hash::BuildHasherDefault<IntHasher>>;
+
 pub struct Lifecycle {
     hz: u64,
     /// Timewait sockets per destination, for connect() failure analysis.
-    by_dest: HashMap<Dest, HashSet<u64>>,
+    by_dest: HashMap<Dest, IntSet<u64>>,
     /// Per namespace: local ports held by live timewait sockets, and by how many (the pool of
     /// bind()-before-connect() is the ports, whatever the destinations).
-    ports_held: HashMap<u32, std::collections::BTreeMap<u16, u32>>,
+    ports_held: IntMap<u32, std::collections::BTreeMap<u16, u32>>,
     /// Timewait sockets that just answered a segment with RST (they die next).
-    rst_sent: HashMap<u64, u64>,
+    rst_sent: IntMap<u64, u64>,
     /// Function tier: timewait sockets `tcp_twsk_unique` handed to connect() (their detach,
     /// which follows in the same task, is a reuse whatever else it looks like).
-    taken: HashSet<u64>,
+    taken: IntSet<u64>,
     /// The function tier sees every failed timewait allocation (`inet_twsk_alloc`): the
     /// tracepoint tier's inferred overflows are then redundant (and can be wrong when the
     /// machine is slow enough to stretch its correlation window).
     exact_overflow: bool,
     /// The function tier is attached (connect() failures carry the candidates it counted).
     fn_tier: bool,
-    sysctls: HashMap<u32, Sysctls>,
+    sysctls: IntMap<u32, Sysctls>,
     /// Overflow drops seen per namespace (to compare with the kernel's counter).
     overflows: HashMap<u32, u64>,
     settle_ns: u64,
-    live: HashMap<u64, Live>,
+    live: IntMap<u64, Live>,
     /// Per CPU: a cancel not yet explained by the next record on that CPU.
-    pending: HashMap<u16, TwRecord>,
+    pending: IntMap<u16, TwRecord>,
     pub stats: Stats,
 }
 
@@ -122,15 +156,15 @@ impl Lifecycle {
         Lifecycle {
             hz: hz.max(1),
             settle_ns,
-            live: HashMap::new(),
-            pending: HashMap::new(),
+            live: Default::default(),
+            pending: Default::default(),
             by_dest: HashMap::new(),
-            ports_held: HashMap::new(),
-            rst_sent: HashMap::new(),
-            taken: HashSet::new(),
+            ports_held: Default::default(),
+            rst_sent: Default::default(),
+            taken: Default::default(),
             exact_overflow: false,
             fn_tier: false,
-            sysctls: HashMap::new(),
+            sysctls: Default::default(),
             overflows: HashMap::new(),
             stats: Stats::default(),
         }
@@ -634,7 +668,7 @@ impl Lifecycle {
     fn die(&mut self, r: &TwRecord, reason: ExitReason, out: &mut Vec<Event>) {
         let live = self.live.remove(&r.tw);
         if let Some(l) = &live {
-            self.unindex(&l.sock.clone());
+            self.unindex(&l.sock);
         }
         self.rst_sent.remove(&r.tw);
         self.taken.remove(&r.tw);

@@ -27,12 +27,17 @@ pub fn secs(ms: u64) -> String {
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-25T09:10:11.123456Z`.
 pub fn rfc3339_micros(wall_ns: i128) -> String {
+    rfc3339_micros_fmt(wall_ns).to_string()
+}
+
+/// [`rfc3339_micros`] without the `String`: for writing into a buffer.
+pub fn rfc3339_micros_fmt(wall_ns: i128) -> humantime::Rfc3339Timestamp {
     let t = if wall_ns >= 0 {
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall_ns as u64)
     } else {
         std::time::UNIX_EPOCH
     };
-    humantime::format_rfc3339_micros(t).to_string()
+    humantime::format_rfc3339_micros(t)
 }
 
 /// A duration for a narrow cell: `45s`, `12m30s`, `3h05m`, `>99d`.

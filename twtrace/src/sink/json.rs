@@ -3,14 +3,14 @@
 use crate::host::workload::Workload;
 use crate::kernel::sysinfo::Clock;
 use crate::pipeline::event::{Body, Event, Task};
-use crate::sink::format::{errno_name, rfc3339_micros};
+use crate::sink::format::{errno_name, rfc3339_micros_fmt};
 use std::fmt::Write as _;
 
 /// One NDJSON object (without the newline): the `--json` contract. Keys are stable; new
 /// keys may be added, none renamed.
 pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
     out.push_str("{\"time\":\"");
-    out.push_str(&rfc3339_micros(clock.wall_ns(e.ts_ns)));
+    let _ = write!(out, "{}", rfc3339_micros_fmt(clock.wall_ns(e.ts_ns)));
     let _ = write!(out, "\",\"kind\":\"{}\"", e.kind());
     if let Some(s) = e.sock() {
         let _ = write!(
@@ -168,13 +168,49 @@ fn write_body(body: &Body, out: &mut String) {
 fn write_task(out: &mut String, t: &Option<Task>) {
     if let Some(t) = t {
         let _ = write!(out, ",\"pid\":{},\"comm\":", t.pid);
-        out.push_str(&serde_json::to_string(&t.comm).unwrap_or_else(|_| "\"\"".into()));
+        push_json_str(out, &t.comm);
     }
+}
+
+/// `s` as a JSON string, escaped exactly as `serde_json` does (`"`, `\\`, and control
+/// characters; nothing else), without the `String` `serde_json::to_string` allocates.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 impl Event {
     /// One NDJSON object (see [`write_json`]).
     pub fn write_json(&self, clock: &Clock, out: &mut String) {
         write_json(self, clock, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn strings_are_escaped_as_serde_json_does() {
+        let all: String = (0u8..0x80)
+            .map(char::from)
+            .chain(['é', '\u{FFFD}'])
+            .collect();
+        let mut out = String::new();
+        super::push_json_str(&mut out, &all);
+        assert_eq!(out, serde_json::to_string(&all).unwrap());
     }
 }

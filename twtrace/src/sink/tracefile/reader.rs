@@ -608,7 +608,9 @@ fn decode_task(c: &mut Cursor, t: &Tables, flags: u8) -> Result<Option<Task>, De
         return Ok(None);
     }
     let pid = c.varint_u32()?;
-    let comm = lookup(&t.comms, "process name", c.varint()?)?.clone();
+    let comm = lookup(&t.comms, "process name", c.varint()?)?
+        .as_str()
+        .into();
     Ok(Some(Task { pid, comm }))
 }
 

@@ -89,7 +89,7 @@ impl Mix {
             .enumerate()
             .map(|(i, c)| Task {
                 pid: 1000 + i as u32 * 1379,
-                comm: c.to_string(),
+                comm: (*c).into(),
             })
             .collect(),
             live: VecDeque::new(),
