@@ -3,15 +3,13 @@
 //! offline. Needs root, like the live tracer.
 
 mod common;
-use common::TempDir;
+use common::{Recorder, TempDir};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
 use twtrace::host::netns::NetNs;
@@ -29,86 +27,6 @@ fn kernel_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 /// Generous bound for anything that should take milliseconds to a couple of seconds.
 const SOON: Duration = Duration::from_secs(20);
-
-/// A running `twtrace record`, killed if the test fails before stopping it.
-struct Recorder {
-    child: Option<Child>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Recorder {
-    /// Starts `twtrace record ARGS` and returns once it says it is recording.
-    fn start(args: &[&str]) -> Recorder {
-        let mut child = Command::new(BIN)
-            .arg("record")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning twtrace");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = channel::<()>();
-        let pipe = child.stderr.take().unwrap();
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let ready = line.starts_with("recording to ");
-                lines.lock().unwrap().push(line);
-                if ready {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let r = Recorder {
-            child: Some(child),
-            stderr,
-        };
-        r.wait_ready(rx);
-        r
-    }
-
-    fn wait_ready(&self, rx: Receiver<()>) {
-        if rx.recv_timeout(SOON).is_err() {
-            panic!("twtrace record did not start: {:#?}", self.stderr());
-        }
-    }
-
-    fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn signal(&mut self, sig: libc::c_int) {
-        let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
-        // SAFETY: signalling our own child process.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    }
-
-    /// Waits (bounded) for the recorder to exit; returns whether it exited successfully.
-    fn wait(&mut self) -> bool {
-        let deadline = Instant::now() + SOON;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                // Give the stderr thread a moment to collect the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                return status.success();
-            }
-            assert!(Instant::now() < deadline, "twtrace record did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// One line per event, for assertion messages.
 fn dump(ev: &[Event]) -> String {

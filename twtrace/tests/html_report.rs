@@ -6,12 +6,10 @@
 //! installed by `cargo xtask setup --browser` when missing).
 
 mod common;
-use common::TempDir;
-use std::io::{BufRead, BufReader};
+use common::{Recorder, TempDir};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::channel;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use twtrace::analysis::html::CHARTS_PER_HOST;
 use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
@@ -117,62 +115,6 @@ fn browser(chromium: &Path, profile: &Path, args: &[&str], page: &Path) -> Outpu
         .args(args)
         .arg(format!("file://{}", page.display()));
     run_bounded(&mut cmd, BROWSER_BUDGET)
-}
-
-/// A running `twtrace record`, killed if the test fails before stopping it.
-struct Recorder(Option<Child>);
-
-impl Recorder {
-    fn start(args: &[&str]) -> Recorder {
-        let mut child = Command::new(BIN)
-            .arg("record")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning twtrace record");
-        let (tx, rx) = channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.starts_with("recording to ") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let r = Recorder(Some(child));
-        rx.recv_timeout(SOON).expect("twtrace record did not start");
-        r
-    }
-
-    /// SIGINT, then waits (bounded) for a clean exit.
-    fn stop(&mut self) {
-        let mut c = self.0.take().unwrap();
-        // SAFETY: signalling our own child process.
-        assert_eq!(
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) },
-            0
-        );
-        let deadline = Instant::now() + SOON;
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                assert!(st.success(), "twtrace record failed ({st})");
-                return;
-            }
-            assert!(Instant::now() < deadline, "twtrace record did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn count(path: &Path, kind: &str) -> usize {
