@@ -175,6 +175,13 @@ fn totals_section(out: &mut String, agg: &Aggregator) {
         );
         out.push_str("      (their events are in the totals)\n");
     }
+    if t.netns_evicted > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} idle network namespace rows dropped to bound memory (their events are in the totals)",
+            t.netns_evicted
+        );
+    }
     if t.stale_cleared > 0 {
         let _ = writeln!(
             out,
