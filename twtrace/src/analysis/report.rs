@@ -358,13 +358,19 @@ pub fn summary_text(agg: &Aggregator, n: usize, width: usize) -> String {
     let fw2: u64 = agg.netns().map(|n| n.timewait[1]).sum();
     let _ = writeln!(
         out,
-        "# summary: {} events ({}/s), {} lost; in TIME_WAIT now {} (FIN_WAIT2 substate {}); {} peers",
+        "# summary: {} events ({}/s), {} lost; in TIME_WAIT now {} (FIN_WAIT2 substate {}); {} peers; {} namespaces{}",
         agg.totals().events,
         fmt_rate(agg.events_rate()),
         agg.totals().lost,
         tw,
         fw2,
-        agg.peer_count()
+        agg.peer_count(),
+        agg.netns().count(),
+        // What bounds the table on a host whose namespaces come and go (the soak reads it).
+        match agg.totals().netns_evicted {
+            0 => String::new(),
+            d => format!(" ({d} idle ones dropped)"),
+        }
     );
     let cols = [
         Col::new("TW", 6, true, 0),

@@ -17,9 +17,11 @@
 //! 4. kernel: run time and count per BPF program from the kernel's statistics, enabled only
 //!    while this process holds the `BPF_ENABLE_STATS` fd.
 
+mod bpfmaps;
 mod children;
 mod kstats;
 mod report;
+mod soak;
 
 use anyhow::{bail, Context, Result};
 use children::{Ready, Running};
@@ -97,6 +99,25 @@ enum Sub {
     /// Attach empty programs to twtrace's tracepoints until interrupted (the "empty programs"
     /// configuration: the floor of the tracepoint design's cost).
     Floor,
+    /// Endurance: MINUTES at a steady event rate with namespaces coming and going; every minute
+    /// twtrace's RSS, CPU, BPF map sizes, loss and events seen vs the kernel's counters.
+    /// Exits non-zero when a criterion fails (see docs/performance.md). `--json FILE` before
+    /// the subcommand writes every figure.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u32,
+        /// TIME_WAIT events/s (entries + exits; half as many connections/s).
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Destination addresses the load goes to (127.0.x.y).
+        #[arg(long, default_value_t = 1000)]
+        dests: u16,
+        /// Short-lived namespaces created and deleted per minute besides the load's own.
+        #[arg(long, default_value_t = 32)]
+        churn: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +336,22 @@ fn main() {
             runs,
         }) => load_only(workers, secs, rate, accumulate, runs),
         Some(Sub::Floor) => floor(),
+        Some(Sub::Soak {
+            minutes,
+            rate,
+            dests,
+            churn,
+            workers,
+        }) => soak_cmd(
+            &cli,
+            &soak::Spec {
+                minutes,
+                events_per_s: rate,
+                dests,
+                churn,
+                workers: workers.clamp(1, 64),
+            },
+        ),
         None => bench(&cli),
     };
     if let Err(e) = r {
@@ -341,6 +378,20 @@ fn floor() -> Result<()> {
     let mut sig = 0;
     // SAFETY: `set` is initialised above.
     unsafe { libc::sigwait(&set, &mut sig) };
+    Ok(())
+}
+
+fn soak_cmd(cli: &Cli, spec: &soak::Spec) -> Result<()> {
+    if !is_root() {
+        bail!("the soak loads eBPF programs and creates network namespaces: run it as root");
+    }
+    let twtrace = match &cli.twtrace {
+        Some(p) => p.clone(),
+        None => default_twtrace()?,
+    };
+    if !soak::run(&twtrace, spec, cli.json.as_deref())? {
+        bail!("the soak failed its criteria (see above)");
+    }
     Ok(())
 }
 
@@ -376,7 +427,7 @@ fn load_only(
     Ok(())
 }
 
-fn spec(workers: usize, secs: f64, rate: Option<f64>, dst_addrs: u8) -> LoadSpec {
+fn spec(workers: usize, secs: f64, rate: Option<f64>, dst_addrs: u16) -> LoadSpec {
     LoadSpec {
         workers,
         // Far above what the time allows: the time bound ends a run, the count bound is
