@@ -20,6 +20,7 @@
 mod bpfmaps;
 mod children;
 mod kstats;
+mod real;
 mod report;
 mod soak;
 
@@ -126,6 +127,8 @@ enum Phase {
     Lossless,
     Userspace,
     Kernel,
+    /// nginx and ab over a veth pair (see `real.rs`).
+    Real,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -502,6 +505,7 @@ fn bench(cli: &Cli) -> Result<()> {
                 Phase::Lossless,
                 Phase::Userspace,
                 Phase::Kernel,
+                Phase::Real,
             ]
         } else {
             cli.only.clone()
@@ -558,6 +562,7 @@ fn bench(cli: &Cli) -> Result<()> {
             Phase::Lossless => lossless(&mut env, &plan).map(|v| merge(&mut out, v)),
             Phase::Userspace => userspace(&mut env, &plan).map(|v| merge(&mut out, v)),
             Phase::Kernel => kernel(&mut env, &plan).map(|v| merge(&mut out, v)),
+            Phase::Real => real::real(&mut env, &plan).map(|v| merge(&mut out, v)),
         };
         if let Err(e) = r {
             // Keep what the other phases measured; report the failure at the end.

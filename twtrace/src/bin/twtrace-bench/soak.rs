@@ -199,10 +199,12 @@ fn check(pending: &mut Vec<Pending>, seen: &Mutex<Seen>, mismatches: &mut Vec<Va
     let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
     pending.retain(|p| {
         let age = p.deleted.elapsed();
-        if age < PURGE_GRACE {
+        let got = s.ns.get(&p.ino).copied().unwrap_or_default();
+        // Judged once every socket born there has left (the reader stopped counting it), or
+        // after the grace.
+        if age < PURGE_GRACE && !got.done {
             return true;
         }
-        let got = s.ns.get(&p.ino).copied().unwrap_or_default();
         let ok = got.enter == p.born && got.exit == p.born && got.reused == p.recycled;
         // Exits still arriving: a purge can lag (the kernel's cleanup_net is a worker).
         if !ok && got.exit < p.born && age < PURGE_MAX {
