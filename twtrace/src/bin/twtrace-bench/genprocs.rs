@@ -135,11 +135,13 @@ impl Gen {
 pub fn lossless_procs(env: &mut Env, plan: &Plan, procs: usize) -> Result<Value> {
     let secs = plan.secs;
     // Events/s (entries + reuse exits); `None`: every process as fast as it can.
-    let targets: Vec<Option<f64>> = [20_000.0, 50_000.0, 100_000.0, 150_000.0, 200_000.0, 250_000.0]
-        .into_iter()
-        .map(Some)
-        .chain([None])
-        .collect();
+    let targets: Vec<Option<f64>> = [
+        20_000.0, 50_000.0, 100_000.0, 150_000.0, 200_000.0, 250_000.0,
+    ]
+    .into_iter()
+    .map(Some)
+    .chain([None])
+    .collect();
     println!(
         "\n== 2b. lossless rate with {procs} generator processes × {} workers, {secs} s per step",
         plan.workers

@@ -141,6 +141,10 @@ enum Sub {
         churn: usize,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Differences between the events seen and the kernel's counts allowed per namespace,
+        /// in millionths of its events (default 0: exact).
+        #[arg(long, default_value_t = 0.0)]
+        tolerance_ppm: f64,
     },
 }
 
@@ -374,9 +378,11 @@ fn main() {
             dests,
             churn,
             workers,
+            tolerance_ppm,
         }) => soak_cmd(
             &cli,
             &soak::Spec {
+                tolerance_ppm: tolerance_ppm.clamp(0.0, 1e6),
                 minutes,
                 events_per_s: rate,
                 dests,
@@ -524,7 +530,10 @@ fn bench(cli: &Cli) -> Result<()> {
             .collect()
         },
         alive: if !cli.bursts.is_empty() {
-            cli.bursts.iter().map(|n| (*n).clamp(1_000, 4_000_000)).collect()
+            cli.bursts
+                .iter()
+                .map(|n| (*n).clamp(1_000, 4_000_000))
+                .collect()
         } else if quick {
             vec![20_000]
         } else {
