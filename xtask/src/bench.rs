@@ -32,7 +32,12 @@ const PEER_PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "bpftrace: a tcpstates-like one-liner"),
     ("libbpf-tools", "tcpstates"),
     ("bpftool", "tells when a peer tool is attached"),
+    ("nginx", "the real server of the `real` phase"),
+    ("apache2-utils", "ab, the real phase's HTTP/1.0 client"),
 ];
+
+/// invoke-rc.d asks this program whether a package may start its service: exit 101 says no.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn run(quick: bool, json: Option<&Path>, extra: &[String]) -> Result<()> {
     if !is_root() {
@@ -51,12 +56,25 @@ pub fn run(quick: bool, json: Option<&Path>, extra: &[String]) -> Result<()> {
             "xtask: installing the peer tools the bench compares with: {}",
             missing.join(" ")
         );
+        // Installing nginx would start the system's nginx on port 80 of the host's namespace;
+        // the bench runs its own, in a private namespace. Where no policy says otherwise, one
+        // is put in place for the install only.
+        let policy = !std::path::Path::new(POLICY_RC_D).exists()
+            && std::fs::write(POLICY_RC_D, "#!/bin/sh\n# twtrace xtask bench: no service starts during its install\nexit 101\n")
+                .and_then(|_| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+                })
+                .is_ok();
         let ok = sh(Command::new("apt-get").args(["update", "-q"])).and_then(|_| {
             sh(Command::new("apt-get")
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"))
         });
+        if policy {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
         if let Err(e) = ok {
             eprintln!("xtask: could not install them ({e:#}); the bench will skip those tools");
         }

@@ -325,10 +325,33 @@ fn test(args: &[String], no_vm: bool) -> Result<()> {
             std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "8".into()),
         );
     let (h, host) = run_counting(&mut cmd);
-    if no_vm || std::env::var_os("TWTRACE_NO_VM").is_some() || !args.is_empty() {
-        eprintln!("xtask: kernel matrix skipped (--no-vm, TWTRACE_NO_VM or a test filter)");
+    if !args.is_empty() {
+        eprintln!("xtask: soak and kernel matrix skipped (a test filter)");
         return host;
     }
+    if no_vm || std::env::var_os("TWTRACE_NO_VM").is_some() {
+        eprintln!("xtask: kernel matrix skipped (--no-vm or TWTRACE_NO_VM)");
+        return host.and(soak_build()).and(soak_ci());
+    }
+    // The soak is paced and mostly waits; the matrix's static build of the test binaries
+    // (~2.5 min from scratch) is CPU work that needs no quiet machine: the two overlap, and
+    // the guests start only once the soak is over (their tests should not share the cores
+    // with it). The soak's own criteria hold under load (it checks counts, not speed).
+    // Built first: two cargo runs on one target directory would wait on each other's lock.
+    let soak = match soak_build() {
+        Ok(()) => std::thread::spawn(soak_ci),
+        Err(e) => std::thread::spawn(move || Err(e)),
+    };
+    let prebuilt = vmtest::build_tests().map(|_| ());
+    let soak = soak
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the soak thread panicked")));
+    if let Err(e) = &prebuilt {
+        eprintln!(
+            "xtask: static build of the test binaries failed ({e:#}); the matrix will retry it"
+        );
+    }
+    let host = host.and(soak);
     // The matrix runs even when the host failed: both results are wanted.
     let v = vmtest::run(vmtest::VmArgs::whole_matrix())?;
     println!(
@@ -342,6 +365,39 @@ fn test(args: &[String], no_vm: bool) -> Result<()> {
         bail!("the kernel matrix failed (see its report above)");
     }
     Ok(())
+}
+
+/// `twtrace-bench soak` for 2 minutes (docs/performance.md, "Endurance"): nothing lost,
+/// every namespace's events seen against its kernel counters, memory and map sizes printed.
+/// The debug build (what the tests just built; a release build would cost CI minutes), so at a
+/// quarter of the bench's rate and with fewer destinations (a namespace's purge burst must fit
+/// twtrace's 4 MiB ring while the slower debug reader drains it). A tolerance of 20 ppm per
+/// namespace: the known rare difference (1–2 entries in ~500 000, docs/performance.md) must
+/// not make CI flaky; anything more fails.
+fn soak_build() -> Result<()> {
+    sh(cargo().args(["build", "-p", "twtrace", "--bins", "--features", "testkit"]))
+}
+
+fn soak_ci() -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let bin = target_dir().join("debug/twtrace-bench");
+    let r = sh(Command::new(&bin)
+        .arg("--json")
+        .arg(target_dir().join("soak-ci.json"))
+        .args([
+            "soak",
+            "--minutes",
+            "2",
+            "--rate",
+            "5000",
+            "--dests",
+            "200",
+            "--churn",
+            "16",
+        ])
+        .args(["--tolerance-ppm", "20"]));
+    eprintln!("xtask: soak took {:.0} s", t0.elapsed().as_secs_f64());
+    r
 }
 
 /// Runs `cargo test`, passing its output through, and ends with one line totalling every

@@ -904,7 +904,7 @@ fn clean_line(s: &str) -> String {
 }
 
 /// The test binaries of the integration test crate, built static for the guest.
-fn build_tests() -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn build_tests() -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = super::cargo();
     cmd.args([
         "test",

@@ -61,6 +61,10 @@ use std::sync::Arc;
 const NS: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
 
+/// Namespace rows kept beyond the busy ones (see `Aggregator::evict_netns`): far more than
+/// the containers of a large node, few enough to bound the memory (a row is ~1–15 KiB).
+pub const MAX_NETNS: usize = 1024;
+
 // ---------------------------------------------------------------------------------------------
 // The aggregator
 
@@ -238,10 +242,33 @@ impl Aggregator {
     }
 
     fn netns_entry(&mut self, netns: u32) -> &mut NetnsStats {
+        if self.netns.len() >= MAX_NETNS && !self.netns.contains_key(&netns) {
+            self.evict_netns();
+        }
         self.netns.entry(netns).or_insert_with(|| NetnsStats {
             netns,
             ..NetnsStats::default()
         })
+    }
+
+    /// Drops the rows of up to an eighth of the namespaces that have nothing in TIME_WAIT,
+    /// gone ones first, then the least recently entered: on a host whose containers come and
+    /// go, the rows of deleted namespaces would otherwise pile up for ever. Their events stay
+    /// in the global totals; the count is [`Totals::netns_evicted`]. A namespace with sockets
+    /// in TIME_WAIT (or a current census) is kept, so the table is bounded by
+    /// `MAX_NETNS` plus the namespaces that are busy now.
+    fn evict_netns(&mut self) {
+        let mut idle: Vec<(bool, u64, u32)> = self
+            .netns
+            .values()
+            .filter(|n| n.timewait == [0, 0] && (n.gone || n.census.is_none()))
+            .map(|n| (!n.gone, n.rate.last_s(), n.netns))
+            .collect();
+        idle.sort_unstable();
+        for (_, _, ino) in idle.into_iter().take((MAX_NETNS / 8).max(1)) {
+            self.netns.remove(&ino);
+            self.totals.netns_evicted += 1;
+        }
     }
 
     fn range_of(&self, netns: u32) -> PortRange {
@@ -764,6 +791,9 @@ fn deadline(ts: u64, timeout_ms: u64, s: Substate) -> u64 {
     let ms = (timeout_ms.saturating_add(extra)).saturating_mul(5) / 4 + 10_000;
     ts.saturating_add(ms.saturating_mul(MS))
 }
+
+#[cfg(test)]
+mod netns_bound_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {

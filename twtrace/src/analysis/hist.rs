@@ -245,6 +245,11 @@ impl RateWindow {
         *s = s.saturating_add(1);
     }
 
+    /// The second (of the events' clock) of the latest event added.
+    pub(crate) fn last_s(&self) -> u64 {
+        self.head
+    }
+
     /// Per second over the window ending at `now_ns`; over less than the window when the
     /// trace began less than a window ago (`start_ns`), but never less than one second.
     pub(crate) fn rate(&self, now_ns: u64, start_ns: u64) -> f64 {

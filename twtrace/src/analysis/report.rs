@@ -235,6 +235,18 @@ fn totals_lines(agg: &Aggregator) -> Vec<String> {
         ));
         out.push("      (their events are in the totals)".into());
     }
+    if t.netns_evicted > 0 {
+        out.push(format!(
+            "note: {} idle network namespace rows dropped to bound memory (their events are in the totals)",
+            t.netns_evicted
+        ));
+    }
+    if t.workloads_evicted > 0 {
+        out.push(format!(
+            "note: {} workload rows evicted to bound memory (their events are in the totals)",
+            t.workloads_evicted
+        ));
+    }
     if t.stale_cleared > 0 {
         out.push(format!(
             "note: {} sockets never seen leaving (lost events?) cleared",
@@ -500,13 +512,19 @@ pub fn summary_text(agg: &Aggregator, n: usize, width: usize) -> String {
     let fw2: u64 = agg.netns().map(|n| n.timewait[1]).sum();
     let _ = writeln!(
         out,
-        "# summary: {} events ({}/s), {} lost; in TIME_WAIT now {} (FIN_WAIT2 substate {}); {} peers",
+        "# summary: {} events ({}/s), {} lost; in TIME_WAIT now {} (FIN_WAIT2 substate {}); {} peers; {} namespaces{}",
         agg.totals().events,
         fmt_rate(agg.events_rate()),
         agg.totals().lost,
         tw,
         fw2,
-        agg.peer_count()
+        agg.peer_count(),
+        agg.netns().count(),
+        // What bounds the table on a host whose namespaces come and go (the soak reads it).
+        match agg.totals().netns_evicted {
+            0 => String::new(),
+            d => format!(" ({d} idle ones dropped)"),
+        }
     );
     let cols = [
         Col::new("TW", 6, true, 0),
@@ -654,7 +672,8 @@ pub(crate) mod tests {
 
     #[test]
     fn report_and_summary_text_are_unchanged() {
-        // Computed before the report left aggregate.rs: the split changed no byte.
+        // Computed before the report left aggregate.rs: the split changed no byte. Updated
+        // once since, for the summary line's "; N namespaces" (14 bytes × 5 widths).
         let agg = mixed();
         let mut all = String::new();
         for w in [30usize, 60, 80, 120, 250] {
@@ -665,6 +684,6 @@ pub(crate) mod tests {
             all.contains("Per peer") && all.contains("# summary:"),
             "{all}"
         );
-        assert_eq!(fingerprint(&all), (1525925074961936703, 42431));
+        assert_eq!(fingerprint(&all), (16902811266859219994, 42501));
     }
 }

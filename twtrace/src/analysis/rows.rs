@@ -355,6 +355,9 @@ pub struct Totals {
     pub peers_evicted_busy: u64,
     pub procs_evicted: u64,
     pub workloads_evicted: u64,
+    /// Namespace rows dropped (nothing in TIME_WAIT, gone or least recently active) to bound
+    /// memory on hosts whose namespaces come and go.
+    pub netns_evicted: u64,
     /// Sockets dropped from "in TIME_WAIT now" because their deadline passed unseen.
     pub stale_cleared: u64,
     pub lifetime: LifetimeHist,

@@ -108,9 +108,10 @@ pub struct LoadSpec {
     pub max_time: Duration,
     /// Target connections per second over all workers; `None`: as fast as possible.
     pub rate: Option<f64>,
-    /// Connect to 127.0.0.1 … 127.0.0.N in turn: each address is a separate set of 4-tuples,
-    /// which multiplies how many timewait sockets can be alive at once.
-    pub dst_addrs: u8,
+    /// Connect to N loopback addresses in turn ([`dst_addr`]: 127.0.0.1 … 127.0.0.250, then
+    /// 127.0.1.1 …): each address is a separate set of 4-tuples, which multiplies how many
+    /// timewait sockets can be alive at once.
+    pub dst_addrs: u16,
     /// Worker `i` listens on `base_port + i` (keep it outside the ephemeral port range).
     pub base_port: u16,
 }
@@ -274,7 +275,7 @@ struct Worker {
     quota: u64,
     rate: Option<f64>,
     max_time: Duration,
-    dst_addrs: u8,
+    dst_addrs: u16,
 }
 
 impl Worker {
@@ -294,8 +295,8 @@ impl Worker {
 
     fn work(&self, listener: &TcpListener, start: Instant) -> WorkerResult {
         let deadline = start + self.max_time;
-        let dsts: Vec<SocketAddr> = (1..=self.dst_addrs)
-            .map(|i| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, i), self.port)))
+        let dsts: Vec<SocketAddr> = (0..self.dst_addrs)
+            .map(|i| SocketAddr::V4(SocketAddrV4::new(dst_addr(i), self.port)))
             .collect();
         let mut res = WorkerResult::default();
         let cpu0 = thread_cpu();
@@ -340,6 +341,12 @@ impl Worker {
         res.cpu = thread_cpu().saturating_sub(cpu0);
         res
     }
+}
+
+/// The `i`-th destination address (from 0): 250 per /24 so that no .0 or .255 is used. All of
+/// 127.0.0.0/8 is local on a namespace's `lo`, so none needs to be added.
+pub fn dst_addr(i: u16) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 1)
 }
 
 /// One connection whose client closes first: the client's socket ends in TIME_WAIT.
@@ -405,6 +412,14 @@ mod tests {
     fn recycling_range_is_clamped() {
         assert_eq!(NsTuning::recycling(1000).port_range, (20000, 20999));
         assert_eq!(NsTuning::recycling(u16::MAX).port_range.1, 60999);
+    }
+
+    #[test]
+    fn destination_addresses() {
+        assert_eq!(dst_addr(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(dst_addr(249), Ipv4Addr::new(127, 0, 0, 250));
+        assert_eq!(dst_addr(250), Ipv4Addr::new(127, 0, 1, 1));
+        assert_eq!(dst_addr(999), Ipv4Addr::new(127, 0, 3, 250));
     }
 
     #[test]

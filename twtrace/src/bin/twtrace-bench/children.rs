@@ -111,6 +111,11 @@ impl Running {
         voluntary_switches(self.pid)
     }
 
+    /// Its stdout, when the command was given `Stdio::piped()` (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
     pub fn hwm_kib(&self) -> Option<u64> {
         status_kib(self.pid, "VmHWM:")
     }

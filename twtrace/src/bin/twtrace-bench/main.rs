@@ -17,9 +17,13 @@
 //! 4. kernel: run time and count per BPF program from the kernel's statistics, enabled only
 //!    while this process holds the `BPF_ENABLE_STATS` fd.
 
+mod bpfmaps;
 mod children;
+mod genprocs;
 mod kstats;
+mod real;
 mod report;
+mod soak;
 
 use anyhow::{bail, Context, Result};
 use children::{Ready, Running};
@@ -75,6 +79,16 @@ struct Cli {
     /// Do not run the peer tools (tcpstates, bpftrace).
     #[arg(long)]
     no_peers: bool,
+    /// TIME_WAIT populations to build and purge at once in the userspace phase (default
+    /// 20 000 quick; 25 000, 50 000, 100 000 full). A purge is the fastest source of events
+    /// this machine has (~600 000–800 000 exits/s): larger populations find where twtrace
+    /// starts to lose events, and how many (the loss curve).
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    bursts: Vec<u64>,
+    /// Also run the lossless ladder with this many load-generator processes (2 or more; up to
+    /// 250 000 events/s): is the ladder's limit the generator or the machine?
+    #[arg(long, value_name = "N")]
+    gen_procs: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +111,41 @@ enum Sub {
     /// Attach empty programs to twtrace's tracepoints until interrupted (the "empty programs"
     /// configuration: the floor of the tracepoint design's cost).
     Floor,
+    /// One load-generator process of `--gen-procs` (internal: driven over stdin/stdout).
+    #[command(hide = true)]
+    Gen {
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 9000)]
+        base_port: u16,
+    },
+    /// Endurance: MINUTES at a steady event rate with namespaces coming and going; every minute
+    /// twtrace's RSS, CPU, BPF map sizes, loss and events seen vs the kernel's counters.
+    /// Exits non-zero when a criterion fails (see docs/performance.md). `--json FILE` before
+    /// the subcommand writes every figure.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u32,
+        /// TIME_WAIT events/s (entries + exits; half as many connections/s).
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Destination addresses the load goes to (127.0.x.y).
+        #[arg(long, default_value_t = 1000)]
+        dests: u16,
+        /// Short-lived namespaces created and deleted per minute besides the load's own.
+        #[arg(long, default_value_t = 32)]
+        churn: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Differences between the events seen and the kernel's counts allowed per namespace,
+        /// in millionths of its events (default 0: exact).
+        #[arg(long, default_value_t = 0.0)]
+        tolerance_ppm: f64,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +154,8 @@ enum Phase {
     Lossless,
     Userspace,
     Kernel,
+    /// nginx and ab over a veth pair (see `real.rs`).
+    Real,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +366,30 @@ fn main() {
             runs,
         }) => load_only(workers, secs, rate, accumulate, runs),
         Some(Sub::Floor) => floor(),
+        Some(Sub::Gen {
+            workers,
+            rate,
+            secs,
+            base_port,
+        }) => genprocs::gen_child(workers.clamp(1, 64), rate, secs, base_port),
+        Some(Sub::Soak {
+            minutes,
+            rate,
+            dests,
+            churn,
+            workers,
+            tolerance_ppm,
+        }) => soak_cmd(
+            &cli,
+            &soak::Spec {
+                tolerance_ppm: tolerance_ppm.clamp(0.0, 1e6),
+                minutes,
+                events_per_s: rate,
+                dests,
+                churn,
+                workers: workers.clamp(1, 64),
+            },
+        ),
         None => bench(&cli),
     };
     if let Err(e) = r {
@@ -341,6 +416,20 @@ fn floor() -> Result<()> {
     let mut sig = 0;
     // SAFETY: `set` is initialised above.
     unsafe { libc::sigwait(&set, &mut sig) };
+    Ok(())
+}
+
+fn soak_cmd(cli: &Cli, spec: &soak::Spec) -> Result<()> {
+    if !is_root() {
+        bail!("the soak loads eBPF programs and creates network namespaces: run it as root");
+    }
+    let twtrace = match &cli.twtrace {
+        Some(p) => p.clone(),
+        None => default_twtrace()?,
+    };
+    if !soak::run(&twtrace, spec, cli.json.as_deref())? {
+        bail!("the soak failed its criteria (see above)");
+    }
     Ok(())
 }
 
@@ -376,7 +465,7 @@ fn load_only(
     Ok(())
 }
 
-fn spec(workers: usize, secs: f64, rate: Option<f64>, dst_addrs: u8) -> LoadSpec {
+fn spec(workers: usize, secs: f64, rate: Option<f64>, dst_addrs: u16) -> LoadSpec {
     LoadSpec {
         workers,
         // Far above what the time allows: the time bound ends a run, the count bound is
@@ -440,7 +529,12 @@ fn bench(cli: &Cli) -> Result<()> {
             .chain([None])
             .collect()
         },
-        alive: if quick {
+        alive: if !cli.bursts.is_empty() {
+            cli.bursts
+                .iter()
+                .map(|n| (*n).clamp(1_000, 4_000_000))
+                .collect()
+        } else if quick {
             vec![20_000]
         } else {
             vec![25_000, 50_000, 100_000]
@@ -451,6 +545,7 @@ fn bench(cli: &Cli) -> Result<()> {
                 Phase::Lossless,
                 Phase::Userspace,
                 Phase::Kernel,
+                Phase::Real,
             ]
         } else {
             cli.only.clone()
@@ -504,9 +599,16 @@ fn bench(cli: &Cli) -> Result<()> {
     for phase in plan.phases.clone() {
         let r = match phase {
             Phase::Overhead => overhead(&mut env, &plan).map(|v| merge(&mut out, v)),
-            Phase::Lossless => lossless(&mut env, &plan).map(|v| merge(&mut out, v)),
+            Phase::Lossless => lossless(&mut env, &plan)
+                .map(|v| merge(&mut out, v))
+                .and_then(|_| match cli.gen_procs {
+                    Some(n) if n >= 2 => genprocs::lossless_procs(&mut env, &plan, n.min(16))
+                        .map(|v| merge(&mut out, v)),
+                    _ => Ok(()),
+                }),
             Phase::Userspace => userspace(&mut env, &plan).map(|v| merge(&mut out, v)),
             Phase::Kernel => kernel(&mut env, &plan).map(|v| merge(&mut out, v)),
+            Phase::Real => real::real(&mut env, &plan).map(|v| merge(&mut out, v)),
         };
         if let Err(e) = r {
             // Keep what the other phases measured; report the failure at the end.
@@ -990,8 +1092,11 @@ fn alive_and_purge(env: &mut Env, plan: &Plan, n: u64) -> Result<Value> {
     let tracer = children::start("twtrace", cmd, ready, START_TIMEOUT)?;
     std::thread::sleep(SETTLE);
     let cpu0 = tracer.cpu_s();
-    // Four destination addresses × workers listeners: room for far more 4-tuples than `n`.
-    let mut spec = spec(plan.workers, 120.0, None, 4);
+    // Destination addresses × workers listeners × ~51 000 ports: room for at least twice
+    // `n` 4-tuples (four addresses at least, as before).
+    let per_addr = 51_000 * plan.workers.max(1) as u64;
+    let addrs = (2 * n).div_ceil(per_addr).clamp(4, 250) as u16;
+    let mut spec = spec(plan.workers, 120.0, None, addrs);
     spec.max_conns = n;
     let load = loadgen::run(&ns, &spec)?;
     let alive = loadgen::tw_alive(&ns)?;
@@ -1042,6 +1147,8 @@ fn alive_and_purge(env: &mut Env, plan: &Plan, n: u64) -> Result<Value> {
         "exits_seen_before_purge": scan.exits - scan.exits_since,
         "purge_exits_seen": scan.exits_since, "exit_reasons": scan.by_reason,
         "purge_missing": alive.saturating_sub(scan.exits_since),
+        // The loss curve: of the sockets the kernel purged, the share twtrace did not print.
+        "purge_lost_share": (alive > 0).then(|| alive.saturating_sub(scan.exits_since) as f64 / alive as f64),
         "purge_secs": purge_secs, "purge_exits_per_s": purge_rate,
         "lost": summary.as_ref().map(|s| s.lost()).unwrap_or(scan.lost),
     }))
@@ -1097,6 +1204,7 @@ fn userspace(env: &mut Env, plan: &Plan) -> Result<Value> {
             v["purge_exits_seen"].to_string(),
             v["lost"].to_string(),
             opt(v["purge_exits_per_s"].as_f64(), 0),
+            opt(v["purge_lost_share"].as_f64().map(|x| x * 100.0), 3),
         ]);
         alive.push(v);
         std::thread::sleep(Duration::from_secs(1));
@@ -1114,6 +1222,7 @@ fn userspace(env: &mut Env, plan: &Plan) -> Result<Value> {
                 "purge exits seen",
                 "lost",
                 "purge exits/s",
+                "not seen %",
             ],
             &rows
         )
