@@ -94,6 +94,21 @@ fn timewait_toward_one_destination_blocks_bind_but_not_connect_elsewhere() {
     let (ns, a, b) = namespace(10);
     connect_many(&ns, a.addr, 10, FirstCloser::Client).unwrap();
     std::thread::sleep(Duration::from_millis(200));
+    // A TIME_WAIT socket reset at its birth (seen under emulation) gives its port back: one
+    // connection more for each, until the kernel counts all 10 ports held (bounded).
+    for _ in 0..10 {
+        let held = timewait_in(&ns);
+        if held >= 10 {
+            break;
+        }
+        connect_many(&ns, a.addr, (10 - held) as usize, FirstCloser::Client).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        timewait_in(&ns),
+        10,
+        "the 10 ports held by TIME_WAIT sockets"
+    );
     // connect() toward the same destination: no port (every 4-tuple is taken).
     let same = ns
         .run(move || TcpStream::connect_timeout(&a.addr, Duration::from_secs(2)))
