@@ -61,17 +61,6 @@ pub unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
     bpf_probe_read_kernel((base + off as u64) as *const T)
 }
 
-/// A scalar field (1, 2, 4 or 8 bytes) of a BTF-typed tracepoint argument (a `tp_btf`
-/// program's own pointer argument, not one derived from it by arithmetic or read from
-/// memory), loaded directly instead of through the `bpf_probe_read_kernel` helper: a plain
-/// load the JIT guards against faults, several times cheaper than a helper call. The verifier
-/// checks the field against the type's BTF, so `off` must be a constant it knows: a `CONFIG`
-/// field (`.rodata`, frozen by the loader, so its loads are constants to the verifier).
-#[inline(always)]
-pub unsafe fn load<T>(arg: u64, off: u32) -> T {
-    core::ptr::read_volatile((arg + off as u64) as *const T)
-}
-
 /// One field of CONFIG, read alone (volatile like `Global::load`, but 4–8 bytes instead of
 /// the whole struct): for the filters that run on hooks that fire for much more than
 /// timewait sockets.
@@ -168,24 +157,6 @@ pub unsafe fn sock_cgroup(cfg: &Config, sk: u64) -> u64 {
     read(kn, cfg.kn_id).unwrap_or(0)
 }
 
-/// [`sock_cgroup`] of the tracepoint's own BTF-typed `struct sock *` argument: every step
-/// loaded directly (see [`load`]; the pointers read on the way are BTF-typed too).
-#[inline(always)]
-pub unsafe fn sock_cgroup_arg(cfg: &Config, sk: u64) -> u64 {
-    if cfg.sock_cgroup == NO_FIELD || cfg.cgroup_kn == NO_FIELD || cfg.kn_id == NO_FIELD {
-        return 0;
-    }
-    let cgrp: u64 = load(sk, cfg.sock_cgroup);
-    if cgrp == 0 {
-        return 0;
-    }
-    let kn: u64 = load(cgrp, cfg.cgroup_kn);
-    if kn == 0 {
-        return 0;
-    }
-    load(kn, cfg.kn_id)
-}
-
 /// The current task's network namespace (`struct net`; 0 if unknown).
 #[inline(always)]
 pub unsafe fn current_net(cfg: &Config) -> u64 {
@@ -201,16 +172,9 @@ pub unsafe fn current_net(cfg: &Config) -> u64 {
 }
 
 /// Fills every field of `r` from the timewait socket `tw`. Every byte is written: ring buffer
-/// memory is not zeroed by the kernel. Returns the socket's `struct net` (0 if unreadable).
-///
-/// One helper read per field. A single copy of the socket into a per-CPU buffer was measured
-/// cheaper (timer_start ~−17 ns, timer_cancel ~−23 ns per run) but is unsafe: programs of
-/// different hooks nest on one CPU (a process-context timer_cancel interrupted by a softirq
-/// whose kfree_skb or timer_start records another timewait socket) and would overwrite the
-/// copy being read. (`tw` comes from pointer arithmetic, so the verifier does not let it be
-/// loaded directly.)
+/// memory is not zeroed by the kernel.
 #[inline(always)]
-pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) -> u64 {
+pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) {
     let mut ok = fill_tuple(cfg, tw, r);
     fill_common(r, k);
     (*r).tw = tw;
@@ -231,7 +195,6 @@ pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) -> u64 {
     if !ok {
         bump(counter::READ_ERRORS);
     }
-    net_of(cfg, tw)
 }
 
 /// Fills every field of `r` for a full or request socket (not a timewait one): tuple, netns,
@@ -362,43 +325,6 @@ pub unsafe fn flow_key(r: *const TwRecord) -> FlowKey {
         laddr: (*r).laddr,
         raddr: (*r).raddr,
     }
-}
-
-/// [`sock_key`] (not `full`) of the tracepoint's own BTF-typed `struct sock *` argument, with
-/// direct loads (see [`load`]) instead of ~7 helper calls; IPv6 addresses still go through
-/// the helper. Written into the caller's `key` (every field), not returned: a returned key is
-/// copied through a `memcpy` subprogram, whose frame Debian's 6.1 adds to the program's
-/// 512-byte stack (it refused inet_sock_set_state at 544).
-#[inline(always)]
-pub unsafe fn sock_key_arg(cfg: &Config, sk: u64, key: *mut FlowKey) -> bool {
-    let family: u16 = load(sk, cfg.skc_family);
-    let net: u64 = load(sk, cfg.skc_net);
-    (*key).netns = if net != 0 { load(net, cfg.net_ns_inum) } else { 0 };
-    (*key).family = family as u8 as u16;
-    (*key).lport = load(sk, cfg.skc_num);
-    (*key).rport = u16::from_be(load(sk, cfg.skc_dport));
-    (*key)._pad = 0;
-    (*key).laddr = [0; 16];
-    (*key).raddr = [0; 16];
-    let mut ok = true;
-    if family as u8 == AF_INET6 {
-        ok &= bpf_probe_read_kernel_buf(
-            (sk + cfg.skc_v6_rcv_saddr as u64) as *const u8,
-            &mut (*key).laddr,
-        )
-        .is_ok();
-        ok &= bpf_probe_read_kernel_buf(
-            (sk + cfg.skc_v6_daddr as u64) as *const u8,
-            &mut (*key).raddr,
-        )
-        .is_ok();
-    } else {
-        let l: u32 = load(sk, cfg.skc_rcv_saddr);
-        let d: u32 = load(sk, cfg.skc_daddr);
-        ((&raw mut (*key).laddr) as *mut [u8; 4]).write(l.to_ne_bytes());
-        ((&raw mut (*key).raddr) as *mut [u8; 4]).write(d.to_ne_bytes());
-    }
-    ok && family != 0 && net != 0
 }
 
 /// The tuple key of a socket, read onto the stack (for map lookups, no record sent), and

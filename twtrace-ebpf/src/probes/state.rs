@@ -13,15 +13,12 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use twtrace_common::{
-    counter, flags, kind, Closer, Config, Connecting, FlowKey, NO_FIELD, TCP_CLOSE, TCP_CLOSING,
+    counter, flags, kind, Closer, Config, Connecting, NO_FIELD, TCP_CLOSE, TCP_CLOSING,
     TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_SYN_SENT,
 };
 
 use crate::correlate::{last_flow_is, CLOSERS, CONNECTING, LAST_BIRTH};
-use crate::record::{
-    bump, fill_conf, fill_sock, load, net_of, read, reserve, sock_cgroup_arg, sock_key, sock_key_arg,
-    submit,
-};
+use crate::record::{bump, reserve, submit, fill_conf, fill_sock, net_of, read, sock_cgroup, sock_key};
 use crate::CONFIG;
 
 const FIN_WAIT2: i32 = TCP_FIN_WAIT2 as i32;
@@ -54,7 +51,6 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: kernel reads go through bpf_probe_read_kernel.
     unsafe {
         // CONFIG is loaded only on the 3–4 transitions (of ~10 per connection) that use it.
-        // `sk` is BTF-typed: its fields are loaded directly where the common path reads them.
         match (oldstate, newstate) {
             (TCP_ESTABLISHED, TCP_FIN_WAIT1) => on_close(&CONFIG.load(), sk),
             (TCP_CLOSE, TCP_SYN_SENT) => on_connect(&CONFIG.load(), sk),
@@ -68,9 +64,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 unsafe fn on_close(cfg: &Config, sk: u64) {
-    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
-    let ok = sock_key_arg(cfg, sk, slot.as_mut_ptr());
-    let key = slot.assume_init_ref();
+    let (key, ok) = sock_key(cfg, sk, false);
     if !ok {
         bump(counter::READ_ERRORS);
         return;
@@ -79,16 +73,14 @@ unsafe fn on_close(cfg: &Config, sk: u64) {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         _pad: 0,
-        cgroup: sock_cgroup_arg(cfg, sk),
+        cgroup: sock_cgroup(cfg, sk),
     };
-    let _ = CLOSERS.insert(key, &closer, 0);
+    let _ = CLOSERS.insert(&key, &closer, 0);
 }
 
 #[inline(always)]
 unsafe fn on_connect(cfg: &Config, sk: u64) {
-    let mut slot = core::mem::MaybeUninit::<FlowKey>::uninit();
-    sock_key_arg(cfg, sk, slot.as_mut_ptr());
-    let key = slot.assume_init_ref();
+    let (key, _) = sock_key(cfg, sk, false);
     if key.lport != 0 {
         // Bound before connect(): this process draws from the namespace's one shared pool.
         bound_connect(cfg, sk);
@@ -153,13 +145,14 @@ unsafe fn on_done(cfg: &Config, sk: u64) {
     }
     // The same test inet_twsk_alloc() makes before refusing to allocate; cheap, so first:
     // almost every close is far from the limit.
-    // Direct loads (see `record::load`): `sk` is the tracepoint's argument, `net` BTF-typed.
-    let net: u64 = load(sk, cfg.skc_net);
+    let net = net_of(cfg, sk);
     if net == 0 {
         return;
     }
-    let count = load::<u32>(net, cfg.net_tw_refcount).wrapping_sub(1);
-    let max = load::<i32>(net, cfg.net_max_tw_buckets);
+    let count = read::<u32>(net, cfg.net_tw_refcount)
+        .unwrap_or(0)
+        .wrapping_sub(1);
+    let max = read::<i32>(net, cfg.net_max_tw_buckets).unwrap_or(i32::MAX);
     if max < 0 || (count as i64) < max as i64 {
         return;
     }

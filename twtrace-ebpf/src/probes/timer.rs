@@ -10,7 +10,7 @@ use crate::correlate::{
     LAST_BIRTH, LAST_CANCEL,
 };
 use crate::record::{
-    reserve, submit, fill_conf, fill_sock, fill_tw, flow_key, hot, load, set_current, sock_key,
+    reserve, submit, fill_conf, fill_sock, fill_tw, flow_key, hot, net_of, read, set_current, sock_key,
 };
 use crate::CONFIG;
 
@@ -42,10 +42,12 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
         } else {
             next_seq()
         };
-        // The filter reads only the config fields it needs, and `function` once, directly
-        // (`timer` is the tracepoint's BTF-typed argument): most runs end here.
+        // The filter reads only the config fields it needs, and `function` once.
         let handler: u64 = hot!(tw_timer_handler);
-        let function: u64 = load(timer, hot!(timer_function));
+        let function: u64 = match read(timer, hot!(timer_function)) {
+            Ok(f) => f,
+            Err(_) => return 0,
+        };
         if function != handler || handler == 0 {
             if k == kind::TIMER_START {
                 let rh: u64 = hot!(reqsk_timer_handler);
@@ -59,11 +61,12 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
         let tw = timer - cfg.tw_timer as u64;
         if let Some(mut entry) = reserve() {
             let r = entry.as_mut_ptr();
-            let net = fill_tw(&cfg, tw, k, r);
+            fill_tw(&cfg, tw, k, r);
             set_current(r);
             if k == kind::TIMER_START {
                 on_start(tw, seq, r);
             } else if k == kind::TIMER_CANCEL {
+                let net = net_of(&cfg, tw);
                 (*r).flags |= cancel_flags(&cfg, net, &*r);
                 if (*r).flags & flags::IN_CONNECT != 0 {
                     // A reuse: the settings connect() applied to it.
@@ -100,11 +103,18 @@ unsafe fn on_start(tw: u64, seq: u64, r: *mut twtrace_common::TwRecord) {
 
 /// A request socket's timer armed (a SYN became a request socket) right after the detach of a
 /// timewait socket of the same flow on this CPU: the SYN was accepted into TIME_WAIT
-/// (TCP_TW_SYN); the caller checked the timer's function. Compared here, not only in userspace: a client that reuses a timewait socket
+/// (TCP_TW_SYN). Compared here, not only in userspace: a client that reuses a timewait socket
 /// for its connect() detaches it just before its SYN reaches the (local) listener, so without
 /// the flow check every such connection would cost a record.
 #[inline(always)]
 unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
+    if cfg.reqsk_timer_handler == 0 {
+        return;
+    }
+    let function: u64 = read(timer, cfg.timer_function).unwrap_or(0);
+    if function != cfg.reqsk_timer_handler {
+        return;
+    }
     let now = bpf_ktime_get_ns();
     if !recent(LAST_CANCEL, now) {
         return;
