@@ -124,6 +124,15 @@ fn count(path: &Path, kind: &str) -> usize {
 }
 
 /// Waits (bounded) until the file being written holds `n` events of `kind`.
+/// The TIME_WAIT sockets alive in `ns` as the kernel counts them (`/proc/net/sockstat`).
+fn timewait_in(ns: &NetNs) -> usize {
+    let text = ns
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/sockstat"))
+        .unwrap()
+        .unwrap();
+    twtrace::host::procnet::parse_sockstat_tw(&text).expect("a TCP tw count in sockstat") as usize
+}
+
 fn wait_for(path: &Path, kind: &str, n: usize) {
     let deadline = Instant::now() + SOON;
     while count(path, kind) < n && Instant::now() < deadline {
@@ -176,6 +185,26 @@ fn the_page_renders_in_chromium_with_the_reports_numbers() {
     let a = serve(&ns, at(18080), FirstCloser::Client, Duration::ZERO).unwrap();
     let b = serve(&ns, at(19090), FirstCloser::Client, Duration::ZERO).unwrap();
     connect_many(&ns, a.addr, PORTS, FirstCloser::Client).unwrap();
+    // A TIME_WAIT socket reset at its birth (seen now and then on a loaded machine) gives its
+    // port back: one connection more for each, until the kernel counts all 20 held (bounded).
+    let mut made = PORTS;
+    for _ in 0..10 {
+        // The last closes finish as the server reads EOF: count once they have (bounded).
+        let mut held = timewait_in(&ns);
+        for _ in 0..20 {
+            if held >= PORTS {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            held = timewait_in(&ns);
+        }
+        if held >= PORTS {
+            break;
+        }
+        connect_many(&ns, a.addr, PORTS - held, FirstCloser::Client).unwrap();
+        made += PORTS - held;
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for _ in 0..3 {
         assert!(
             connect_many(&ns, a.addr, 1, FirstCloser::Client).is_err(),
@@ -183,10 +212,10 @@ fn the_page_renders_in_chromium_with_the_reports_numbers() {
         );
     }
     connect_many(&ns, b.addr, TO_B, FirstCloser::Client).unwrap();
-    wait_for(&file, "enter", PORTS + TO_B);
+    wait_for(&file, "enter", made + TO_B);
     drop((a, b));
     drop(ns);
-    wait_for(&file, "exit", PORTS + TO_B);
+    wait_for(&file, "exit", made + TO_B);
     rec.stop();
 
     // The text report and the page, from the same file.
@@ -212,7 +241,7 @@ fn the_page_renders_in_chromium_with_the_reports_numbers() {
     let html = std::fs::read_to_string(&page).unwrap();
     eprintln!("page: {} bytes; text report:\n{text}", html.len());
     assert!(
-        text.contains(&format!("entered TIME_WAIT: {} ", PORTS + TO_B)),
+        text.contains(&format!("entered TIME_WAIT: {} ", made + TO_B)),
         "{text}"
     );
 
