@@ -87,17 +87,7 @@ impl Workload {
     /// The short form for a column: pod name, else the container id's first 12 characters,
     /// else the cgroup's last component; `?<id>` when the id is unknown, `-` for the root.
     pub fn short(&self) -> String {
-        if let Some(p) = &self.pod {
-            return p.rsplit('/').next().unwrap_or(p).to_string();
-        }
-        if let Some(c) = &self.container_id {
-            return c.chars().take(12).collect();
-        }
-        match self.path.as_deref() {
-            None => format!("?{}", self.cgroup_id),
-            Some("/") | Some("") => "-".to_string(),
-            Some(p) => p.rsplit('/').next().unwrap_or(p).to_string(),
-        }
+        self.to_string()
     }
 
     /// Whether a `--cgroup PATH` filter keeps this workload: the path itself or below it.
@@ -324,6 +314,25 @@ impl Workloads {
         let root = self.root.as_ref()?;
         let meta = std::fs::metadata(root.join(path.trim_start_matches('/'))).ok()?;
         Some(meta.ino())
+    }
+}
+
+/// The short form of [`Workload::short`], written without allocating (the WORKLOAD column of
+/// every line).
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(p) = &self.pod {
+            return f.write_str(p.rsplit('/').next().unwrap_or(p));
+        }
+        if let Some(c) = &self.container_id {
+            // Hex digits: 12 bytes are 12 characters.
+            return f.write_str(c.get(..12).unwrap_or(c));
+        }
+        match self.path.as_deref() {
+            None => write!(f, "?{}", self.cgroup_id),
+            Some("/") | Some("") => f.write_str("-"),
+            Some(p) => f.write_str(p.rsplit('/').next().unwrap_or(p)),
+        }
     }
 }
 

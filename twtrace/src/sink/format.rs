@@ -140,10 +140,10 @@ pub fn bar(n: u64, max: u64, width: usize) -> String {
 
 /// The WORKLOAD column: the workload's short form (see
 /// [`crate::host::workload::Workload::short`]), `-` when the kernel named no cgroup.
-pub fn workload(e: &crate::pipeline::event::Event) -> std::borrow::Cow<'static, str> {
+pub fn workload(e: &crate::pipeline::event::Event) -> &dyn std::fmt::Display {
     match &e.workload {
-        Some(w) => w.short().into(),
-        None => "-".into(),
+        Some(w) => w.as_ref(),
+        None => &"-",
     }
 }
 
