@@ -15,6 +15,7 @@ use std::process::Command;
 mod bench;
 mod dist;
 mod fuzz;
+mod panics;
 mod vmtest;
 
 #[derive(Parser)]
@@ -360,6 +361,10 @@ fn test(args: &[String], no_vm: bool) -> Result<()> {
         h.failed as usize + v.failed,
         h.ignored as usize + v.skipped
     );
+    h.panics.print("host");
+    for (kernel, p) in &v.panics {
+        p.print(&format!("kernel {kernel}"));
+    }
     host?;
     if !v.ok() {
         bail!("the kernel matrix failed (see its report above)");
@@ -423,6 +428,7 @@ fn count_into(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
             let line = line.context("reading cargo test output")?;
             println!("{line}");
             totals.add(&line);
+            totals.panics.feed(&line);
         }
     }
     let st = child.wait()?;
@@ -439,11 +445,13 @@ fn count_into(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
 struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// The failed tests' panic messages, repeated at the end of the run.
+    panics: panics::Panics,
 }
 
 impl Totals {
@@ -483,7 +491,8 @@ mod tests {
             Totals {
                 passed: 9,
                 failed: 3,
-                ignored: 1
+                ignored: 1,
+                panics: Default::default(),
             }
         );
     }

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::panics::Panics;
+
 #[derive(clap::Args)]
 pub struct VmArgs {
     /// Which kernel: 6.1, 6.12, 7.3, 7.3-rt, all (every one) or default (those `cargo xtask
@@ -153,13 +155,15 @@ impl VmArgs {
 }
 
 /// Test counts over every kernel run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Counts {
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
     /// A guest failed as a whole (crash, time-out, a binary that exited non-zero).
     pub broken: bool,
+    /// Each kernel's panic messages (tests named `binary::test`).
+    pub panics: Vec<(String, Panics)>,
 }
 
 impl Counts {
@@ -248,11 +252,14 @@ pub fn run(args: VmArgs) -> Result<Counts> {
 
     let mut counts = Counts::default();
     eprintln!();
-    for r in &reports {
+    for r in &mut reports {
         counts.broken |= r.print();
         counts.passed += r.count("ok");
         counts.failed += r.count("FAILED");
         counts.skipped += r.count("skipped");
+        counts
+            .panics
+            .push((r.label.clone(), std::mem::take(&mut r.panics)));
     }
     eprintln!(
         "xtask: vm-test: {} passed, {} failed, {} skipped; total wall time {:.0?}{}",
@@ -1268,6 +1275,8 @@ struct Report {
     partial: Vec<(String, String)>,
     /// Kernel oops/panic/BUG lines seen on the console.
     crashes: Vec<String>,
+    /// The tests' panic messages (named `binary::test` once the binary's end is seen).
+    panics: Panics,
     /// binary → (exit code, seconds).
     binaries: BTreeMap<String, (i32, u64)>,
     done: bool,
@@ -1278,7 +1287,10 @@ struct Report {
 
 fn parse_console(console: &str) -> Report {
     let mut r = Report::default();
+    // Panics of the binary running now: libtest prints them before its TWVM- lines.
+    let mut named = 0;
     for line in console.lines() {
+        r.panics.feed(line);
         if ["Oops:", "BUG:", "Kernel panic", "RIP: 0010:"]
             .iter()
             .any(|k| line.contains(k))
@@ -1342,6 +1354,10 @@ fn parse_console(console: &str) -> Report {
                         secs = v.parse().unwrap_or(0);
                     }
                 }
+                for p in &mut r.panics.found[named..] {
+                    p.test = format!("{b}::{}", p.test);
+                }
+                named = r.panics.found.len();
                 r.binaries.insert(b, (rc, secs));
             }
             Some("TWVM-DONE") => r.done = true,
@@ -1475,6 +1491,8 @@ mod tests {
                  TWVM-SKIP reasons reuse_after_200ms_delay: no tcp_tw_reuse_delay\n\
                  TWVM-TEST reasons reuse_after_200ms_delay ok\n\
                  TWVM-TEST reasons syn FAILED\nTWVM-BIN hooks rc=0 secs=9\n\
+                 thread 'syn' panicked at tests/tests/reasons.rs:9:5:\n\
+                 exit judged unknown\n\n\
                  TWVM-PARTIAL lifecycle snapshot: no age check\n\
                  TWVM-BIN reasons rc=101 secs=30\nTWVM-DONE\n";
         let r = parse_console(c);
@@ -1487,6 +1505,13 @@ mod tests {
         );
         assert_eq!(r.tests[&("reasons".into(), "syn".into())], "FAILED");
         assert_eq!(r.binaries["reasons"], (101, 30));
+        // The panic is named by the binary whose end follows it.
+        assert_eq!(r.panics.found.len(), 1);
+        assert_eq!(r.panics.found[0].test, "reasons::syn");
+        assert_eq!(
+            r.panics.found[0].text,
+            "tests/tests/reasons.rs:9:5: exit judged unknown"
+        );
         assert_eq!(
             r.partial,
             vec![(

@@ -2,6 +2,7 @@
 //! counters, the processes that own each namespace, as `/proc` shows them, and the workload
 //! (cgroup, container, pod) a cgroup id names.
 
+pub mod cpustat;
 pub mod netns;
 pub mod procnet;
 pub mod procs;

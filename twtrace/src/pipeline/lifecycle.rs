@@ -17,9 +17,12 @@
 //! The detach and its expiry/re-arm run back to back on one CPU with nothing of ours in
 //! between (timewait timers are only touched from softirq or process context, which cannot
 //! preempt the timer softirq's expiry loop on that CPU), so a cancel still unsettled after
-//! `settle_ns` is an early death, timed at the cancel. The ring buffer keeps each CPU's records
-//! in the order they were made, which is all this needs.
+//! `settle_ns` is an early death, timed at the cancel — once that CPU is seen to have run
+//! since (`host::cpustat`): a CPU paused right after the detach (a descheduled vCPU) has not
+//! yet written what follows it. The ring buffer keeps each CPU's records in the order they
+//! were made, which is all this needs.
 
+use crate::host::cpustat::{CpuTimes, MIN_RUN};
 use crate::host::sysctls::Sysctls;
 use crate::kernel::reuse_rule::{self, Candidate, Policy};
 use crate::pipeline::event::{Body, Event, ExitReason, Refusal, Sock, Substate, Task};
@@ -27,9 +30,13 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use twtrace_common::{flags, kind, netconf, NetConf, TwRecord};
 
-/// Default window after which an unsettled cancel is an early death. Expiries and re-arms
-/// settle within microseconds.
+/// Default window after which an unsettled cancel is an early death, once its CPU has run
+/// since. Expiries and re-arms settle within microseconds.
 pub const SETTLE_NS: u64 = 20_000_000;
+
+/// A cancel whose CPU shows no run time since (no `/proc/stat` line, a CPU that stays
+/// paused) is settled after this long all the same.
+pub const SETTLE_CEILING_NS: u64 = 1_000_000_000;
 
 #[derive(Clone, Debug)]
 struct Live {
@@ -138,6 +145,9 @@ pub struct Lifecycle {
     live: IntMap<u64, Live>,
     /// Per CPU: a cancel not yet explained by the next record on that CPU.
     pending: IntMap<u16, TwRecord>,
+    /// Per CPU with an overdue cancel: (the cancel's time, that CPU's run time when it was
+    /// first found overdue). It settles once the CPU has run `MIN_RUN` more.
+    marks: IntMap<u16, (u64, u64)>,
     pub stats: Stats,
 }
 
@@ -158,6 +168,7 @@ impl Lifecycle {
             settle_ns,
             live: Default::default(),
             pending: Default::default(),
+            marks: Default::default(),
             by_dest: HashMap::new(),
             ports_held: Default::default(),
             rst_sent: Default::default(),
@@ -713,14 +724,49 @@ impl Lifecycle {
         );
     }
 
-    /// Settles cancels older than the settle window at monotonic time `now_ns`.
-    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Event>) {
-        let due: Vec<u16> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now_ns.saturating_sub(p.ts_ns) >= self.settle_ns)
-            .map(|(c, _)| *c)
-            .collect();
+    /// Whether a cancel is older than the settle window at `now_ns` (then the caller reads
+    /// the CPUs' run times, before it drains the ring, for `tick`).
+    pub fn overdue(&self, now_ns: u64) -> bool {
+        self.pending
+            .values()
+            .any(|p| now_ns.saturating_sub(p.ts_ns) >= self.settle_ns)
+    }
+
+    /// Whether any cancel is still undecided.
+    pub fn unsettled(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Settles cancels older than the settle window at monotonic time `now_ns` whose CPU has
+    /// run `MIN_RUN` since it was first found overdue, by `cpus` (read before the ring was
+    /// drained, so that whatever that CPU wrote before running on is already in). Without
+    /// `cpus`, or without a time for that CPU, the window alone decides; past
+    /// `SETTLE_CEILING_NS` a cancel settles whatever its CPU did.
+    pub fn tick(&mut self, now_ns: u64, cpus: Option<&CpuTimes>, out: &mut Vec<Event>) {
+        let mut due: Vec<u16> = Vec::new();
+        for (&cpu, p) in &self.pending {
+            let age = now_ns.saturating_sub(p.ts_ns);
+            if age < self.settle_ns {
+                continue;
+            }
+            let ran = match cpus.and_then(|c| c.of(cpu)) {
+                None => true,
+                Some(_) if age >= SETTLE_CEILING_NS => true,
+                Some(t) => match self.marks.get(&cpu) {
+                    Some(&(ts, mark)) if ts == p.ts_ns => t >= mark.saturating_add(MIN_RUN),
+                    _ => {
+                        self.marks.insert(cpu, (p.ts_ns, t));
+                        false
+                    }
+                },
+            };
+            if ran {
+                due.push(cpu);
+            }
+        }
+        let pending = &self.pending;
+        self.marks
+            .retain(|cpu, (ts, _)| pending.get(cpu).is_some_and(|p| p.ts_ns == *ts));
         let mut recs: Vec<TwRecord> = due.iter().filter_map(|c| self.pending.remove(c)).collect();
         recs.sort_by_key(|r| r.ts_ns);
         for p in recs {
@@ -846,7 +892,7 @@ mod tests {
         let mut s2 = rec(kind::TIMER_START, 0xA, 1, 4000);
         s2.flags |= flags::REARM;
         let mut out = run(&mut lc, &[s, c, s2]);
-        lc.tick(10_000 * MS, &mut out);
+        lc.tick(10_000 * MS, None, &mut out);
         assert!(exits(&out).is_empty(), "{out:?}");
         assert!(out.iter().any(|e| matches!(
             e.body,
@@ -876,10 +922,62 @@ mod tests {
                 rec(kind::TIMER_CANCEL, 0xA, 1, 1500),
             ],
         );
-        lc.tick(1505 * MS, &mut out);
+        lc.tick(1505 * MS, None, &mut out);
         assert!(exits(&out).is_empty(), "settled too early");
-        lc.tick(1521 * MS, &mut out);
+        lc.tick(1521 * MS, None, &mut out);
         assert_eq!(exits(&out), vec![(0xA, ExitReason::Unknown, Some(500))]);
+    }
+
+    #[test]
+    fn a_cancel_waits_for_its_cpu_to_run_before_its_silence_counts() {
+        let cpu1 = |t: u64| CpuTimes::parse(&format!("cpu0 0 0 0 0 0 0 0\ncpu1 {t} 0 0 0 0 0 0\n"));
+        let start = |lc: &mut Lifecycle| {
+            run(
+                lc,
+                &[
+                    rec(kind::TIMER_START, 0xA, 0, 1000),
+                    rec(kind::TIMER_CANCEL, 0xA, 1, 1500),
+                ],
+            )
+        };
+        // CPU 1 paused after the detach: the window passes, its time does not.
+        let mut lc = Lifecycle::new(250);
+        let mut out = start(&mut lc);
+        assert!(!lc.overdue(1519 * MS));
+        assert!(lc.overdue(1521 * MS));
+        lc.tick(1521 * MS, Some(&cpu1(100)), &mut out);
+        lc.tick(1700 * MS, Some(&cpu1(101)), &mut out);
+        assert!(exits(&out).is_empty(), "settled while its CPU stood still");
+        // It resumes: the SYN's request socket follows the detach.
+        lc.on_record(&rec(kind::REQSK_START, 0x98, 1, 1710), &mut out);
+        assert_eq!(exits(&out), vec![(0xA, ExitReason::Syn, Some(500))]);
+
+        // A CPU that ran on and wrote nothing: an early death, at the cancel's time.
+        let mut lc = Lifecycle::new(250);
+        let mut out = start(&mut lc);
+        lc.tick(1521 * MS, Some(&cpu1(100)), &mut out);
+        lc.tick(1530 * MS, Some(&cpu1(102)), &mut out);
+        assert_eq!(exits(&out), vec![(0xA, ExitReason::Unknown, Some(500))]);
+
+        // A CPU that stays still: settled at the ceiling all the same.
+        let mut lc = Lifecycle::new(250);
+        let mut out = start(&mut lc);
+        lc.tick(1521 * MS, Some(&cpu1(100)), &mut out);
+        lc.tick(2499 * MS, Some(&cpu1(100)), &mut out);
+        assert!(exits(&out).is_empty());
+        lc.tick(2500 * MS, Some(&cpu1(100)), &mut out);
+        assert_eq!(exits(&out), vec![(0xA, ExitReason::Unknown, Some(500))]);
+        assert!(!lc.unsettled());
+
+        // No time for that CPU (none read, or no line for it): the window alone.
+        let mut lc = Lifecycle::new(250);
+        let mut out = start(&mut lc);
+        lc.tick(
+            1521 * MS,
+            Some(&CpuTimes::parse("cpu0 1 0 0 0 0 0 0\n")),
+            &mut out,
+        );
+        assert_eq!(exits(&out).len(), 1);
     }
 
     #[test]
@@ -979,7 +1077,7 @@ mod tests {
         let mut c = rec(kind::TIMER_CANCEL, 0xA, 0, 2000);
         c.substate = TCP_TIME_WAIT;
         let mut out = run(&mut lc, &[s, c]);
-        lc.tick(3000 * MS, &mut out);
+        lc.tick(3000 * MS, None, &mut out);
         match &out.last().unwrap().body {
             Body::Exit { substate, .. } => assert_eq!(*substate, Substate::TimeWait),
             b => panic!("{b:?}"),
@@ -1002,7 +1100,7 @@ mod tests {
                 c2,
             ],
         );
-        lc.tick(3000 * MS, &mut out);
+        lc.tick(3000 * MS, None, &mut out);
         let ex = exits(&out);
         assert_eq!(
             ex,
@@ -1055,7 +1153,7 @@ mod tests {
                 rec(kind::TIMER_CANCEL, 0xB, 1, 3000),
             ],
         );
-        lc.tick(4000 * MS, &mut out);
+        lc.tick(4000 * MS, None, &mut out);
         assert_eq!(
             exits(&out),
             vec![

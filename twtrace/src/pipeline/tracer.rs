@@ -4,6 +4,7 @@
 //! [`Session`] drives it and fans its `Event`s out to sinks; [`Background`] is a session on a
 //! thread of its own that collects them (for the tests, `verify` and `lab`).
 
+use crate::host::cpustat::CpuTimes;
 use crate::host::sysctls::SysctlWatch;
 use crate::host::workload::{Workload, Workloads};
 use crate::kernel::features::Features;
@@ -13,7 +14,7 @@ use crate::kernel::snapshot;
 use crate::kernel::sysinfo::{self, Clock};
 use crate::pipeline::decode::decode;
 use crate::pipeline::event::{Body, Event};
-use crate::pipeline::lifecycle::{Lifecycle, Stats, SETTLE_NS};
+use crate::pipeline::lifecycle::{Lifecycle, Stats, SETTLE_CEILING_NS, SETTLE_NS};
 use crate::pipeline::session::{Flow, Session, SessionOptions, Sink};
 use anyhow::{Context, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
@@ -59,6 +60,8 @@ pub struct Tracer {
     census_counts: Array<MapData, u64>,
     ebpf: aya::Ebpf,
     lifecycle: Lifecycle,
+    /// `/proc/stat` gives per-CPU run times here (the evidence for settling a detach).
+    cpu_times: bool,
     pub clock: Clock,
     /// What the kernel offers (hooks attached, tier, HZ, reuse rule…), found once at load.
     features: Features,
@@ -144,6 +147,7 @@ impl Tracer {
             census_counts,
             ebpf,
             lifecycle,
+            cpu_times: CpuTimes::read().is_some_and(|t| t.of(0).is_some()),
             clock: Clock::now(),
             features,
             warnings,
@@ -207,6 +211,14 @@ impl Tracer {
     pub fn poll(&mut self, out: &mut Vec<Event>) {
         let first_new = out.len();
         out.append(&mut self.initial);
+        // A detach left undecided past the window is settled by its CPU's run time, read
+        // before the drain: what that CPU wrote before running on is then in this drain.
+        let before_drain = sysinfo::monotonic_ns();
+        let cpus = if self.lifecycle.overdue(before_drain) {
+            CpuTimes::read()
+        } else {
+            None
+        };
         loop {
             let decoded = match self.ring.next() {
                 Some(item) => decode(&item),
@@ -223,8 +235,14 @@ impl Tracer {
                 Err(_) => self.decode_errors += 1,
             }
         }
+        match cpus {
+            Some(c) => self.lifecycle.tick(before_drain, Some(&c), out),
+            // Without /proc/stat the window alone decides.
+            None if !self.cpu_times => self.lifecycle.tick(before_drain, None, out),
+            // Nothing was overdue before the drain: what it brought waits for the next poll.
+            None => {}
+        }
         let now = sysinfo::monotonic_ns();
-        self.lifecycle.tick(now, out);
         let refreshed = self.sysctls.refresh_due();
         for (netns, s) in self.sysctls.refresh() {
             self.lifecycle.observe_sysctls(netns, s, now, out);
@@ -319,8 +337,16 @@ impl Tracer {
         self.poll(out);
         // A last look at the kernel's counters for the overflow cross-check.
         self.sysctls.force_refresh();
-        std::thread::sleep(Duration::from_nanos(SETTLE_NS + 1_000_000));
-        self.poll(out);
+        // Until every detach is decided (its CPU ran on), at most the ceiling.
+        let t0 = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+            self.poll(out);
+            if !self.lifecycle.unsettled() || t0.elapsed() > Duration::from_nanos(SETTLE_CEILING_NS)
+            {
+                break;
+            }
+        }
         let now = sysinfo::monotonic_ns();
         self.report_lost(now, out);
     }
