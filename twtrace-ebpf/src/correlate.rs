@@ -43,6 +43,13 @@ pub const LAST_CANCEL: u32 = 1;
 /// guards against stale memory and can be generous.
 pub const SAME_FLOW_NS: u64 = 100_000_000;
 
+/// The same for correlations by flow (4-tuple and namespace): a tw detach and the SYN's
+/// request socket, a close and the timewait birth it did (not) make. A flow's earlier life on
+/// the same CPU is the only stale match, and it needs seconds (a TIME_WAIT socket taken over
+/// by connect()), so the window can be wide enough for a CPU paused between the two: a vCPU
+/// descheduled for QEMU TCG's 100 ms kick period lost SYN-into-TIME_WAIT judgements at 100 ms.
+pub const FLOW_WINDOW_NS: u64 = 1_000_000_000;
+
 /// Per CPU: how many timer starts and detaches (of any timer) this CPU has run.
 #[map]
 static TIMER_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -88,23 +95,24 @@ pub fn is_rearm(tw: u64, seq: u64, key: &FlowKey) -> bool {
     }
 }
 
-/// Whether the per-CPU memory of `slot` is recent (`SAME_FLOW_NS`): the cheap test first.
+/// Whether the per-CPU memory of `slot` is recent (`FLOW_WINDOW_NS`): the cheap test before
+/// [`last_flow_is`].
 #[inline(always)]
 pub fn recent(slot: u32, now: u64) -> bool {
     match LAST_TW.get_ptr(slot) {
         // SAFETY: per-CPU slot pointer from the map.
-        Some(p) => unsafe { (*p).ts_ns != 0 && now.wrapping_sub((*p).ts_ns) < SAME_FLOW_NS },
+        Some(p) => unsafe { (*p).ts_ns != 0 && now.wrapping_sub((*p).ts_ns) < FLOW_WINDOW_NS },
         None => false,
     }
 }
 
-/// Whether the per-CPU memory of `slot` is the flow `key`, recently (`SAME_FLOW_NS`).
+/// Whether the per-CPU memory of `slot` is the flow `key`, recently (`FLOW_WINDOW_NS`).
 #[inline(always)]
 pub fn last_flow_is(slot: u32, key: &FlowKey, now: u64) -> bool {
     match LAST_TW.get_ptr(slot) {
         // SAFETY: per-CPU slot pointer from the map.
         Some(p) => unsafe {
-            (*p).ts_ns != 0 && now.wrapping_sub((*p).ts_ns) < SAME_FLOW_NS && (*p).key == *key
+            (*p).ts_ns != 0 && now.wrapping_sub((*p).ts_ns) < FLOW_WINDOW_NS && (*p).key == *key
         },
         None => false,
     }
