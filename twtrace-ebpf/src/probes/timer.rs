@@ -72,7 +72,9 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
                     // A reuse: the settings connect() applied to it.
                     fill_conf(&cfg, net, r);
                 }
-                remember(LAST_CANCEL, tw, &*r, seq);
+                // A takeover's or a purge's detach is final: never half of a re-arm.
+                let fin = (*r).flags & (flags::IN_CONNECT | flags::NETNS_DYING) != 0;
+                remember(LAST_CANCEL, tw, &*r, if fin { 0 } else { seq });
             }
             submit(entry);
         }
