@@ -353,9 +353,18 @@ impl Lifecycle {
             return;
         }
         if self.pending.get(&r.cpu).is_some_and(|p| p.tw == r.tw) {
-            // An in-window RST (RFC 1337 assassination), or a segment it answered with RST.
             if let Some(p) = self.pending.remove(&r.cpu) {
-                self.die(&p, ExitReason::Rst, out);
+                if p.flags & (flags::IN_CONNECT | flags::NETNS_DYING) != 0
+                    || self.taken.contains(&p.tw)
+                {
+                    // A takeover or a purge stays what it was: a late segment of the old
+                    // connection dropped by the dying socket did not kill it.
+                    self.settle(&p, out);
+                } else {
+                    // An in-window RST (RFC 1337 assassination), or a segment it answered
+                    // with RST.
+                    self.die(&p, ExitReason::Rst, out);
+                }
             }
             return;
         }
@@ -1401,6 +1410,32 @@ mod tests {
         assert_eq!(refusal(&mut lc, 8_002, 7_995), Refusal::TooYoung);
         // ktime_get_seconds() still said 7 just past the boundary (it lags by a tick or more).
         assert_eq!(refusal(&mut lc, 8_030, 8_020), Refusal::TooYoung);
+    }
+
+    #[test]
+    fn a_segment_dropped_by_a_socket_being_taken_over_did_not_kill_it() {
+        let mut lc = Lifecycle::new(250);
+        let mut cancel = rec(kind::TIMER_CANCEL, 0xA, 0, 2000);
+        cancel.flags |= flags::IN_CONNECT;
+        let ev = run(
+            &mut lc,
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                cancel,
+                rec(kind::TW_DROP, 0xA, 0, 2000),
+            ],
+        );
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Reused, Some(1000))]);
+        // Without the takeover's flag the same drop is the RST that killed it.
+        let ev = run(
+            &mut Lifecycle::new(250),
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                rec(kind::TIMER_CANCEL, 0xA, 0, 2000),
+                rec(kind::TW_DROP, 0xA, 0, 2000),
+            ],
+        );
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Rst, Some(1000))]);
     }
 
     #[test]
