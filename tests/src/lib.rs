@@ -105,6 +105,33 @@ pub fn timewait_in(ns: &NetNs) -> u64 {
     twtrace::host::procnet::parse_sockstat_tw(&text).expect("a TCP tw count in sockstat")
 }
 
+/// Fills `n` ports of `ns` with TIME_WAIT sockets toward `dst` (the client closes first) and
+/// waits until the kernel counts `n` held. A socket reset at its birth (seen under emulation,
+/// and now and then on loopback) gives its port back: one connection more takes each such
+/// port, a bounded number of times. Panics if the ports never all hold.
+pub fn hold_ports(ns: &NetNs, dst: SocketAddr, n: u64) {
+    use twtrace::experiments::workload::{connect_many, FirstCloser};
+    connect_many(ns, dst, n as usize, FirstCloser::Client).unwrap();
+    for _ in 0..10 {
+        // The last closes finish as the server reads EOF: count once they have (bounded).
+        let mut held = timewait_in(ns);
+        for _ in 0..20 {
+            if held >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            held = timewait_in(ns);
+        }
+        // (A close slower than the wait makes one of these fail: the final count decides.)
+        let _ = connect_many(ns, dst, (n - held) as usize, FirstCloser::Client);
+    }
+    assert_eq!(
+        timewait_in(ns),
+        n,
+        "the {n} ports held by TIME_WAIT sockets"
+    );
+}
+
 /// Generous bound for things the kernel does within milliseconds.
 pub const SOON: Duration = Duration::from_secs(10);
 

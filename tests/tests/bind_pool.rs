@@ -7,7 +7,7 @@
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-use twtrace::experiments::workload::{connect_many, serve, FirstCloser, Server};
+use twtrace::experiments::workload::{serve, FirstCloser, Server};
 use twtrace::host::netns::NetNs;
 use twtrace::pipeline::event::{Body, Event};
 use twtrace_tests::*;
@@ -92,31 +92,7 @@ fn namespace(ports: u16) -> (NetNs, Server, Server) {
 #[test]
 fn timewait_toward_one_destination_blocks_bind_but_not_connect_elsewhere() {
     let (ns, a, b) = namespace(10);
-    connect_many(&ns, a.addr, 10, FirstCloser::Client).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    // A TIME_WAIT socket reset at its birth (seen under emulation) gives its port back: one
-    // connection more for each, until the kernel counts all 10 ports held (bounded).
-    for _ in 0..10 {
-        // The last closes finish as the server reads EOF: count once they have (bounded).
-        let mut held = timewait_in(&ns);
-        for _ in 0..20 {
-            if held >= 10 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            held = timewait_in(&ns);
-        }
-        if held >= 10 {
-            break;
-        }
-        connect_many(&ns, a.addr, (10 - held) as usize, FirstCloser::Client).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(
-        timewait_in(&ns),
-        10,
-        "the 10 ports held by TIME_WAIT sockets"
-    );
+    hold_ports(&ns, a.addr, 10);
     // connect() toward the same destination: no port (every 4-tuple is taken).
     let same = ns
         .run(move || TcpStream::connect_timeout(&a.addr, Duration::from_secs(2)))

@@ -274,7 +274,7 @@ fn no_timestamps_no_reuse() {
         .unwrap();
     let tracer = trace(&ns);
     let server = serve(&ns, SERVICE, FirstCloser::Client, Duration::ZERO).unwrap();
-    connect_many(&ns, server.addr, 2, FirstCloser::Client).unwrap();
+    hold_ports(&ns, server.addr, 2);
     std::thread::sleep(Duration::from_millis(500));
     assert!(connect_until(
         &ns,
@@ -315,7 +315,7 @@ fn reuse_mode_2_refuses_non_loopback() {
         Duration::ZERO,
     )
     .unwrap();
-    connect_many(&cli, server.addr, 2, FirstCloser::Client).unwrap();
+    hold_ports(&cli, server.addr, 2);
     std::thread::sleep(Duration::from_millis(500));
     if let Some((local, after)) = connect_until(
         &cli,

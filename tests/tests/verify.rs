@@ -249,9 +249,13 @@ fn verify_measures_every_claim() {
             assert!(num(&t(n), "reused") > 0, "{n}: {u:#}");
             assert_eq!(num(&t(n), "early"), 0, "{n}: {u:#}");
             // A socket goes at the first second boundary after its last timestamp (the peer's
-            // FIN, milliseconds after the birth here), and connect() is retried every 10 ms:
-            // no takeover waits half a second more than the rule.
-            assert!(num(&t(n), "age_ms.max") < 1000 + 500, "{n}: {u:#}");
+            // FIN, milliseconds after the birth here), and connect() is retried every 10 ms
+            // from the first try on: no takeover waits half a second more than the later of
+            // the rule and that try. (The first try waits for every port to be held; under
+            // emulation that took 2.3 s once, on 6.12; the sockets were made up to ~0.5 s
+            // before the try is timed from.)
+            let rule_or_try = (num(&t(n), "first_try_ms") + 500).max(1000);
+            assert!(num(&t(n), "age_ms.max") < rule_or_try + 500, "{n}: {u:#}");
         }
     }
     // Mode 2 was loopback-only: the blog's rule changed whatever the delay rule.

@@ -62,7 +62,7 @@ fn reuse_trial(w: &Watch, t: ReuseSetup) -> Result<ReuseTrial> {
     )?;
     connect_close(w, &cli, dst, PORTS, Duration::ZERO, Close::Fin)?;
     let closed = Instant::now();
-    wait_for_timewait(w, &cli)?;
+    hold_every_port(w, &cli, dst)?;
     let t0 = Instant::now();
     let (successes, failures) = connect_until_reused(w, &cli, dst, t.want, t.try_for)?;
     let tried_ms = t0.elapsed().as_millis() as u64;
@@ -91,17 +91,35 @@ fn reuse_trial(w: &Watch, t: ReuseSetup) -> Result<ReuseTrial> {
 /// emulation with every trial at once that was ~1 s, so the first try came after even a 200 ms
 /// delay (seen on the 7.3 guest: min age 917-1001 ms with tcp_tw_reuse_delay=200). A socket
 /// killed at birth (an in-window RST, seen now and then on loopback) never shows in sockstat:
-/// the births seen by the tracer end the wait too, and after 5 s the trial goes on regardless.
-fn wait_for_timewait(w: &Watch, cli: &NetNs) -> Result<()> {
+/// the `births` seen by the tracer end the wait too, and after 5 s the trial goes on regardless.
+fn wait_for_timewait(w: &Watch, cli: &NetNs, births: usize) -> Result<()> {
     let t_wait = Instant::now();
     for i in 0u32.. {
         if sockstat_tw(cli)? >= PORTS as u64 || t_wait.elapsed() > Duration::from_secs(5) {
             break;
         }
-        if i % 50 == 49 && count(&w.events(&[cli]), |b| matches!(b, Body::Enter { .. })) >= PORTS {
+        if i % 50 == 49 && count(&w.events(&[cli]), |b| matches!(b, Body::Enter { .. })) >= births {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Every port held by a timewait socket, as a trial assumes. A socket killed at its birth
+/// gives its port back, and a trial that starts with a free port measures nothing: its first
+/// connect() simply succeeds (seen on the 6.1 guest, where mode 2 over veth then showed no
+/// refusal at all). One connection more takes each such port (at most 3 rounds).
+fn hold_every_port(w: &Watch, cli: &NetNs, dst: SocketAddr) -> Result<()> {
+    let mut made = PORTS;
+    for round in 0..4 {
+        wait_for_timewait(w, cli, made)?;
+        let held = sockstat_tw(cli)? as usize;
+        if held >= PORTS || round == 3 {
+            break;
+        }
+        connect_close(w, cli, dst, PORTS - held, Duration::ZERO, Close::Fin)?;
+        made += PORTS - held;
     }
     Ok(())
 }
