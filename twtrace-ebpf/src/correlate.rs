@@ -83,9 +83,10 @@ pub fn remember(slot: u32, tw: u64, r: &TwRecord, seq: u64) {
 /// pending timer and enqueues it again under the timer base lock with interrupts off, so the
 /// two are consecutive on this CPU with no other timer event between. A new timewait socket on
 /// the memory of one that just died (the slab reuses it at once) almost always has timer
-/// events between (its connection's own timers), and is usually another flow; but the same
-/// flow's next socket after a takeover by connect() once had none (1 in 290 000): a detach
-/// known to be final is remembered with sequence 0, which never matches.
+/// events between (its connection's own timers), and is usually another flow; but nothing
+/// forbids the same flow's next socket after a takeover by connect() from having none (the
+/// soak's rare missing births point there): a detach known to be final is remembered with
+/// sequence 0, which never matches.
 #[inline(always)]
 pub fn is_rearm(tw: u64, seq: u64, key: &FlowKey) -> bool {
     match LAST_TW.get_ptr(LAST_CANCEL) {

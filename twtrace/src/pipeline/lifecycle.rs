@@ -785,7 +785,11 @@ impl Lifecycle {
         for p in recs {
             self.settle(&p, out);
         }
-        // RST answers whose detach never came (the socket was not killed after all).
+        self.forget_stale(now_ns);
+    }
+
+    /// Forgets RST answers whose detach never came (the socket was not killed after all).
+    pub fn forget_stale(&mut self, now_ns: u64) {
         self.rst_sent
             .retain(|_, ts| now_ns.saturating_sub(*ts) < 1_000_000_000);
     }

@@ -240,7 +240,7 @@ impl Tracer {
             // Without /proc/stat the window alone decides.
             None if !self.cpu_times => self.lifecycle.tick(before_drain, None, out),
             // Nothing was overdue before the drain: what it brought waits for the next poll.
-            None => {}
+            None => self.lifecycle.forget_stale(before_drain),
         }
         let now = sysinfo::monotonic_ns();
         let refreshed = self.sysctls.refresh_due();
