@@ -38,6 +38,7 @@ pub struct Enter {
     pub snapshot: bool,
     pub age_ms: Option<u64>,
     pub comm: Option<String>,
+    pub ts_ns: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +66,7 @@ pub fn enters(ev: &[Event]) -> Vec<Enter> {
                 snapshot: *snapshot,
                 age_ms: *age_ms,
                 comm: task.as_ref().map(|t| t.comm.to_string()),
+                ts_ns: e.ts_ns,
             }),
             _ => None,
         })
@@ -172,5 +174,11 @@ pub mod kernel {
         // SAFETY: valid out-pointer.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         (ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// CLOCK_MONOTONIC in nanoseconds: the clock of the events' `ts_ns`.
+    pub fn monotonic_ns() -> u64 {
+        let (s, ns) = monotonic();
+        s * 1_000_000_000 + u64::from(ns)
     }
 }

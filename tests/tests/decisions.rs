@@ -88,11 +88,6 @@ fn try_connect(ns: &NetNs, dst: SocketAddr) -> Result<SocketAddr, i32> {
     .unwrap()
 }
 
-fn now_ns() -> u64 {
-    let (s, ns) = kernel::monotonic();
-    s * 1_000_000_000 + ns as u64
-}
-
 /// Sets `key` to `value` in the client namespace and at once makes a connect() that must fail,
 /// both from one thread already inside the namespace (no thread is started between them);
 /// returns the failure's event (waited for) and when the sysctl was written. The two must
@@ -110,7 +105,7 @@ fn change_then_fail(s: &Setup, key: &str, value: &str) -> (Event, u64) {
         let (changed, took, r) = s
             .cli
             .run(move || {
-                let changed = now_ns();
+                let changed = kernel::monotonic_ns();
                 let t0 = Instant::now();
                 std::fs::write(&path, &value_owned).unwrap();
                 let r = match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
@@ -285,7 +280,7 @@ fn tcp_timestamps_changes_show_with_the_next_failure() {
     });
     // Connections made right after timestamps are turned off carry none: their TIME_WAIT
     // sockets can never be reused, whatever tw_reuse and the delay say.
-    let changed = now_ns();
+    let changed = kernel::monotonic_ns();
     s.cli.sysctl("net.ipv4.tcp_timestamps", "0").unwrap();
     fill(&s);
     let r = try_connect(&s.cli, s.server.addr);

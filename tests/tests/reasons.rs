@@ -59,24 +59,85 @@ fn check_candidates(fn_tier: bool, fails: &[Fail], expect: impl Fn(&Fail) -> u32
     }
 }
 
+/// With the function tier each refused connect() carries the kernel's count of the timewait
+/// sockets it asked about: every one that existed when it searched, so never more than the
+/// tracer had seen born by the failure's record, and all of them toward `dst` once the try
+/// began after the last birth (the timer is armed after the socket is hashed, so a birth's
+/// record means the port search can meet it). A try that began while births were still
+/// arriving (the ports then held by closing sockets, not timewait ones) may count fewer.
+/// `tries` are the refused tries' starts, one failure each, in order, all before any takeover.
+fn check_refused_candidates(fn_tier: bool, ev: &[Event], tries: &[u64], dst: SocketAddr) {
+    let fails: Vec<(&Event, Fail)> = ev
+        .iter()
+        .filter_map(|e| Some((e, connect_fails(std::slice::from_ref(e)).pop()?)))
+        .collect();
+    assert_eq!(
+        fails.len(),
+        tries.len(),
+        "one failure per refused try: {fails:?}"
+    );
+    if !fn_tier {
+        let all: Vec<Fail> = fails.iter().map(|(_, f)| *f).collect();
+        return check_candidates(false, &all, |_| 0);
+    }
+    // The sockets the tries met: born before the takeover (the connection that took the port
+    // over is closed at once and leaves a timewait socket of its own).
+    let taken_at = exits(ev)
+        .iter()
+        .filter(|x| x.reason == ExitReason::Reused)
+        .map(|x| x.ts_ns)
+        .min()
+        .unwrap_or(u64::MAX);
+    let births: Vec<u64> = enters(ev)
+        .iter()
+        .filter(|b| addr(&b.sock, false) == dst && b.ts_ns < taken_at)
+        .map(|b| b.ts_ns)
+        .collect();
+    let last_birth = births.iter().max().copied().unwrap_or(0);
+    for ((e, f), began) in fails.iter().zip(tries) {
+        let counted = f.4.expect("the function tier counts refused candidates");
+        let born_by_record = births.iter().filter(|&&b| b < e.ts_ns).count() as u32;
+        assert!(
+            counted <= born_by_record && counted <= f.2,
+            "a try counted {counted} candidates, {born_by_record} born by its record: {fails:?}"
+        );
+        if *began > last_birth {
+            assert_eq!(
+                counted, f.2,
+                "a try after every birth asked every port: {fails:?}"
+            );
+        }
+    }
+    assert!(
+        tries.last().is_some_and(|&t| t > last_birth),
+        "no refused try after the last birth: nothing checked every port ({tries:?}, last birth {last_birth})"
+    );
+}
+
 /// Connects from inside `ns` until it succeeds or `limit` passes, sleeping `gap` after each
-/// EADDRNOTAVAIL. Returns the local address of the connection that succeeded and when.
+/// EADDRNOTAVAIL. Returns the local address of the connection that succeeded and when, and
+/// when (CLOCK_MONOTONIC ns, the events' clock) each refused try began.
 fn connect_until(
     ns: &NetNs,
     dst: SocketAddr,
     limit: Duration,
     gap: Duration,
-) -> Option<(SocketAddr, Duration)> {
+) -> (Option<(SocketAddr, Duration)>, Vec<u64>) {
     ns.run(move || {
         let t0 = Instant::now();
+        let mut refused = Vec::new();
         while t0.elapsed() < limit {
+            let began = kernel::monotonic_ns();
             match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
-                Ok(s) => return Some((s.local_addr().unwrap(), t0.elapsed())),
-                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => std::thread::sleep(gap),
+                Ok(s) => return (Some((s.local_addr().unwrap(), t0.elapsed())), refused),
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                    refused.push(began);
+                    std::thread::sleep(gap)
+                }
                 Err(e) => panic!("connect: {e}"),
             }
         }
-        None
+        (None, refused)
     })
     .unwrap()
 }
@@ -153,13 +214,13 @@ fn reuse_attempt(test: &str, delay_ms: u64, has_delay: bool) -> bool {
     // Try at once: until the timewait sockets exist the ports are held by closing
     // connections ("no timewait"), until the server's FIN arrives they are in their FIN_WAIT2
     // substate ("fin_wait2"), then they are too young until the delay has passed.
-    let (local, _) = connect_until(
+    let (reused_at, tries) = connect_until(
         &ns,
         server.addr,
         Duration::from_millis(delay_ms + 3000),
         Duration::from_millis(20),
-    )
-    .expect("connect() never reused a timewait socket");
+    );
+    let (local, _) = reused_at.expect("connect() never reused a timewait socket");
     let ev = tracer.wait_for(SOON, |ev| {
         exits(ev).iter().any(|x| x.reason == ExitReason::Reused)
     });
@@ -220,8 +281,7 @@ fn reuse_attempt(test: &str, delay_ms: u64, has_delay: bool) -> bool {
         );
         assert_eq!(f.3, std::process::id());
     }
-    // Each refusal asked about every port's timewait socket (none while they did not exist).
-    check_candidates(tracer.features().fn_tier(), &fails, |f| f.2);
+    check_refused_candidates(tracer.features().fn_tier(), &ev, &tries, server.addr);
     if closed_in.is_none_or(|s| s == first_try_in) {
         assert!(
             fails.iter().any(|f| f.1 == Refusal::TooYoung),
@@ -282,6 +342,7 @@ fn no_timestamps_no_reuse() {
         Duration::from_millis(300),
         Duration::from_millis(50)
     )
+    .0
     .is_none());
     let ev = tracer.wait_for(SOON, |ev| !connect_fails(ev).is_empty());
     let fails = connect_fails(&ev);
@@ -317,7 +378,7 @@ fn reuse_mode_2_refuses_non_loopback() {
     .unwrap();
     hold_ports(&cli, server.addr, 2);
     std::thread::sleep(Duration::from_millis(500));
-    if let Some((local, after)) = connect_until(
+    if let (Some((local, after)), _) = connect_until(
         &cli,
         server.addr,
         Duration::from_millis(300),

@@ -3,8 +3,13 @@
 //! CI keeps only the tail of the output, and "FAILED verify::…" alone does not say which
 //! assertion failed or with what values.
 
-/// At most this many characters of one panic's message are kept (its lines joined).
-const MAX_CHARS: usize = 1500;
+/// Of a long panic message (its lines joined) the start (where, and the assertion) and the end
+/// (an `assert_eq!`'s left and right come last, after any dump) are kept, this many bytes each:
+/// short enough that several failures still fit in the tail CI keeps.
+const KEEP_HEAD: usize = 240;
+const KEEP_TAIL: usize = 240;
+/// What stands for the bytes left out between them.
+const ELIDED: &str = " … ";
 /// At most this many panics are kept per run (the first ones).
 const MAX_PANICS: usize = 12;
 
@@ -58,18 +63,9 @@ impl Panics {
             return;
         }
         let p = self.found.last_mut().expect("open implies one found");
-        if p.text.len() < MAX_CHARS {
-            p.text.push(' ');
-            p.text.push_str(t);
-            if p.text.len() > MAX_CHARS {
-                let mut cut = MAX_CHARS;
-                while !p.text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                p.text.truncate(cut);
-                p.text.push('…');
-            }
-        }
+        p.text.push(' ');
+        p.text.push_str(t);
+        squeeze(&mut p.text);
     }
 
     /// Prints each panic as one line under a heading naming where they came from.
@@ -82,6 +78,27 @@ impl Panics {
             eprintln!("   {}: {}", p.test, p.text);
         }
     }
+}
+
+/// Keeps the first [`KEEP_HEAD`] and the last [`KEEP_TAIL`] bytes of `s` (at character
+/// boundaries), [`ELIDED`] between them. Applied after every line added, so a message of any
+/// length costs no more than that (the head, marker included, stays as it was).
+fn squeeze(s: &mut String) {
+    if s.len() <= KEEP_HEAD + ELIDED.len() + KEEP_TAIL {
+        return;
+    }
+    let mut head = KEEP_HEAD;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - KEEP_TAIL;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    let end = s.split_off(tail);
+    s.truncate(head);
+    s.push_str(ELIDED);
+    s.push_str(&end);
 }
 
 #[cfg(test)]
@@ -133,12 +150,34 @@ mod tests {
         assert_eq!(p.found.len(), MAX_PANICS);
         for f in &p.found {
             assert!(
-                f.text.len() <= MAX_CHARS + '…'.len_utf8(),
+                f.text.len() <= KEEP_HEAD + ELIDED.len() + KEEP_TAIL,
                 "{}",
                 f.text.len()
             );
-            assert!(f.text.ends_with('…'));
+            assert!(f.text.starts_with("f.rs:1:1: éé"), "{}", f.text);
+            assert_eq!(f.text.matches(ELIDED).count(), 1, "{}", f.text);
         }
         assert_eq!(p.found[3].test, "t3");
+    }
+
+    #[test]
+    fn an_assertions_values_after_a_long_dump_are_kept() {
+        let mut p = Panics::default();
+        p.feed("thread 'x' panicked at tests/tests/w.rs:9:5:");
+        p.feed("assertion `left == right` failed: [");
+        for i in 0..10_000 {
+            p.feed(&format!("    Event {{ ts_ns: {i} }},"));
+        }
+        p.feed("]");
+        p.feed("  left: 7");
+        p.feed(" right: 8");
+        p.feed("");
+        let text = &p.found[0].text;
+        assert!(
+            text.starts_with("tests/tests/w.rs:9:5: assertion `left == right` failed: ["),
+            "{text}"
+        );
+        assert!(text.ends_with("] left: 7 right: 8"), "{text}");
+        assert!(text.len() <= KEEP_HEAD + ELIDED.len() + KEEP_TAIL);
     }
 }
