@@ -340,6 +340,12 @@ impl Lifecycle {
         }
     }
 
+    /// A detach that ends the socket whatever follows it: inside connect() (a takeover, also
+    /// when the function tier saw it) or in a dying namespace (the purge).
+    fn is_final(&self, p: &TwRecord) -> bool {
+        p.flags & (flags::IN_CONNECT | flags::NETNS_DYING) != 0 || self.taken.contains(&p.tw)
+    }
+
     /// A segment dropped by a timewait socket: a PAWS rejection, or the one that killed it.
     fn on_tw_drop(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
         if r.flags & flags::PAWS != 0 {
@@ -354,9 +360,7 @@ impl Lifecycle {
         }
         if self.pending.get(&r.cpu).is_some_and(|p| p.tw == r.tw) {
             if let Some(p) = self.pending.remove(&r.cpu) {
-                if p.flags & (flags::IN_CONNECT | flags::NETNS_DYING) != 0
-                    || self.taken.contains(&p.tw)
-                {
+                if self.is_final(&p) {
                     // A takeover or a purge stays what it was: a late segment of the old
                     // connection dropped by the dying socket did not kill it.
                     self.settle(&p, out);
@@ -503,12 +507,11 @@ impl Lifecycle {
         // on this CPU (one `__mod_timer` call). Anything else is a birth, on memory that may
         // have held a socket that just died (the slab reuses it at once).
         let rearm = r.flags & flags::REARM != 0 && !self.taken.contains(&r.tw);
-        // A detach inside connect() (a takeover) or in a dying namespace is never half of a
-        // re-arm: the same flow's next timewait socket can be born on the freed memory with
-        // no timer event between on that CPU (seen once in 290 000 takeovers in the soak).
-        let final_detach = |p: &TwRecord| p.flags & (flags::IN_CONNECT | flags::NETNS_DYING) != 0;
+        // A final detach is never half of a re-arm: the same flow's next timewait socket can
+        // be born on the freed memory with no timer event between on that CPU (seen once in
+        // 290 000 takeovers in the soak).
         match self.pending.remove(&r.cpu) {
-            Some(p) if p.tw == r.tw && rearm && !final_detach(&p) => return self.rearm(r, out),
+            Some(p) if p.tw == r.tw && rearm && !self.is_final(&p) => return self.rearm(r, out),
             Some(p) => self.settle(&p, out),
             // A re-arm whose detach record we did not see (lost): still not a birth.
             None if rearm && self.live.contains_key(&r.tw) => return self.rearm(r, out),
