@@ -354,7 +354,12 @@ fn no_timestamps_no_reuse() {
         "{fails:?}"
     );
     check_candidates(tracer.features().fn_tier(), &fails, |_| 2);
-    assert!(exits(&ev).is_empty(), "nothing was reused: {ev:#?}");
+    // Nothing was reused. A timewait socket reset at its birth (seen under emulation: its
+    // port was held again by `hold_ports` before the tries) is the only exit allowed.
+    assert!(
+        exits(&ev).iter().all(|x| x.reason == ExitReason::Rst),
+        "nothing was reused: {ev:#?}"
+    );
 }
 
 /// tcp_tw_reuse=2 (the default) reuses only loopback timewait sockets: over a veth it refuses.
