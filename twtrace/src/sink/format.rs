@@ -25,17 +25,95 @@ pub fn secs(ms: u64) -> String {
     format!("{}.{:03}s", ms / 1000, ms % 1000)
 }
 
-/// RFC 3339 UTC with microseconds, e.g. `2026-11-25T09:10:11.123456Z`.
+/// RFC 3339 UTC with microseconds, e.g. `2026-11-25T09:10:11.123456Z`; empty past the year
+/// 9999, which humantime refuses (a damaged trace file's clock), rather than a panic.
 pub fn rfc3339_micros(wall_ns: i128) -> String {
-    rfc3339_micros_fmt(wall_ns).to_string()
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(27);
+    let _ = write!(s, "{}", rfc3339_micros_fmt(wall_ns));
+    s
+}
+
+/// [`rfc3339_micros`] appended to `out`, the hot path of `--json`: humantime formats the
+/// date and time once per second of wall clock (cached per thread), the microseconds are
+/// written here. The same bytes as [`rfc3339_micros`] (unit-tested against it).
+pub fn push_rfc3339_micros(out: &mut String, wall_ns: i128) {
+    use std::cell::Cell;
+    thread_local! {
+        /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+        static SECOND: Cell<(i128, [u8; 19])> = const { Cell::new((-1, [0; 19])) };
+    }
+    let ns = wall_ns.max(0); // humantime's epoch for times before it, as rfc3339_micros_fmt
+    let sec = ns / 1_000_000_000;
+    let prefix = SECOND.with(|c| {
+        let (cached, p) = c.get();
+        if cached == sec {
+            return Some(p);
+        }
+        let full = rfc3339_micros(ns);
+        // `…SS.uuuuuuZ`: years 0000–9999 (humantime's range) always have this shape.
+        let b = full.as_bytes();
+        (b.len() == 27 && b[19] == b'.' && b[26] == b'Z').then(|| {
+            let mut p = [0u8; 19];
+            p.copy_from_slice(&b[..19]);
+            c.set((sec, p));
+            p
+        })
+    });
+    let Some(prefix) = prefix else {
+        out.push_str(&rfc3339_micros(ns));
+        return;
+    };
+    // ASCII digits and punctuation, copied from humantime's output.
+    out.push_str(std::str::from_utf8(&prefix).unwrap_or("1970-01-01T00:00:00"));
+    let micros = ((ns % 1_000_000_000) / 1_000) as u32;
+    let mut frac = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'Z'];
+    let mut m = micros;
+    for d in frac[1..7].iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    out.push_str(std::str::from_utf8(&frac).unwrap_or(".000000Z"));
+}
+
+/// An integer appended to `out` (itoa: no `fmt` machinery, no padding support to skip).
+pub fn push_int(out: &mut String, v: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// An address as `Display` writes it; IPv4 (the common case) without `fmt`, whose
+/// `Ipv4Addr` formatting goes through a padded buffer per address.
+pub fn push_ip(out: &mut String, ip: &IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            let [a, b, c, d] = a.octets();
+            push_int(out, a);
+            out.push('.');
+            push_int(out, b);
+            out.push('.');
+            push_int(out, c);
+            out.push('.');
+            push_int(out, d);
+        }
+        IpAddr::V6(a) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{a}");
+        }
+    }
 }
 
 /// [`rfc3339_micros`] without the `String`: for writing into a buffer.
 pub fn rfc3339_micros_fmt(wall_ns: i128) -> humantime::Rfc3339Timestamp {
+    use std::time::{Duration, UNIX_EPOCH};
+    // Past humantime's last second (year 9999) it writes nothing; a time too far for
+    // `SystemTime` is such a time too.
+    const BEYOND: Duration = Duration::from_secs(253_402_300_800);
     let t = if wall_ns >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall_ns as u64)
+        let secs = u64::try_from(wall_ns / 1_000_000_000).unwrap_or(u64::MAX);
+        let d = Duration::new(secs.min(BEYOND.as_secs()), (wall_ns % 1_000_000_000) as u32);
+        UNIX_EPOCH + d
     } else {
-        std::time::UNIX_EPOCH
+        UNIX_EPOCH
     };
     humantime::format_rfc3339_micros(t)
 }
@@ -150,6 +228,63 @@ pub fn workload(e: &crate::pipeline::event::Event) -> &dyn std::fmt::Display {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_time_is_the_same_text() {
+        // Within one second, across boundaries, far apart, before the epoch, at and past
+        // humantime's last second (empty, never a panic), and back again.
+        let base: i128 = 1_764_000_000_123_456_789;
+        let mut times = vec![
+            0,
+            -5,
+            999,
+            1_000,
+            base,
+            base + 1,
+            base + 876_000_000,
+            base + 877_000_000,
+            base + 1_000_000_000,
+            base - 1,
+            253_402_300_799_999_999_999,
+            253_402_300_800_000_000_000,
+            i128::MAX,
+            base,
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            times.push(base + (x % 3_000_000_000_000) as i128);
+        }
+        for t in times {
+            let mut fast = String::from("x");
+            push_rfc3339_micros(&mut fast, t);
+            assert_eq!(fast, format!("x{}", rfc3339_micros(t)), "{t}");
+        }
+        assert_eq!(rfc3339_micros(i128::MAX), "");
+    }
+
+    #[test]
+    fn fast_addresses_and_integers_are_the_same_text() {
+        let ips: [IpAddr; 5] = [
+            "0.0.0.0".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            "198.18.255.10".parse().unwrap(),
+            "255.255.255.255".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ];
+        for ip in ips {
+            let mut s = String::new();
+            push_ip(&mut s, &ip);
+            assert_eq!(s, ip.to_string());
+        }
+        let mut s = String::new();
+        push_int(&mut s, u64::MAX);
+        push_int(&mut s, -7i32);
+        push_int(&mut s, 0u16);
+        assert_eq!(s, format!("{}-70", u64::MAX));
+    }
 
     #[test]
     fn durations() {

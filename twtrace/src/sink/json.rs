@@ -3,26 +3,31 @@
 use crate::host::workload::Workload;
 use crate::kernel::sysinfo::Clock;
 use crate::pipeline::event::{Body, Event, Task};
-use crate::sink::format::{errno_name, rfc3339_micros_fmt};
+use crate::sink::format::{errno_name, push_int, push_ip, push_rfc3339_micros};
 use std::fmt::Write as _;
 
 /// One NDJSON object (without the newline): the `--json` contract. Keys are stable; new
 /// keys may be added, none renamed.
 pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
+    // Written piece by piece, not with `write!`: this runs for every event of `--json`.
     out.push_str("{\"time\":\"");
-    let _ = write!(out, "{}", rfc3339_micros_fmt(clock.wall_ns(e.ts_ns)));
-    let _ = write!(out, "\",\"kind\":\"{}\"", e.kind());
+    push_rfc3339_micros(out, clock.wall_ns(e.ts_ns));
+    out.push_str("\",\"kind\":\"");
+    out.push_str(e.kind());
+    out.push('"');
     if let Some(s) = e.sock() {
-        let _ = write!(
-            out,
-            ",\"netns\":{},\"family\":{},\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{}",
-            s.netns,
-            s.family(),
-            s.laddr,
-            s.lport,
-            s.raddr,
-            s.rport
-        );
+        out.push_str(",\"netns\":");
+        push_int(out, s.netns);
+        out.push_str(",\"family\":");
+        push_int(out, s.family());
+        out.push_str(",\"laddr\":\"");
+        push_ip(out, &s.laddr);
+        out.push_str("\",\"lport\":");
+        push_int(out, s.lport);
+        out.push_str(",\"raddr\":\"");
+        push_ip(out, &s.raddr);
+        out.push_str("\",\"rport\":");
+        push_int(out, s.rport);
     }
     write_body(&e.body, out);
     if let Some(w) = &e.workload {
@@ -71,30 +76,22 @@ fn write_body(body: &Body, out: &mut String) {
             age_ms,
             ..
         } => {
-            let _ = write!(
-                out,
-                ",\"substate\":\"{}\",\"timeout_ms\":{}",
-                substate.as_str(),
-                timeout_ms
-            );
+            out.push_str(",\"substate\":\"");
+            out.push_str(substate.as_str());
+            out.push_str("\",\"timeout_ms\":");
+            push_int(out, *timeout_ms);
             write_task(out, t);
             if *snapshot {
                 out.push_str(",\"snapshot\":true");
             }
-            if let Some(a) = age_ms {
-                let _ = write!(out, ",\"age_ms\":{a}");
-            }
+            push_opt(out, ",\"age_ms\":", *age_ms);
         }
         Body::Promote {
             timeout_ms, age_ms, ..
         } => {
-            let _ = write!(
-                out,
-                ",\"substate\":\"TIME_WAIT\",\"timeout_ms\":{timeout_ms}"
-            );
-            if let Some(a) = age_ms {
-                let _ = write!(out, ",\"age_ms\":{a}");
-            }
+            out.push_str(",\"substate\":\"TIME_WAIT\",\"timeout_ms\":");
+            push_int(out, *timeout_ms);
+            push_opt(out, ",\"age_ms\":", *age_ms);
         }
         Body::Exit {
             substate,
@@ -103,15 +100,12 @@ fn write_body(body: &Body, out: &mut String) {
             task: t,
             ..
         } => {
-            let _ = write!(
-                out,
-                ",\"substate\":\"{}\",\"reason\":\"{}\"",
-                substate.as_str(),
-                reason.as_str()
-            );
-            if let Some(l) = lifetime_ms {
-                let _ = write!(out, ",\"lifetime_ms\":{l}");
-            }
+            out.push_str(",\"substate\":\"");
+            out.push_str(substate.as_str());
+            out.push_str("\",\"reason\":\"");
+            out.push_str(reason.as_str());
+            out.push('"');
+            push_opt(out, ",\"lifetime_ms\":", *lifetime_ms);
             write_task(out, t);
         }
         Body::Overflow { .. } | Body::PawsReject { .. } => {}
@@ -167,8 +161,18 @@ fn write_body(body: &Body, out: &mut String) {
 /// `pid` and `comm` when the task is known.
 fn write_task(out: &mut String, t: &Option<Task>) {
     if let Some(t) = t {
-        let _ = write!(out, ",\"pid\":{},\"comm\":", t.pid);
+        out.push_str(",\"pid\":");
+        push_int(out, t.pid);
+        out.push_str(",\"comm\":");
         push_json_str(out, &t.comm);
+    }
+}
+
+/// `key` and the value, when there is one.
+fn push_opt(out: &mut String, key: &str, v: Option<u64>) {
+    if let Some(v) = v {
+        out.push_str(key);
+        push_int(out, v);
     }
 }
 
@@ -176,6 +180,12 @@ fn write_task(out: &mut String, t: &Option<Task>) {
 /// characters; nothing else), without the `String` `serde_json::to_string` allocates.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // Nothing to escape (almost every process name): one copy.
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
