@@ -87,7 +87,14 @@ fn squeeze(s: &mut String) {
     if s.len() <= KEEP_HEAD + ELIDED.len() + KEEP_TAIL {
         return;
     }
-    let mut head = KEEP_HEAD;
+    // Squeezed before: the head ends where the marker starts.
+    let mut head = match s
+        .get(..KEEP_HEAD + ELIDED.len())
+        .and_then(|h| h.find(ELIDED))
+    {
+        Some(h) => h,
+        None => KEEP_HEAD,
+    };
     while !s.is_char_boundary(head) {
         head -= 1;
     }
@@ -97,8 +104,9 @@ fn squeeze(s: &mut String) {
     }
     let end = s.split_off(tail);
     s.truncate(head);
+    s.truncate(s.trim_end().len());
     s.push_str(ELIDED);
-    s.push_str(&end);
+    s.push_str(end.trim_start());
 }
 
 #[cfg(test)]
@@ -156,6 +164,7 @@ mod tests {
             );
             assert!(f.text.starts_with("f.rs:1:1: éé"), "{}", f.text);
             assert_eq!(f.text.matches(ELIDED).count(), 1, "{}", f.text);
+            assert!(!f.text.contains("  "), "{}", f.text);
         }
         assert_eq!(p.found[3].test, "t3");
     }

@@ -60,7 +60,7 @@ fn write_workload(w: &Workload, out: &mut String) {
 /// A JSON string (escaped), or `null`.
 fn push_str_or_null(out: &mut String, v: Option<&str>) {
     match v {
-        Some(v) => out.push_str(&serde_json::to_string(v).unwrap_or_else(|_| "null".into())),
+        Some(v) => push_json_str(out, v),
         None => out.push_str("null"),
     }
 }
@@ -222,5 +222,21 @@ mod tests {
         let mut out = String::new();
         super::push_json_str(&mut out, &all);
         assert_eq!(out, serde_json::to_string(&all).unwrap());
+        // Each alone, and names with nothing to escape (the one-copy path).
+        let names = all.chars().map(String::from).chain(
+            [
+                "",
+                "nginx",
+                "kworker/u4:2",
+                "café ☕",
+                "/kubepods.slice/x.scope",
+            ]
+            .map(String::from),
+        );
+        for s in names {
+            let mut out = String::new();
+            super::push_json_str(&mut out, &s);
+            assert_eq!(out, serde_json::to_string(&s).unwrap(), "{s:?}");
+        }
     }
 }
