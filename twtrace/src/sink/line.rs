@@ -2,15 +2,17 @@
 
 use crate::kernel::sysinfo::Clock;
 use crate::pipeline::event::{Body, Event, Task};
-use crate::sink::format::{endpoint, errno_name, rfc3339_micros, secs, workload};
+use crate::sink::format::{errno_name, push_int, push_ip, push_rfc3339_micros, workload};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 /// The column titles printed once above the lines.
 pub const LINE_HEADER: &str = "TIME(UTC)       NETNS      EVENT        SUBSTATE  LOCAL                  REMOTE                 DETAIL                       PID COMM             WORKLOAD";
 
 /// One human line with stable columns (see [`LINE_HEADER`]).
 pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
-    let time = rfc3339_micros(clock.wall_ns(e.ts_ns));
+    let mut time = String::with_capacity(27);
+    push_rfc3339_micros(&mut time, clock.wall_ns(e.ts_ns));
     // "YYYY-MM-DDTHH:MM:SS.uuuuuuZ" → "HH:MM:SS.uuuuuu"
     let hms = time.get(11..26).unwrap_or(&time);
     let Some(s) = e.sock() else {
@@ -52,101 +54,144 @@ pub fn write_line(e: &Event, clock: &Clock, out: &mut String) {
         }
         return;
     };
-    let Some((substate, detail, t)) = socket_detail(&e.body) else {
+    let Some((substate, t)) = socket_detail(&e.body) else {
         return;
     };
+    // Written piece by piece, each column padded in place: this runs for every event.
+    pad(out, 15, |o| o.push_str(hms));
+    out.push(' ');
+    pad(out, 10, |o| push_int(o, s.netns));
+    out.push(' ');
+    pad(out, 12, |o| o.push_str(e.kind()));
+    out.push(' ');
+    pad(out, 9, |o| o.push_str(substate));
+    out.push(' ');
+    pad(out, 22, |o| push_endpoint(o, &s.laddr, s.lport));
+    out.push(' ');
+    pad(out, 22, |o| push_endpoint(o, &s.raddr, s.rport));
+    out.push(' ');
+    pad(out, 24, |o| push_detail(o, &e.body));
+    out.push(' ');
+    let mut pid = itoa::Buffer::new();
     let (pid, comm) = match t {
-        Some(t) => (t.pid.to_string(), t.comm.as_str()),
-        None => ("-".to_string(), "-"),
+        Some(t) => (pid.format(t.pid), t.comm.as_str()),
+        None => ("-", "-"),
     };
-    let _ = write!(
-        out,
-        "{hms:<15} {:<10} {:<12} {:<9} {:<22} {:<22} {:<24} {:>7} {:<16} {}",
-        s.netns,
-        e.kind(),
-        substate,
-        endpoint(&s.laddr, s.lport),
-        endpoint(&s.raddr, s.rport),
-        detail,
-        pid,
-        comm,
-        workload(e)
-    );
+    for _ in pid.len()..7 {
+        out.push(' ');
+    }
+    out.push_str(pid);
+    out.push(' ');
+    pad(out, 16, |o| o.push_str(comm));
+    out.push(' ');
+    let _ = write!(out, "{}", workload(e));
 }
 
-/// The SUBSTATE and DETAIL columns and the task of an event about a socket (`None` for the
-/// kinds without one).
-fn socket_detail(body: &Body) -> Option<(&'static str, String, Option<&Task>)> {
+/// Writes a column with `f` and pads it with spaces to `width` characters (as `{:<width}`).
+fn pad(out: &mut String, width: usize, f: impl FnOnce(&mut String)) {
+    let start = out.len();
+    f(out);
+    for _ in out[start..].chars().count()..width {
+        out.push(' ');
+    }
+}
+
+/// `addr:port`, `[addr]:port` for IPv6 (as [`crate::sink::format::endpoint`]).
+fn push_endpoint(out: &mut String, a: &IpAddr, port: u16) {
+    let v6 = a.is_ipv6();
+    if v6 {
+        out.push('[');
+    }
+    push_ip(out, a);
+    out.push_str(if v6 { "]:" } else { ":" });
+    push_int(out, port);
+}
+
+/// Milliseconds as seconds with millisecond precision (as [`secs`]): `61.992s`.
+fn push_secs(out: &mut String, ms: u64) {
+    push_int(out, ms / 1000);
+    let frac = (ms % 1000) as u16;
+    out.push('.');
+    out.push(char::from(b'0' + (frac / 100) as u8));
+    out.push(char::from(b'0' + (frac / 10 % 10) as u8));
+    out.push(char::from(b'0' + (frac % 10) as u8));
+    out.push('s');
+}
+
+/// The SUBSTATE column and the task of an event about a socket (`None` for the kinds without
+/// one).
+fn socket_detail(body: &Body) -> Option<(&'static str, Option<&Task>)> {
     Some(match body {
+        Body::Enter { substate, task, .. } => (substate.as_str(), task.as_ref()),
+        Body::Promote { .. } => ("TIME_WAIT", None),
+        Body::Exit { substate, task, .. } => (substate.as_str(), task.as_ref()),
+        Body::Overflow { .. } => ("-", None),
+        Body::Abort { task, .. } => ("-", task.as_ref()),
+        Body::ConnectFail { task, .. } => ("-", task.as_ref()),
+        Body::PawsReject { .. } => ("TIME_WAIT", None),
+        Body::BoundConnect { task, .. } => ("-", task.as_ref()),
+        Body::Netns { .. } | Body::Lost { .. } | Body::BindFail { .. } => return None,
+    })
+}
+
+/// The DETAIL column of an event about a socket.
+fn push_detail(out: &mut String, body: &Body) {
+    match body {
         Body::Enter {
-            substate,
             timeout_ms,
-            task,
             snapshot,
             age_ms,
             ..
         } => {
-            let mut d = format!("timeout={}", secs(*timeout_ms));
             if *snapshot {
-                d = format!("snapshot {}", d);
-                if let Some(a) = age_ms {
-                    let _ = write!(d, " age={}", secs(*a));
-                }
+                out.push_str("snapshot ");
             }
-            (substate.as_str(), d, task.as_ref())
+            out.push_str("timeout=");
+            push_secs(out, *timeout_ms);
+            if let (true, Some(a)) = (*snapshot, age_ms) {
+                out.push_str(" age=");
+                push_secs(out, *a);
+            }
         }
-        Body::Promote { timeout_ms, .. } => (
-            "TIME_WAIT",
-            format!("promote timeout={}", secs(*timeout_ms)),
-            None,
-        ),
+        Body::Promote { timeout_ms, .. } => {
+            out.push_str("promote timeout=");
+            push_secs(out, *timeout_ms);
+        }
         Body::Exit {
-            substate,
             reason,
             lifetime_ms,
-            task,
             ..
         } => {
-            let l = lifetime_ms.map(secs).unwrap_or_else(|| "?".into());
-            (
-                substate.as_str(),
-                format!("{} {}", reason.as_str(), l),
-                task.as_ref(),
-            )
+            out.push_str(reason.as_str());
+            out.push(' ');
+            match lifetime_ms {
+                Some(l) => push_secs(out, *l),
+                None => out.push('?'),
+            }
         }
-        Body::Overflow { .. } => (
-            "-",
-            "no timewait: tcp_max_tw_buckets reached".to_string(),
-            None,
-        ),
-        Body::Abort { task, .. } => ("-", "reset: no TIME_WAIT".to_string(), task.as_ref()),
+        Body::Overflow { .. } => out.push_str("no timewait: tcp_max_tw_buckets reached"),
+        Body::Abort { .. } => out.push_str("reset: no TIME_WAIT"),
         Body::ConnectFail {
             errno,
             refusal,
             timewait,
             candidates,
-            task,
             ..
         } => {
-            let mut d = format!(
-                "{} {} tw={}",
-                errno_name(*errno),
-                refusal.as_str(),
-                timewait
-            );
+            out.push_str(errno_name(*errno));
+            out.push(' ');
+            out.push_str(refusal.as_str());
+            out.push_str(" tw=");
+            push_int(out, *timewait);
             if let Some(n) = candidates {
-                let _ = write!(d, " refused={n}");
+                out.push_str(" refused=");
+                push_int(out, *n);
             }
-            ("-", d, task.as_ref())
         }
-        Body::PawsReject { .. } => ("TIME_WAIT", "segment dropped by PAWS".to_string(), None),
-        Body::BoundConnect { task, .. } => (
-            "-",
-            "binds before connect(): one port pool".to_string(),
-            task.as_ref(),
-        ),
-        Body::Netns { .. } | Body::Lost { .. } | Body::BindFail { .. } => return None,
-    })
+        Body::PawsReject { .. } => out.push_str("segment dropped by PAWS"),
+        Body::BoundConnect { .. } => out.push_str("binds before connect(): one port pool"),
+        Body::Netns { .. } | Body::Lost { .. } | Body::BindFail { .. } => {}
+    }
 }
 
 impl Event {
