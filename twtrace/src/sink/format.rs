@@ -13,16 +13,40 @@ pub fn errno_name(errno: i32) -> &'static str {
     }
 }
 
+/// `addr:port`, `[addr]:port` for IPv6.
 pub fn endpoint(a: &IpAddr, port: u16) -> String {
-    match a {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    let mut s = String::with_capacity(21);
+    push_endpoint(&mut s, a, port);
+    s
+}
+
+/// [`endpoint`] appended to `out`.
+pub fn push_endpoint(out: &mut String, a: &IpAddr, port: u16) {
+    let v6 = a.is_ipv6();
+    if v6 {
+        out.push('[');
     }
+    push_ip(out, a);
+    out.push_str(if v6 { "]:" } else { ":" });
+    push_int(out, port);
 }
 
 /// Seconds with millisecond precision: `61.992s`.
 pub fn secs(ms: u64) -> String {
-    format!("{}.{:03}s", ms / 1000, ms % 1000)
+    let mut s = String::with_capacity(8);
+    push_secs(&mut s, ms);
+    s
+}
+
+/// [`secs`] appended to `out`.
+pub fn push_secs(out: &mut String, ms: u64) {
+    push_int(out, ms / 1000);
+    let frac = (ms % 1000) as u16;
+    out.push('.');
+    for d in [frac / 100, frac / 10 % 10, frac % 10] {
+        out.push(char::from(b'0' + d as u8));
+    }
+    out.push('s');
 }
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-25T09:10:11.123456Z`; empty past the year

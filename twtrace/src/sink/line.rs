@@ -2,9 +2,10 @@
 
 use crate::kernel::sysinfo::Clock;
 use crate::pipeline::event::{Body, Event, Task};
-use crate::sink::format::{errno_name, push_int, push_ip, push_rfc3339_micros, workload};
+use crate::sink::format::{
+    errno_name, push_endpoint, push_int, push_rfc3339_micros, push_secs, workload,
+};
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 /// The column titles printed once above the lines.
 pub const LINE_HEADER: &str = "TIME(UTC)       NETNS      EVENT        SUBSTATE  LOCAL                  REMOTE                 DETAIL                       PID COMM             WORKLOAD";
@@ -94,28 +95,6 @@ fn pad(out: &mut String, width: usize, f: impl FnOnce(&mut String)) {
     for _ in out[start..].chars().count()..width {
         out.push(' ');
     }
-}
-
-/// `addr:port`, `[addr]:port` for IPv6 (as [`crate::sink::format::endpoint`]).
-fn push_endpoint(out: &mut String, a: &IpAddr, port: u16) {
-    let v6 = a.is_ipv6();
-    if v6 {
-        out.push('[');
-    }
-    push_ip(out, a);
-    out.push_str(if v6 { "]:" } else { ":" });
-    push_int(out, port);
-}
-
-/// Milliseconds as seconds with millisecond precision (as [`secs`]): `61.992s`.
-fn push_secs(out: &mut String, ms: u64) {
-    push_int(out, ms / 1000);
-    let frac = (ms % 1000) as u16;
-    out.push('.');
-    out.push(char::from(b'0' + (frac / 100) as u8));
-    out.push(char::from(b'0' + (frac / 10 % 10) as u8));
-    out.push(char::from(b'0' + (frac % 10) as u8));
-    out.push('s');
 }
 
 /// The SUBSTATE column and the task of an event about a socket (`None` for the kinds without
