@@ -10,7 +10,7 @@ use crate::correlate::{
     LAST_BIRTH, LAST_CANCEL,
 };
 use crate::record::{
-    reserve, submit, fill_conf, fill_sock, fill_tw, flow_key, hot, net_of, read, set_current, sock_key,
+    reserve, submit, fill_conf, fill_sock, fill_tw, flow_key, hot, load, net_of, set_current, sock_key,
 };
 use crate::CONFIG;
 
@@ -32,8 +32,10 @@ pub fn timer_expire_entry(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
     let timer: u64 = ctx.arg(0);
-    // SAFETY: every kernel memory access goes through bpf_probe_read_kernel; `r` points into a
-    // ring-buffer reservation of size_of::<TwRecord>() bytes.
+    // SAFETY: `timer` is the tracepoint's BTF-typed argument, so its one direct load is checked
+    // by the verifier against `struct timer_list`; every other kernel memory access goes
+    // through bpf_probe_read_kernel. `r` points into a ring-buffer reservation of
+    // size_of::<TwRecord>() bytes.
     unsafe {
         // Every start and detach of every timer on this CPU is counted, before the filter:
         // a re-arm is the only way a timewait timer's detach and start are consecutive.
@@ -42,12 +44,10 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
         } else {
             next_seq()
         };
-        // The filter reads only the config fields it needs, and `function` once.
+        // The filter reads only the config fields it needs, and `function` once, with a direct
+        // load (no helper call): most runs are for other timers and end here.
         let handler: u64 = hot!(tw_timer_handler);
-        let function: u64 = match read(timer, hot!(timer_function)) {
-            Ok(f) => f,
-            Err(_) => return 0,
-        };
+        let function: u64 = load(timer, hot!(timer_function));
         if function != handler || handler == 0 {
             if k == kind::TIMER_START {
                 let rh: u64 = hot!(reqsk_timer_handler);
@@ -105,18 +105,11 @@ unsafe fn on_start(tw: u64, seq: u64, r: *mut twtrace_common::TwRecord) {
 
 /// A request socket's timer armed (a SYN became a request socket) right after the detach of a
 /// timewait socket of the same flow on this CPU: the SYN was accepted into TIME_WAIT
-/// (TCP_TW_SYN). Compared here, not only in userspace: a client that reuses a timewait socket
+/// (TCP_TW_SYN); the caller checked the timer's function. Compared here, not only in userspace: a client that reuses a timewait socket
 /// for its connect() detaches it just before its SYN reaches the (local) listener, so without
 /// the flow check every such connection would cost a record.
 #[inline(always)]
 unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
-    if cfg.reqsk_timer_handler == 0 {
-        return;
-    }
-    let function: u64 = read(timer, cfg.timer_function).unwrap_or(0);
-    if function != cfg.reqsk_timer_handler {
-        return;
-    }
     let now = bpf_ktime_get_ns();
     if !recent(LAST_CANCEL, now) {
         return;
