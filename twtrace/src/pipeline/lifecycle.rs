@@ -122,11 +122,9 @@ type IntSet<K> = HashSet<K, std::hash::BuildHasherDefault<IntHasher>>;
 
 pub struct Lifecycle {
     hz: u64,
-    /// Timewait sockets per destination, for connect() failure analysis.
-    by_dest: HashMap<Dest, IntSet<u64>>,
     /// Per namespace: local ports held by live timewait sockets, and by how many (the pool of
     /// bind()-before-connect() is the ports, whatever the destinations).
-    ports_held: IntMap<u32, std::collections::BTreeMap<u16, u32>>,
+    ports_held: IntMap<u32, IntMap<u16, u32>>,
     /// Timewait sockets that just answered a segment with RST (they die next).
     rst_sent: IntMap<u64, u64>,
     /// Function tier: timewait sockets `tcp_twsk_unique` handed to connect() (their detach,
@@ -169,7 +167,6 @@ impl Lifecycle {
             live: Default::default(),
             pending: Default::default(),
             marks: Default::default(),
-            by_dest: HashMap::new(),
             ports_held: Default::default(),
             rst_sent: Default::default(),
             taken: Default::default(),
@@ -439,7 +436,7 @@ impl Lifecycle {
             .ports_held
             .get(&r.netns)
             .map_or(0, |ports| match range {
-                Some((lo, hi)) => ports.range(lo..=hi).count(),
+                Some((lo, hi)) => ports.keys().filter(|p| (lo..=hi).contains(*p)).count(),
                 None => ports.len(),
             }) as u32;
         out.push(
@@ -458,12 +455,15 @@ impl Lifecycle {
         );
     }
 
-    /// The live timewait sockets toward `dest`.
     fn toward(&self, dest: &Dest) -> Vec<&Live> {
-        self.by_dest
-            .get(dest)
-            .map(|set| set.iter().filter_map(|tw| self.live.get(tw)).collect())
-            .unwrap_or_default()
+        self.live
+            .values()
+            .filter(|l| {
+                l.sock.netns == dest.netns
+                    && l.sock.rport == dest.rport
+                    && l.sock.raddr == dest.raddr
+            })
+            .collect()
     }
 
     /// Why none of `tws` (timewait sockets toward `dest`) could be reused: the one model of
@@ -603,12 +603,6 @@ impl Lifecycle {
     }
 
     fn index(&mut self, sock: &Sock) {
-        let d = Dest {
-            netns: sock.netns,
-            raddr: sock.raddr,
-            rport: sock.rport,
-        };
-        self.by_dest.entry(d).or_default().insert(sock.tw);
         *self
             .ports_held
             .entry(sock.netns)
@@ -618,17 +612,6 @@ impl Lifecycle {
     }
 
     fn unindex(&mut self, sock: &Sock) {
-        let d = Dest {
-            netns: sock.netns,
-            raddr: sock.raddr,
-            rport: sock.rport,
-        };
-        if let Some(set) = self.by_dest.get_mut(&d) {
-            set.remove(&sock.tw);
-            if set.is_empty() {
-                self.by_dest.remove(&d);
-            }
-        }
         if let Some(ports) = self.ports_held.get_mut(&sock.netns) {
             if let Some(n) = ports.get_mut(&sock.lport) {
                 *n -= 1;

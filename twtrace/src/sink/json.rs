@@ -39,7 +39,9 @@ pub fn write_json(e: &Event, clock: &Clock, out: &mut String) {
 /// `cgroup_id`, and what it resolved to: `cgroup` (the path; null when the id is unknown),
 /// `container_id`, `runtime`, `pod_uid`, `qos`, `pod` and `pod_source` where known.
 fn write_workload(w: &Workload, out: &mut String) {
-    let _ = write!(out, ",\"cgroup_id\":{},\"cgroup\":", w.cgroup_id);
+    out.push_str(",\"cgroup_id\":");
+    push_int(out, w.cgroup_id);
+    out.push_str(",\"cgroup\":");
     push_str_or_null(out, w.path.as_deref());
     let text = [
         ("container_id", w.container_id.as_deref()),
@@ -51,7 +53,9 @@ fn write_workload(w: &Workload, out: &mut String) {
     ];
     for (k, v) in text {
         if let Some(v) = v {
-            let _ = write!(out, ",\"{k}\":");
+            out.push_str(",\"");
+            out.push_str(k);
+            out.push_str("\":");
             push_str_or_null(out, Some(v));
         }
     }
