@@ -103,11 +103,12 @@ unsafe fn on_start(tw: u64, seq: u64, r: *mut twtrace_common::TwRecord) {
     }
 }
 
-/// A request socket's timer armed (a SYN became a request socket) right after the detach of a
-/// timewait socket of the same flow on this CPU: the SYN was accepted into TIME_WAIT
-/// (TCP_TW_SYN); the caller checked the timer's function. Compared here, not only in userspace: a client that reuses a timewait socket
-/// for its connect() detaches it just before its SYN reaches the (local) listener, so without
-/// the flow check every such connection would cost a record.
+/// A request socket's timer armed (a SYN became a request socket; the caller checked the
+/// timer's function) right after the detach of a timewait socket of the same flow on this
+/// CPU: the SYN was accepted into TIME_WAIT (TCP_TW_SYN). Compared here, not only in
+/// userspace: a client that reuses a timewait socket for its connect() detaches it just
+/// before its SYN reaches the (local) listener, so without the flow check every such
+/// connection would cost a record.
 #[inline(always)]
 unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
     let now = bpf_ktime_get_ns();

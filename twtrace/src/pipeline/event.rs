@@ -214,6 +214,12 @@ impl Comm {
             len: 0,
             buf: [0; Comm::CAP],
         };
+        if end <= Comm::CAP && raw[..end].is_ascii() {
+            // Almost every name: no decoding to do (this runs for every event).
+            c.buf[..end].copy_from_slice(&raw[..end]);
+            c.len = end as u8;
+            return c;
+        }
         for chunk in raw[..end].utf8_chunks() {
             c.push(chunk.valid());
             if !chunk.invalid().is_empty() {
@@ -456,5 +462,7 @@ mod tests {
             assert_eq!(Comm::from_raw(raw).as_str(), want, "{raw:?}");
         }
         assert_eq!(Comm::from("x".repeat(60).as_str()).len(), Comm::CAP);
+        // Longer than the buffer: cut, by the decoding path as by the ASCII one.
+        assert_eq!(Comm::from_raw(&[b'x'; 60]).as_str(), "x".repeat(Comm::CAP));
     }
 }

@@ -455,6 +455,10 @@ impl Lifecycle {
         );
     }
 
+    /// The live timewait sockets toward `dest`: a scan, not an index. Only a connect()
+    /// failure asks, and before failing the kernel's port search walked the whole port range
+    /// (thousands of hash lookups); a per-destination index cost a SipHash and a set update at
+    /// every birth and death.
     fn toward(&self, dest: &Dest) -> Vec<&Live> {
         self.live
             .values()
