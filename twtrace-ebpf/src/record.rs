@@ -62,8 +62,8 @@ pub unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
 }
 
 /// A scalar field (1, 2, 4 or 8 bytes) of a BTF-typed tracepoint argument (a `tp_btf`
-/// program's own pointer argument, not one derived from it by arithmetic or read from
-/// memory), loaded directly instead of through the `bpf_probe_read_kernel` helper: a plain
+/// program's own pointer argument, or a pointer field loaded from one this way, which the
+/// verifier types from BTF too; never one derived by arithmetic), loaded directly instead of through the `bpf_probe_read_kernel` helper: a plain
 /// load the JIT guards against faults (a fault reads 0), several times cheaper than a helper
 /// call. The verifier checks the field against the type's BTF, so `off` must be a constant it
 /// knows: a `CONFIG` field (`.rodata`, frozen by the loader, so its loads are constants).
@@ -84,26 +84,55 @@ macro_rules! hot {
 }
 pub(crate) use hot;
 
+/// How a reader gets at kernel memory: [`Helper`] for any address, [`Direct`] only for a
+/// `tp_btf` program's own BTF-typed argument and the pointers loaded from it (see [`load`]).
+/// A type parameter rather than a flag, so each program gets the one form it can use and the
+/// readers below are written once.
+pub trait Access {
+    /// One field at `base + off`; a failed read is an error ([`Helper`]) or 0 ([`Direct`]).
+    unsafe fn get<T>(base: u64, off: u32) -> Result<T, i32>;
+}
+
+/// Reads through `bpf_probe_read_kernel`: any kernel address.
+pub struct Helper;
+
+/// Direct loads (see [`load`]).
+pub struct Direct;
+
+impl Access for Helper {
+    #[inline(always)]
+    unsafe fn get<T>(base: u64, off: u32) -> Result<T, i32> {
+        read(base, off)
+    }
+}
+
+impl Access for Direct {
+    #[inline(always)]
+    unsafe fn get<T>(base: u64, off: u32) -> Result<T, i32> {
+        Ok(load(base, off))
+    }
+}
+
 /// The `struct net` of a `sock_common` (0 if unreadable).
 #[inline(always)]
-pub unsafe fn net_of(cfg: &Config, skc: u64) -> u64 {
-    read(skc, cfg.skc_net).unwrap_or(0)
+pub unsafe fn net_of<A: Access>(cfg: &Config, skc: u64) -> u64 {
+    A::get(skc, cfg.skc_net).unwrap_or(0)
 }
 
 /// Reads the tuple and netns of a `sock_common` (a full socket or a timewait socket) into `r`.
 /// Returns false if any read failed; fields that failed are zero.
 #[inline(always)]
-pub unsafe fn fill_tuple(cfg: &Config, skc: u64, r: *mut TwRecord) -> bool {
+pub unsafe fn fill_tuple<A: Access>(cfg: &Config, skc: u64, r: *mut TwRecord) -> bool {
     let mut ok = true;
-    let family: u16 = read(skc, cfg.skc_family).unwrap_or(0);
-    let num: u16 = read(skc, cfg.skc_num).unwrap_or(0);
-    let dport: u16 = read(skc, cfg.skc_dport).unwrap_or(0);
-    let net = net_of(cfg, skc);
+    let family: u16 = A::get(skc, cfg.skc_family).unwrap_or(0);
+    let num: u16 = A::get(skc, cfg.skc_num).unwrap_or(0);
+    let dport: u16 = A::get(skc, cfg.skc_dport).unwrap_or(0);
+    let net = net_of::<A>(cfg, skc);
     (*r).family = family as u8;
     (*r).lport = num;
     (*r).rport = u16::from_be(dport);
     (*r).netns = if net != 0 {
-        read(net, cfg.net_ns_inum).unwrap_or(0)
+        A::get(net, cfg.net_ns_inum).unwrap_or(0)
     } else {
         0
     };
@@ -121,17 +150,21 @@ pub unsafe fn fill_tuple(cfg: &Config, skc: u64, r: *mut TwRecord) -> bool {
         )
         .is_ok();
     } else {
-        let l: [u8; 4] = read(skc, cfg.skc_rcv_saddr).unwrap_or([0; 4]);
-        let d: [u8; 4] = read(skc, cfg.skc_daddr).unwrap_or([0; 4]);
-        ((&raw mut (*r).laddr) as *mut [u8; 4]).write(l);
-        ((&raw mut (*r).raddr) as *mut [u8; 4]).write(d);
+        // As u32, not [u8; 4]: one 4-byte load, the size of the field the verifier checks a
+        // direct load against.
+        let l: u32 = A::get(skc, cfg.skc_rcv_saddr).unwrap_or(0);
+        let d: u32 = A::get(skc, cfg.skc_daddr).unwrap_or(0);
+        ((&raw mut (*r).laddr) as *mut [u8; 4]).write(l.to_ne_bytes());
+        ((&raw mut (*r).raddr) as *mut [u8; 4]).write(d.to_ne_bytes());
     }
     ok && family != 0 && net != 0
 }
 
 /// A full socket on its way to CLOSE may already have left the bind hash (skc_num = 0, e.g.
 /// after its timewait socket took the port over); its inet_sport still holds the port.
-/// Only for full sockets: request and timewait sockets have no inet_sport.
+/// Only for full sockets: request and timewait sockets have no inet_sport. Always through the
+/// helper: inet_sport lies past `struct sock`, beyond what the verifier lets a direct load of
+/// a `struct sock *` argument reach (and this runs only when the port is gone).
 #[inline(always)]
 pub unsafe fn full_sock_port(cfg: &Config, sk: u64, r: *mut TwRecord) {
     if (*r).lport == 0 {
@@ -153,19 +186,19 @@ unsafe fn fill_common(r: *mut TwRecord, k: u8) {
 /// The cgroup (v2) id of a full socket's owner (`sk_cgrp_data`; 0 if unknown). Only for full
 /// sockets: timewait and request sockets have no cgroup data.
 #[inline(always)]
-pub unsafe fn sock_cgroup(cfg: &Config, sk: u64) -> u64 {
+pub unsafe fn sock_cgroup<A: Access>(cfg: &Config, sk: u64) -> u64 {
     if cfg.sock_cgroup == NO_FIELD || cfg.cgroup_kn == NO_FIELD || cfg.kn_id == NO_FIELD {
         return 0;
     }
-    let cgrp: u64 = read(sk, cfg.sock_cgroup).unwrap_or(0);
+    let cgrp: u64 = A::get(sk, cfg.sock_cgroup).unwrap_or(0);
     if cgrp == 0 {
         return 0;
     }
-    let kn: u64 = read(cgrp, cfg.cgroup_kn).unwrap_or(0);
+    let kn: u64 = A::get(cgrp, cfg.cgroup_kn).unwrap_or(0);
     if kn == 0 {
         return 0;
     }
-    read(kn, cfg.kn_id).unwrap_or(0)
+    A::get(kn, cfg.kn_id).unwrap_or(0)
 }
 
 /// The current task's network namespace (`struct net`; 0 if unknown).
@@ -186,7 +219,7 @@ pub unsafe fn current_net(cfg: &Config) -> u64 {
 /// memory is not zeroed by the kernel.
 #[inline(always)]
 pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) {
-    let mut ok = fill_tuple(cfg, tw, r);
+    let mut ok = fill_tuple::<Helper>(cfg, tw, r);
     fill_common(r, k);
     (*r).tw = tw;
     let timer = tw + cfg.tw_timer as u64;
@@ -223,13 +256,13 @@ pub unsafe fn fill_sock(
     aux2: u16,
     expires: u64,
 ) {
-    if !fill_tuple(cfg, sk, r) {
+    if !fill_tuple::<Helper>(cfg, sk, r) {
         bump(counter::READ_ERRORS);
     }
     fill_common(r, k);
     if full {
         full_sock_port(cfg, sk, r);
-        (*r).cgroup = sock_cgroup(cfg, sk);
+        (*r).cgroup = sock_cgroup::<Helper>(cfg, sk);
     }
     (*r).tw = sk;
     (*r).expires = expires;
@@ -341,12 +374,12 @@ pub unsafe fn flow_key(r: *const TwRecord) -> FlowKey {
 /// The tuple key of a socket, read onto the stack (for map lookups, no record sent), and
 /// whether every read succeeded (failed fields are zero).
 #[inline(always)]
-pub unsafe fn sock_key(cfg: &Config, skc: u64, full: bool) -> (FlowKey, bool) {
+pub unsafe fn sock_key<A: Access>(cfg: &Config, skc: u64, full: bool) -> (FlowKey, bool) {
     // Not zeroed: a record-sized memset on the BPF stack is a byte-at-a-time loop; fill_tuple
     // writes every field flow_key reads.
     let mut slot = core::mem::MaybeUninit::<TwRecord>::uninit();
     let r = slot.as_mut_ptr();
-    let ok = fill_tuple(cfg, skc, r);
+    let ok = fill_tuple::<A>(cfg, skc, r);
     if full {
         full_sock_port(cfg, skc, r);
     }

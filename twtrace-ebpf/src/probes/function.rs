@@ -14,7 +14,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExit
 use twtrace_common::{flags, kind, UNIQUE_TWP};
 
 use crate::correlate::CONNECTING;
-use crate::record::{reserve, submit, fill_conf, fill_sock, fill_tw, net_of, set_current};
+use crate::record::{fill_conf, fill_sock, fill_tw, net_of, reserve, set_current, submit, Helper};
 use crate::CONFIG;
 
 /// Every reuse decision of connect(). A refusal is only counted, in the task's `CONNECTING`
@@ -68,7 +68,7 @@ pub fn unique_decided(sk: u64, sktw: u64, twp: u64, taken: bool) {
             (*r).aux2 = if twp != 0 { UNIQUE_TWP } else { 0 };
             (*r).expires = refused_before as u64;
             // The settings tcp_twsk_unique() just applied, from the connecting socket's net.
-            fill_conf(&cfg, net_of(&cfg, sk), r);
+            fill_conf(&cfg, net_of::<Helper>(&cfg, sk), r);
             submit(entry);
         }
     }
@@ -95,7 +95,7 @@ pub fn alloc_failed(sk: u64, state: i32) {
             let r = entry.as_mut_ptr();
             // `aux2` = the substate it would have had.
             fill_sock(&cfg, sk, kind::TW_ALLOC_FAIL, r, true, 0, state as u16, 0);
-            fill_conf(&cfg, net_of(&cfg, sk), r);
+            fill_conf(&cfg, net_of::<Helper>(&cfg, sk), r);
             // The same test inet_twsk_alloc() made (count below the limit: the allocation
             // itself failed), also kept where older readers look for it.
             let c = (*r).conf;

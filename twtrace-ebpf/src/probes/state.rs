@@ -18,7 +18,10 @@ use twtrace_common::{
 };
 
 use crate::correlate::{last_flow_is, CLOSERS, CONNECTING, LAST_BIRTH};
-use crate::record::{bump, reserve, submit, fill_conf, fill_sock, net_of, read, sock_cgroup, sock_key};
+use crate::record::{
+    bump, fill_conf, fill_sock, net_of, read, reserve, sock_cgroup, sock_key, submit, Access,
+    Direct, Helper,
+};
 use crate::CONFIG;
 
 const FIN_WAIT2: i32 = TCP_FIN_WAIT2 as i32;
@@ -48,9 +51,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
     let sk: u64 = ctx.arg(0);
-    // SAFETY: kernel reads go through bpf_probe_read_kernel.
+    // SAFETY: kernel reads go through bpf_probe_read_kernel, or are direct loads of `sk`'s
+    // fields that the verifier checks against its BTF type (`record::Direct`).
     unsafe {
         // CONFIG is loaded only on the 3–4 transitions (of ~10 per connection) that use it.
+        // `sk` is BTF-typed: the common path (close, connect, the overflow test) loads its
+        // fields directly, several times cheaper than a helper call each.
         match (oldstate, newstate) {
             (TCP_ESTABLISHED, TCP_FIN_WAIT1) => on_close(&CONFIG.load(), sk),
             (TCP_CLOSE, TCP_SYN_SENT) => on_connect(&CONFIG.load(), sk),
@@ -64,7 +70,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 unsafe fn on_close(cfg: &Config, sk: u64) {
-    let (key, ok) = sock_key(cfg, sk, false);
+    let (key, ok) = sock_key::<Direct>(cfg, sk, false);
     if !ok {
         bump(counter::READ_ERRORS);
         return;
@@ -73,14 +79,14 @@ unsafe fn on_close(cfg: &Config, sk: u64) {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         _pad: 0,
-        cgroup: sock_cgroup(cfg, sk),
+        cgroup: sock_cgroup::<Direct>(cfg, sk),
     };
     let _ = CLOSERS.insert(&key, &closer, 0);
 }
 
 #[inline(always)]
 unsafe fn on_connect(cfg: &Config, sk: u64) {
-    let (key, _) = sock_key(cfg, sk, false);
+    let (key, _) = sock_key::<Direct>(cfg, sk, false);
     if key.lport != 0 {
         // Bound before connect(): this process draws from the namespace's one shared pool.
         bound_connect(cfg, sk);
@@ -133,7 +139,7 @@ unsafe fn on_connect_end(cfg: &Config, sk: u64) {
         (*r).flags = cflags;
         (*r).entry_stamp = started_ms;
         // The settings the port search just applied (microseconds ago, in this task).
-        fill_conf(cfg, net_of(cfg, sk), r);
+        fill_conf(cfg, net_of::<Helper>(cfg, sk), r);
         submit(entry);
     }
 }
@@ -145,19 +151,19 @@ unsafe fn on_done(cfg: &Config, sk: u64) {
     }
     // The same test inet_twsk_alloc() makes before refusing to allocate; cheap, so first:
     // almost every close is far from the limit.
-    let net = net_of(cfg, sk);
+    let net = net_of::<Direct>(cfg, sk);
     if net == 0 {
         return;
     }
-    let count = read::<u32>(net, cfg.net_tw_refcount)
+    let count = Direct::get::<u32>(net, cfg.net_tw_refcount)
         .unwrap_or(0)
         .wrapping_sub(1);
-    let max = read::<i32>(net, cfg.net_max_tw_buckets).unwrap_or(i32::MAX);
+    let max = Direct::get::<i32>(net, cfg.net_max_tw_buckets).unwrap_or(i32::MAX);
     if max < 0 || (count as i64) < max as i64 {
         return;
     }
     // At the limit: was a timewait socket born for this very connection just now?
-    let (key, _) = sock_key(cfg, sk, true);
+    let (key, _) = sock_key::<Direct>(cfg, sk, true);
     if last_flow_is(LAST_BIRTH, &key, bpf_ktime_get_ns()) {
         return; // the normal path (the last free slot was just taken)
     }

@@ -10,7 +10,8 @@ use crate::correlate::{
     LAST_BIRTH, LAST_CANCEL,
 };
 use crate::record::{
-    reserve, submit, fill_conf, fill_sock, fill_tw, flow_key, hot, load, net_of, set_current, sock_key,
+    fill_conf, fill_sock, fill_tw, flow_key, hot, load, net_of, reserve, set_current, sock_key,
+    submit, Helper,
 };
 use crate::CONFIG;
 
@@ -66,7 +67,7 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
             if k == kind::TIMER_START {
                 on_start(tw, seq, r);
             } else if k == kind::TIMER_CANCEL {
-                let net = net_of(&cfg, tw);
+                let net = net_of::<Helper>(&cfg, tw);
                 (*r).flags |= cancel_flags(&cfg, net, &*r);
                 if (*r).flags & flags::IN_CONNECT != 0 {
                     // A reuse: the settings connect() applied to it.
@@ -116,7 +117,7 @@ unsafe fn on_reqsk_timer(cfg: &Config, timer: u64) {
         return;
     }
     let req = timer - cfg.rsk_timer as u64;
-    let (key, _) = sock_key(cfg, req, false);
+    let (key, _) = sock_key::<Helper>(cfg, req, false);
     if !last_flow_is(LAST_CANCEL, &key, now) {
         return;
     }
