@@ -63,10 +63,11 @@ pub unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
 
 /// A scalar field (1, 2, 4 or 8 bytes) of a BTF-typed tracepoint argument (a `tp_btf`
 /// program's own pointer argument, or a pointer field loaded from one this way, which the
-/// verifier types from BTF too; never one derived by arithmetic), loaded directly instead of through the `bpf_probe_read_kernel` helper: a plain
-/// load the JIT guards against faults (a fault reads 0), several times cheaper than a helper
-/// call. The verifier checks the field against the type's BTF, so `off` must be a constant it
-/// knows: a `CONFIG` field (`.rodata`, frozen by the loader, so its loads are constants).
+/// verifier types from BTF too; never one derived by arithmetic), loaded directly instead of
+/// through the `bpf_probe_read_kernel` helper: a plain load the JIT guards against faults (a
+/// fault reads 0), several times cheaper than a helper call. The verifier checks the field
+/// against the type's BTF, so `off` must be a constant it knows: a `CONFIG` field (`.rodata`,
+/// frozen by the loader, so its loads are constants).
 #[inline(always)]
 pub unsafe fn load<T>(arg: u64, off: u32) -> T {
     core::ptr::read_volatile((arg + off as u64) as *const T)

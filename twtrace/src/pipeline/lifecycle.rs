@@ -205,7 +205,6 @@ impl Lifecycle {
         Sock::from_raw(r.tw, r.netns, r.family, r.laddr, r.lport, r.raddr, r.rport)
     }
 
-    /// Feeds one kernel record; appends the events it completes to `out`.
     /// Looks up the live sockets a batch of records is about, before any of them is handled.
     /// The lookups do not depend on each other, so the CPU overlaps their cache misses (a
     /// random entry in a table of every live socket: most of `die`'s cost when they are taken
@@ -220,6 +219,7 @@ impl Lifecycle {
         std::hint::black_box(seen);
     }
 
+    /// Feeds one kernel record; appends the events it completes to `out`.
     pub fn on_record(&mut self, r: &TwRecord, out: &mut Vec<Event>) {
         if r.conf.valid != 0 {
             // First: the record's meaning is judged from the settings it carries.
