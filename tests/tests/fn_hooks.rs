@@ -13,7 +13,7 @@ use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
 use twtrace::host::netns::NetNs;
 use twtrace::kernel::fn_tier::FnHooks;
 use twtrace::kernel::loader::{Attach, Loaded};
-use twtrace_common::{flags, kind, TwRecord, UNIQUE_TWP};
+use twtrace_common::{flags, kind, TwRecord, TCPF_RST, UNIQUE_TWP};
 use twtrace_tests::kernel;
 
 const TW_UNIQUE: u8 = kind::TW_UNIQUE;
@@ -108,7 +108,31 @@ fn local(r: &TwRecord) -> u16 {
 fn fn_hooks_see_every_reuse_decision() {
     const TEST: &str = "fn_hooks_see_every_reuse_decision";
     let Some(mut tier) = start(TEST) else { return };
-    let ns = NetNs::new().unwrap();
+    // Sometimes a timewait socket of this loopback workload is killed young by an RST (seen in
+    // the 7.3 guest, about 1 run in 10: a late ACK of the server's is PAWS-rejected, the
+    // timewait socket answers it, the closed server resets, the RST kills it; RFC 1337's
+    // assassination). Its port is then free and connect() decides no reuse, so that attempt
+    // proves nothing and is made again in a new namespace. The old namespaces live until the
+    // end, so that no new one gets their inode number (records are told apart by it).
+    let mut spent = Vec::new();
+    for attempt in 1..=3 {
+        let ns = NetNs::new().unwrap();
+        if reuse_attempt(&mut tier, &ns) {
+            return;
+        }
+        kernel::partial(
+            TEST,
+            &format!("attempt {attempt}: a timewait socket was reset before any reuse"),
+        );
+        spent.push(ns);
+    }
+    panic!("three attempts in a row lost a timewait socket to an RST before any reuse");
+}
+
+/// One run of [`fn_hooks_see_every_reuse_decision`] in `ns`; false if an RST freed a port
+/// before connect() needed a reuse (nothing to check).
+fn reuse_attempt(tier: &mut Tier, ns: &NetNs) -> bool {
+    const TEST: &str = "fn_hooks_see_every_reuse_decision";
     ns.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
     let has_delay = tier
         .loaded
@@ -126,12 +150,12 @@ fn fn_hooks_see_every_reuse_decision() {
     }
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40001")
         .unwrap();
-    let server = serve(&ns, SERVICE, FirstCloser::Client, Duration::ZERO).unwrap();
-    let locals = connect_many(&ns, server.addr, 2, FirstCloser::Client).unwrap();
+    let server = serve(ns, SERVICE, FirstCloser::Client, Duration::ZERO).unwrap();
+    let locals = connect_many(ns, server.addr, 2, FirstCloser::Client).unwrap();
     let closed_in = kernel::monotonic().0;
     tier.until(Duration::from_secs(10), |rs| {
         rs.iter()
-            .filter(|r| in_ns(r, &ns, kind::TIMER_START))
+            .filter(|r| in_ns(r, ns, kind::TIMER_START))
             .count()
             >= 2
     });
@@ -162,9 +186,16 @@ fn fn_hooks_see_every_reuse_decision() {
     let pid = std::process::id();
     let recs = tier.until(Duration::from_secs(10), |rs| {
         rs.iter()
-            .any(|r| in_ns(r, &ns, TW_UNIQUE) && r.aux == 1 && local(r) == port)
+            .any(|r| in_ns(r, ns, TW_UNIQUE) && r.aux == 1 && local(r) == port)
     });
-    let decisions: Vec<&TwRecord> = recs.iter().filter(|r| in_ns(r, &ns, TW_UNIQUE)).collect();
+    let decisions: Vec<&TwRecord> = recs.iter().filter(|r| in_ns(r, ns, TW_UNIQUE)).collect();
+    // The RST that killed a timewait socket (or one a timewait socket sent as it died).
+    let reset = recs.iter().any(|r| {
+        (in_ns(r, ns, kind::TW_DROP) && r.aux2 & TCPF_RST != 0) || in_ns(r, ns, kind::TW_RST_SENT)
+    });
+    if decisions.is_empty() && reset {
+        return false;
+    }
     for d in &decisions {
         assert_eq!(d.aux, 1, "only take-overs are sent: {d:?}");
         assert_eq!(d.pid, pid, "the connecting process: {d:?}");
@@ -185,21 +216,27 @@ fn fn_hooks_see_every_reuse_decision() {
     assert_eq!(
         decisions.len(),
         1,
-        "{decisions:#?}\nall records (kind, netns) → count: {:?}, our netns {}, reused port {port}",
+        "{decisions:#?}\nall records (kind, netns) → count: {:?}, our netns {}, reused port {port}, \
+         first try {:?} at {} s (closed in {closed_in} s)\nour netns's records: {:#?}",
         summary(recs),
-        ns.inode()
+        ns.inode(),
+        first.0,
+        first.1,
+        recs.iter()
+            .filter(|r| r.netns as u64 == ns.inode())
+            .collect::<Vec<_>>()
     );
     assert_eq!(decisions[0].lport, port);
     // Every failed try: the kernel counted both ports' timewait sockets as refused, and names
     // one of them.
     let births: Vec<u64> = recs
         .iter()
-        .filter(|r| in_ns(r, &ns, kind::TIMER_START))
+        .filter(|r| in_ns(r, ns, kind::TIMER_START))
         .map(|r| r.tw)
         .collect();
     let fails: Vec<&TwRecord> = recs
         .iter()
-        .filter(|r| in_ns(r, &ns, kind::CONNECT_FAIL))
+        .filter(|r| in_ns(r, ns, kind::CONNECT_FAIL))
         .collect();
     for f in &fails {
         assert_ne!(f.flags & flags::CANDIDATES, 0, "the tier ran: {f:?}");
@@ -219,6 +256,7 @@ fn fn_hooks_see_every_reuse_decision() {
             "the first try came in the next second already: no refusal to check",
         );
     }
+    true
 }
 
 fn addr4(r: &TwRecord) -> std::net::IpAddr {
