@@ -351,10 +351,21 @@ impl Lifecycle {
         }
     }
 
-    /// A detach that ends the socket whatever follows it: inside connect() (a takeover, also
-    /// when the function tier saw it) or in a dying namespace (the purge).
+    /// A detach that ends the socket whatever follows it: a takeover by connect() or a purge
+    /// of its dying namespace.
     fn is_final(&self, p: &TwRecord) -> bool {
-        p.flags & (flags::IN_CONNECT | flags::NETNS_DYING) != 0 || self.taken.contains(&p.tw)
+        p.flags & flags::NETNS_DYING != 0 || self.is_takeover(p)
+    }
+
+    /// Whether a detach is connect() taking the socket over. With the function tier attached,
+    /// `tcp_twsk_unique` confirms every takeover before its detach (one ring, so its record
+    /// comes first), and a detach in a connecting task that it did not confirm is a death that
+    /// the task's softirq work ran: seen in the 6.1 guest's NAT lab, the server's RST killing
+    /// a client timewait socket while that client's connect() to the server sent its SYN. It
+    /// had been reported as a takeover 4 ms old that the kernel never counted (TWRecycled).
+    /// Without the tier the task's flag is all there is.
+    fn is_takeover(&self, p: &TwRecord) -> bool {
+        self.taken.contains(&p.tw) || (!self.fn_tier && p.flags & flags::IN_CONNECT != 0)
     }
 
     /// A segment dropped by a timewait socket: a PAWS rejection, or the one that killed it.
@@ -507,10 +518,11 @@ impl Lifecycle {
     /// Settles a detach that neither expired nor re-armed: an early death, for the reason
     /// its evidence gives.
     fn settle(&mut self, p: &TwRecord, out: &mut Vec<Event>) {
-        let taken = self.taken.remove(&p.tw);
+        let takeover = self.is_takeover(p);
+        self.taken.remove(&p.tw);
         let reason = if p.flags & flags::NETNS_DYING != 0 {
             ExitReason::Purged
-        } else if taken || p.flags & flags::IN_CONNECT != 0 {
+        } else if takeover {
             ExitReason::Reused
         } else if self.rst_sent.remove(&p.tw).is_some() {
             ExitReason::Rst
@@ -1444,6 +1456,48 @@ mod tests {
             ],
         );
         assert_eq!(exits(&ev), vec![(0xA, ExitReason::Rst, Some(1000))]);
+    }
+
+    #[test]
+    fn with_the_function_tier_only_a_confirmed_takeover_is_a_reuse() {
+        // The 6.1 guest's NAT lab: the peer's RST killed A while the same task's connect() to
+        // that peer ran (the detach carries the task's flag), and tcp_twsk_unique took B.
+        let mut lc = Lifecycle::new(250);
+        lc.set_fn_tier(true, true);
+        let mut killed = rec(kind::TIMER_CANCEL, 0xA, 0, 2000);
+        killed.flags |= flags::IN_CONNECT;
+        let mut taken = rec(kind::TW_UNIQUE, 0xB, 0, 3000);
+        taken.aux = 1;
+        let mut reused = rec(kind::TIMER_CANCEL, 0xB, 0, 3000);
+        reused.flags |= flags::IN_CONNECT;
+        let ev = run(
+            &mut lc,
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                rec(kind::TIMER_START, 0xB, 1, 1000),
+                killed,
+                taken,
+                reused,
+                rec(kind::TIMER_START, 0xC, 0, 4000),
+            ],
+        );
+        assert_eq!(
+            exits(&ev),
+            vec![
+                (0xA, ExitReason::Unknown, Some(1000)),
+                (0xB, ExitReason::Reused, Some(2000)),
+            ]
+        );
+        // Without the tier the flag is all there is: the same detach of A is a takeover.
+        let ev = run(
+            &mut Lifecycle::new(250),
+            &[
+                rec(kind::TIMER_START, 0xA, 0, 1000),
+                killed,
+                rec(kind::TIMER_START, 0xC, 0, 4000),
+            ],
+        );
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Reused, Some(1000))]);
     }
 
     #[test]
