@@ -266,10 +266,12 @@ fn verify_measures_every_claim() {
     let m = &by_id["max_tw_buckets"]["measured"];
     let (limit, n) = (num(m, "limit"), num(m, "n"));
     // The kernel's limit test is not atomic with the allocation: two CPUs closing at once
-    // may both pass it (seen on the 6.12 guest: 6 with a limit of 5). Whatever the kernel let
-    // in, every drop it counted is an event.
+    // may both pass it (seen on the 6.12 guest: 6 with a limit of 5), and a timewait socket
+    // killed young by an RST (seen on the 6.1 guest: 7, two of them dead) gives its bucket to
+    // one more. Whatever the kernel let in, every drop it counted is an event.
     let tw = num(m, "capped_netns.timewait");
-    assert!((limit..=limit + 1).contains(&tw), "{m:#}");
+    let early = num(m, "capped_netns.early_exits");
+    assert!((limit..=limit + 1 + early).contains(&tw), "{m:#}");
     assert_eq!(num(m, "capped_netns.overflow_events"), n - tw);
     assert_eq!(num(m, "capped_netns.TCPTimeWaitOverflow"), n - tw);
     assert!(num(m, "capped_netns.sockstat_tw") <= limit);
