@@ -121,10 +121,9 @@ pub unsafe fn net_of<A: Access>(cfg: &Config, skc: u64) -> u64 {
 }
 
 /// Reads the tuple and netns of a `sock_common` (a full socket or a timewait socket) into `r`.
-/// Returns whether every read succeeded (fields that failed are zero) and the `struct net` it
-/// read on the way (0 if unreadable), for callers that need more from it.
+/// Returns false if any read failed; fields that failed are zero.
 #[inline(always)]
-pub unsafe fn fill_tuple<A: Access>(cfg: &Config, skc: u64, r: *mut TwRecord) -> (bool, u64) {
+pub unsafe fn fill_tuple<A: Access>(cfg: &Config, skc: u64, r: *mut TwRecord) -> bool {
     let mut ok = true;
     let family: u16 = A::get(skc, cfg.skc_family).unwrap_or(0);
     let num: u16 = A::get(skc, cfg.skc_num).unwrap_or(0);
@@ -159,7 +158,7 @@ pub unsafe fn fill_tuple<A: Access>(cfg: &Config, skc: u64, r: *mut TwRecord) ->
         ((&raw mut (*r).laddr) as *mut [u8; 4]).write(l.to_ne_bytes());
         ((&raw mut (*r).raddr) as *mut [u8; 4]).write(d.to_ne_bytes());
     }
-    (ok && family != 0 && net != 0, net)
+    ok && family != 0 && net != 0
 }
 
 /// A full socket on its way to CLOSE may already have left the bind hash (skc_num = 0, e.g.
@@ -218,10 +217,10 @@ pub unsafe fn current_net(cfg: &Config) -> u64 {
 }
 
 /// Fills every field of `r` from the timewait socket `tw`. Every byte is written: ring buffer
-/// memory is not zeroed by the kernel. Returns the socket's `struct net` (0 if unreadable).
+/// memory is not zeroed by the kernel.
 #[inline(always)]
-pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) -> u64 {
-    let (mut ok, net) = fill_tuple::<Helper>(cfg, tw, r);
+pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) {
+    let mut ok = fill_tuple::<Helper>(cfg, tw, r);
     fill_common(r, k);
     (*r).tw = tw;
     let timer = tw + cfg.tw_timer as u64;
@@ -241,7 +240,6 @@ pub unsafe fn fill_tw(cfg: &Config, tw: u64, k: u8, r: *mut TwRecord) -> u64 {
     if !ok {
         bump(counter::READ_ERRORS);
     }
-    net
 }
 
 /// Fills every field of `r` for a full or request socket (not a timewait one): tuple, netns,
@@ -259,7 +257,7 @@ pub unsafe fn fill_sock(
     aux2: u16,
     expires: u64,
 ) {
-    if !fill_tuple::<Helper>(cfg, sk, r).0 {
+    if !fill_tuple::<Helper>(cfg, sk, r) {
         bump(counter::READ_ERRORS);
     }
     fill_common(r, k);
@@ -382,7 +380,7 @@ pub unsafe fn sock_key<A: Access>(cfg: &Config, skc: u64, full: bool) -> (FlowKe
     // writes every field flow_key reads.
     let mut slot = core::mem::MaybeUninit::<TwRecord>::uninit();
     let r = slot.as_mut_ptr();
-    let (ok, _) = fill_tuple::<A>(cfg, skc, r);
+    let ok = fill_tuple::<A>(cfg, skc, r);
     if full {
         full_sock_port(cfg, skc, r);
     }

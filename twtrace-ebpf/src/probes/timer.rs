@@ -10,8 +10,8 @@ use crate::correlate::{
     LAST_BIRTH, LAST_CANCEL,
 };
 use crate::record::{
-    fill_conf, fill_sock, fill_tw, flow_key, hot, load, reserve, set_current, sock_key, submit,
-    Helper,
+    fill_conf, fill_sock, fill_tw, flow_key, hot, load, net_of, reserve, set_current, sock_key,
+    submit, Helper,
 };
 use crate::CONFIG;
 
@@ -62,12 +62,12 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
         let tw = timer - cfg.tw_timer as u64;
         if let Some(mut entry) = reserve() {
             let r = entry.as_mut_ptr();
-            // The socket's net, read for the tuple, serves the detach's checks too.
-            let net = fill_tw(&cfg, tw, k, r);
+            fill_tw(&cfg, tw, k, r);
             set_current(r);
             if k == kind::TIMER_START {
                 on_start(tw, seq, r);
             } else if k == kind::TIMER_CANCEL {
+                let net = net_of::<Helper>(&cfg, tw);
                 (*r).flags |= cancel_flags(&cfg, net, &*r);
                 if (*r).flags & flags::IN_CONNECT != 0 {
                     // A reuse: the settings connect() applied to it.
