@@ -234,13 +234,22 @@ impl Candidate {
 
     /// Its age in ms at `now_ns`: from `tw_entry_stamp` where known, else from the birth.
     pub fn age_ms(&self, now_ns: u64) -> Option<u64> {
-        let now_ms = (now_ns / 1_000_000) as u32;
         match (self.entry_stamp_ms, self.birth_ns) {
-            (Some(st), _) => Some(now_ms.wrapping_sub(st) as u64),
+            (Some(st), _) => Some(ms_since(st, now_ns)),
             (None, Some(b)) => Some(now_ns.saturating_sub(b) / 1_000_000),
             _ => None,
         }
     }
+}
+
+/// Milliseconds from `stamp_ms` (the TCP clock's ms truncated to 32 bits, as
+/// `tw_entry_stamp`) to `now_ns` (CLOCK_MONOTONIC), across the 49-day wrap. A stamp after
+/// `now_ns` is age 0, not 49 days: a socket that entered TIME_WAIT while connect() was
+/// already walking the ports is judged at connect()'s start, before it existed, and is
+/// as young as a socket can be.
+pub fn ms_since(stamp_ms: u32, now_ns: u64) -> u64 {
+    let now_ms = (now_ns / 1_000_000) as u32;
+    (now_ms.wrapping_sub(stamp_ms) as i32).max(0) as u64
 }
 
 /// What the rule says about one socket.
@@ -471,6 +480,13 @@ mod tests {
             ..old
         };
         assert_eq!(refusal(&[unaged], false, modern(1), now), Refusal::Unknown);
+        // Entered TIME_WAIT after connect() began (judged at its start): as young as can be,
+        // never 49 days old (7.3 guest: such a refusal was reported `unknown`).
+        let later = lo_tw(7, Some((now / MS) as u32 + 3));
+        assert_eq!(later.age_ms(now), Some(0));
+        assert_eq!(refusal(&[later], false, modern(1), now), Refusal::TooYoung);
+        // The clock's 32-bit wrap between the stamp and now is still an age.
+        assert_eq!(ms_since(u32::MAX - 9, (1u64 << 32) * MS + 20 * MS), 30);
     }
 
     #[test]

@@ -197,8 +197,7 @@ impl Lifecycle {
         if r.flags & flags::ENTRY_STAMP == 0 || r.entry_stamp == 0 {
             return None;
         }
-        let now_ms = (r.ts_ns / 1_000_000) as u32;
-        Some(now_ms.wrapping_sub(r.entry_stamp) as u64)
+        Some(reuse_rule::ms_since(r.entry_stamp, r.ts_ns))
     }
 
     fn sock_of(r: &TwRecord) -> Sock {
