@@ -47,7 +47,9 @@ fn client_first_close_enters_on_the_client_side_only() {
     // The closing process is named: this test process closed every client socket.
     assert!(
         en.iter().all(|e| e.comm.is_some()),
-        "closer missing: {en:#?}"
+        "closer missing (kernel map updates failed: {}, lost: {}): {en:#?}",
+        summary.map_errors,
+        summary.lost
     );
     assert_eq!(summary.lost, 0);
 }

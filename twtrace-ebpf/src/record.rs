@@ -56,6 +56,15 @@ pub fn bump(idx: u32) {
     }
 }
 
+/// Counts a failed correlation-map update ([`counter::MAP_ERRORS`]): the tracer goes on,
+/// but what the entry was to carry is known to be missing, not silently absent.
+#[inline(always)]
+pub fn noted<E>(update: Result<(), E>) {
+    if update.is_err() {
+        bump(counter::MAP_ERRORS);
+    }
+}
+
 #[inline(always)]
 pub unsafe fn read<T>(base: u64, off: u32) -> Result<T, i32> {
     bpf_probe_read_kernel((base + off as u64) as *const T)

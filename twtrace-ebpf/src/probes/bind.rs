@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use twtrace_common::{kind, AF_INET, AF_INET6, NO_FIELD};
 
-use crate::record::{current_net, reserve, submit, fill_conf, fill_task, read};
+use crate::record::{current_net, fill_conf, fill_task, noted, read, reserve, submit};
 use crate::CONFIG;
 
 /// bind() calls to port 0 in progress, per task (value: the address family).
@@ -42,7 +42,7 @@ pub fn bind_enter(ctx: TracePointContext) -> u32 {
         if port != 0 || (family != AF_INET as u16 && family != AF_INET6 as u16) {
             return 0;
         }
-        let _ = BINDING.insert(&bpf_get_current_pid_tgid(), &(family as u8), 0);
+        noted(BINDING.insert(&bpf_get_current_pid_tgid(), &(family as u8), 0));
     }
     0
 }

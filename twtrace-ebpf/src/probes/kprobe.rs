@@ -28,6 +28,7 @@ use aya_ebpf::{
 };
 
 use super::function::{alloc_failed, unique_decided};
+use crate::record::noted;
 
 /// Arguments of a probed call in progress: (CPU << 32 | thread id) → up to three arguments.
 #[map]
@@ -49,7 +50,7 @@ pub fn kp_unique_entry(ctx: ProbeContext) -> u32 {
         ctx.arg::<u64>(1).unwrap_or(0),
         ctx.arg::<u64>(2).unwrap_or(0),
     ];
-    let _ = KP_UNIQUE_ARGS.insert(&call_key(), &args, 0);
+    noted(KP_UNIQUE_ARGS.insert(&call_key(), &args, 0));
     0
 }
 
@@ -73,7 +74,7 @@ pub fn kp_time_wait(ctx: ProbeContext) -> u32 {
         ctx.arg::<i32>(1).unwrap_or(0) as u64,
         ctx.arg::<i32>(2).unwrap_or(0) as u64,
     ];
-    let _ = KP_TIME_WAIT_ARGS.insert(&call_key(), &args, 0);
+    noted(KP_TIME_WAIT_ARGS.insert(&call_key(), &args, 0));
     0
 }
 

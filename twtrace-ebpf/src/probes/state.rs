@@ -19,8 +19,8 @@ use twtrace_common::{
 
 use crate::correlate::{last_flow_is, CLOSERS, CONNECTING, LAST_BIRTH};
 use crate::record::{
-    bump, fill_conf, fill_sock, net_of, read, reserve, sock_cgroup, sock_key, submit, Access,
-    Direct, Helper,
+    bump, fill_conf, fill_sock, net_of, noted, read, reserve, sock_cgroup, sock_key, submit,
+    Access, Direct, Helper,
 };
 use crate::CONFIG;
 
@@ -38,7 +38,7 @@ unsafe fn bound_connect(cfg: &Config, sk: u64) {
     if BOUND_SEEN.get(&tgid).is_some() {
         return;
     }
-    let _ = BOUND_SEEN.insert(&tgid, &0, 0);
+    noted(BOUND_SEEN.insert(&tgid, &0, 0));
     if let Some(mut entry) = reserve() {
         let r = entry.as_mut_ptr();
         fill_sock(cfg, sk, kind::BOUND_CONNECT, r, true, 0, 0, 0);
@@ -81,7 +81,7 @@ unsafe fn on_close(cfg: &Config, sk: u64) {
         _pad: 0,
         cgroup: sock_cgroup::<Direct>(cfg, sk),
     };
-    let _ = CLOSERS.insert(&key, &closer, 0);
+    noted(CLOSERS.insert(&key, &closer, 0));
 }
 
 #[inline(always)]
@@ -101,7 +101,7 @@ unsafe fn on_connect(cfg: &Config, sk: u64) {
         _pad: 0,
         last_refused: 0,
     };
-    let _ = CONNECTING.insert(&bpf_get_current_pid_tgid(), &c, 0);
+    noted(CONNECTING.insert(&bpf_get_current_pid_tgid(), &c, 0));
 }
 
 #[inline(always)]

@@ -10,8 +10,8 @@ use crate::correlate::{
     LAST_BIRTH, LAST_CANCEL,
 };
 use crate::record::{
-    fill_conf, fill_sock, fill_tw, flow_key, hot, load, net_of, reserve, set_current, sock_key,
-    submit, Helper,
+    fill_conf, fill_sock, fill_tw, flow_key, hot, load, net_of, noted, reserve, set_current,
+    sock_key, submit, Helper,
 };
 use crate::CONFIG;
 
@@ -100,7 +100,7 @@ unsafe fn on_start(tw: u64, seq: u64, r: *mut twtrace_common::TwRecord) {
     }
     remember(LAST_BIRTH, tw, &*r, seq);
     if (*r).substate == TCP_FIN_WAIT2 {
-        let _ = FIN_WAIT2_TWS.insert(&tw, &0, 0);
+        noted(FIN_WAIT2_TWS.insert(&tw, &0, 0));
     }
 }
 

@@ -194,6 +194,7 @@ impl Sink for Record {
             lost: tracer.lost_total(),
             decode_errors: tracer.decode_errors,
             read_errors: tracer.read_errors(),
+            map_errors: tracer.map_errors(),
             filtered: session.filtered(),
             end_ns: sysinfo::monotonic_ns(),
             ..Summary::default()

@@ -260,6 +260,7 @@ impl Sink for Exposition<'_> {
             lost: tracer.lost_total(),
             decode_errors: tracer.decode_errors,
             read_errors: tracer.read_errors(),
+            map_errors: tracer.map_errors(),
             overflow_check: tracer.overflow_check(),
         };
         let owners = self

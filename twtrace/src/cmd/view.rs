@@ -110,6 +110,7 @@ impl Sink for View {
                 self.agg.advance(sysinfo::monotonic_ns());
                 self.model = Model::build(&self.agg, &self.host);
                 self.model.read_errors = session.tracer().read_errors();
+                self.model.map_errors = session.tracer().map_errors();
             }
             screen.draw(&self.model, &self.state)?;
             self.next_draw = Instant::now() + REDRAW_EVERY;

@@ -30,7 +30,7 @@
 //! | `workload_timewait_entries_total` | counter | the same (top N) |
 //! | `workload_connect_failures_total`, `workload_bind_failures_total` | counter | the same (top N) |
 //! | `events_total` | counter | kind |
-//! | `events_lost_total`, `decode_errors_total`, `kernel_read_errors_total` | counter | — |
+//! | `events_lost_total`, `decode_errors_total`, `kernel_read_errors_total`, `kernel_map_errors_total` | counter | — |
 //! | `hook_attached` | gauge | hook |
 //!
 //! # Cardinality
@@ -128,6 +128,8 @@ pub struct Health {
     pub decode_errors: u64,
     /// Kernel reads that failed while filling records (the records were still sent).
     pub read_errors: u64,
+    /// Correlation-map updates that failed in the kernel (some attributions missing).
+    pub map_errors: u64,
     /// (netns, kernel TCPTimeWaitOverflow since first seen, overflow events seen).
     pub overflow_check: Vec<(u32, u64, u64)>,
 }
@@ -360,6 +362,7 @@ impl Metrics {
             lost: health.lost.max(t.lost),
             decode_errors: health.decode_errors,
             read_errors: health.read_errors,
+            map_errors: health.map_errors,
         }
     }
 }
@@ -514,6 +517,7 @@ struct Snapshot {
     lost: u64,
     decode_errors: u64,
     read_errors: u64,
+    map_errors: u64,
 }
 
 const SUBSTATES: [&str; 2] = ["time_wait", "fin_wait2"];
@@ -532,8 +536,8 @@ impl Snapshot {
             + self.kernel_overflows.len()
             + self.kinds.len()
             + self.hooks.len()
-            // events_lost, decode_errors, kernel_read_errors
-            + 3
+            // events_lost, decode_errors, kernel_read_errors, kernel_map_errors
+            + 4
     }
 }
 
@@ -847,6 +851,12 @@ impl Snapshot {
             "Kernel reads that failed while filling records (sent anyway): some fields may be wrong",
             self.read_errors,
         )?;
+        single_counter(
+            e,
+            "kernel_map_errors",
+            "Correlation-map updates that failed in the kernel: some births may lack their closing process, some connect()s their reuse verdict",
+            self.map_errors,
+        )?;
         family(
             e,
             gauge(
@@ -990,6 +1000,7 @@ mod tests {
             lost: 0,
             decode_errors: 2,
             read_errors: 3,
+            map_errors: 4,
             overflow_check: vec![(NSX, 1, 1)],
         }
     }
@@ -1097,6 +1108,7 @@ mod tests {
             ("twtrace_events_lost_total", "counter"),
             ("twtrace_decode_errors_total", "counter"),
             ("twtrace_kernel_read_errors_total", "counter"),
+            ("twtrace_kernel_map_errors_total", "counter"),
             ("twtrace_hook_attached", "gauge"),
         ];
         for (name, ty) in expect_types {
@@ -1232,6 +1244,10 @@ mod tests {
         assert_eq!(
             value(&samples, "twtrace_kernel_read_errors_total", &[]),
             Some(3.0)
+        );
+        assert_eq!(
+            value(&samples, "twtrace_kernel_map_errors_total", &[]),
+            Some(4.0)
         );
         assert_eq!(
             value(&samples, "twtrace_events_total", &[("kind", "enter")]),
@@ -1492,14 +1508,19 @@ mod tests {
         let all = [a.openmetrics, a.text, b.openmetrics, b.text].concat();
         let without: String = all
             .lines()
-            .filter(|l| !l.contains("kernel_read_errors") && !l.contains("bind_failures"))
+            .filter(|l| {
+                !l.contains("kernel_read_errors")
+                    && !l.contains("bind_failures")
+                    && !l.contains("kernel_map_errors")
+            })
             .map(|l| format!("{l}\n"))
             .collect();
-        // kernel_read_errors_total and bind_failures_total (per netns) were added since:
+        // kernel_read_errors_total, bind_failures_total (per netns) and
+        // kernel_map_errors_total were added since:
         // without their lines every byte is as before.
-        assert_eq!((a.series, b.series), (53, 183));
+        assert_eq!((a.series, b.series), (54, 184));
         assert_eq!(fingerprint(&without), (17885367078450505819, 40820));
-        assert_eq!(fingerprint(&all), (3481479777814303367, 42756));
+        assert_eq!(fingerprint(&all), (132921385975414417, 43736));
     }
 
     /// Workload families: the busiest N workloads only, labelled with pod and container;

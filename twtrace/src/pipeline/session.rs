@@ -320,6 +320,12 @@ fn summary_line(tracer: &Tracer, shown: u64) -> String {
     if read_errors > 0 {
         line.push_str(&format!(", {read_errors} kernel read errors"));
     }
+    let map_errors = tracer.map_errors();
+    if map_errors > 0 {
+        line.push_str(&format!(
+            ", {map_errors} kernel map updates failed (some closers or connect()s unnamed)"
+        ));
+    }
     // bind()-before-connect(): said only where it happened (the line stays as it was).
     if s.bind_fails + s.bound_connects > 0 {
         line.push_str(&format!(

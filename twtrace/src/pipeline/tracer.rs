@@ -189,6 +189,12 @@ impl Tracer {
         self.read_counter(counter::READ_ERRORS)
     }
 
+    /// Correlation-map updates the kernel side could not make: attributions (the closing
+    /// process, a connect() or bind() in progress) that later records may lack.
+    pub fn map_errors(&self) -> u64 {
+        self.read_counter(counter::MAP_ERRORS)
+    }
+
     fn read_counter(&self, idx: u32) -> u64 {
         self.counters
             .get(&idx, 0)
@@ -421,6 +427,7 @@ pub struct TracerSummary {
     pub lost: u64,
     pub decode_errors: u64,
     pub read_errors: u64,
+    pub map_errors: u64,
 }
 
 impl Background {
@@ -462,6 +469,7 @@ impl Background {
                 lost: t.lost_total(),
                 decode_errors: t.decode_errors,
                 read_errors: t.read_errors(),
+                map_errors: t.map_errors(),
             })
         });
         let (clock, features) = ready_rx

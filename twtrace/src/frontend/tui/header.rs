@@ -38,6 +38,15 @@ pub(super) fn line(m: &Model, v: &ViewState, width: u16) -> Line<'static> {
             },
             YELLOW,
         ),
+        // Likewise: some births may lack their closing process.
+        Span::styled(
+            if m.map_errors > 0 {
+                format!(" map errors {}", m.map_errors)
+            } else {
+                String::new()
+            },
+            YELLOW,
+        ),
         Span::styled(
             format!(" hooks {attached}/{}", m.host.hooks.len()),
             if attached < m.host.hooks.len() {

@@ -95,6 +95,8 @@ pub struct Model {
     /// Kernel reads that failed while filling records (the tracer's count; not in the
     /// aggregator, so the front end sets it after [`Model::build`]).
     pub read_errors: u64,
+    /// Correlation-map updates that failed in the kernel (the tracer's count, set likewise).
+    pub map_errors: u64,
     pub peers_total: usize,
     pub rows: Vec<RowData>,
     pub netns: Vec<NetnsData>,
@@ -154,6 +156,7 @@ impl Model {
             events_rate: agg.events_rate(),
             lost: agg.totals().lost,
             read_errors: 0,
+            map_errors: 0,
             peers_total: agg.peer_count(),
             rows,
             netns,

@@ -129,6 +129,7 @@ mod sfield {
     pub const FILTERED: u64 = 5;
     pub const END_NS: u64 = 6;
     pub const PARTS: u64 = 7;
+    pub const MAP_ERRORS: u64 = 8;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -422,6 +423,8 @@ pub struct Summary {
     pub decode_errors: u64,
     /// Kernel-side read failures (`bpf_probe_read_kernel`).
     pub read_errors: u64,
+    /// Kernel-side correlation-map updates that failed (some attributions missing).
+    pub map_errors: u64,
     /// Events left out by the recording's filters.
     pub filtered: u64,
     /// CLOCK_MONOTONIC ns when the recording ended.
@@ -440,6 +443,7 @@ impl Summary {
             (sfield::FILTERED, self.filtered),
             (sfield::END_NS, self.end_ns),
             (sfield::PARTS, self.parts),
+            (sfield::MAP_ERRORS, self.map_errors),
         ] {
             put_varint(out, tag);
             put_varint(out, v);
@@ -459,6 +463,7 @@ impl Summary {
                 sfield::FILTERED => s.filtered = v,
                 sfield::END_NS => s.end_ns = v,
                 sfield::PARTS => s.parts = v,
+                sfield::MAP_ERRORS => s.map_errors = v,
                 _ => {}
             }
         }
