@@ -8,6 +8,7 @@ pub mod fn_tier;
 pub mod kallsyms;
 pub mod loader;
 pub mod preempt;
+pub mod prog_stats;
 pub mod prototypes;
 pub mod reuse_rule;
 pub mod snapshot;

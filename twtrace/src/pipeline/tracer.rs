@@ -10,6 +10,7 @@ use crate::host::workload::{Workload, Workloads};
 use crate::kernel::features::Features;
 use crate::kernel::fn_tier::FnHooks;
 use crate::kernel::loader;
+use crate::kernel::prog_stats;
 use crate::kernel::snapshot;
 use crate::kernel::sysinfo::{self, Clock};
 use crate::pipeline::decode::{decode, DecodeError};
@@ -193,6 +194,17 @@ impl Tracer {
     /// process, a connect() or bind() in progress) that later records may lack.
     pub fn map_errors(&self) -> u64 {
         self.read_counter(counter::MAP_ERRORS)
+    }
+
+    /// Runs of twtrace's programs the kernel skipped because the program was already running
+    /// on that CPU ([`prog_stats`]): events not seen, like the lost ones. None if the kernel
+    /// would not say for one of the loaded programs.
+    pub fn skipped_runs(&self) -> Option<u64> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .map(|fd| prog_stats::recursion_misses(fd.as_fd()).ok())
+            .sum()
     }
 
     fn read_counter(&self, idx: u32) -> u64 {
@@ -428,6 +440,7 @@ pub struct TracerSummary {
     pub decode_errors: u64,
     pub read_errors: u64,
     pub map_errors: u64,
+    pub skipped_runs: Option<u64>,
 }
 
 impl Background {
@@ -470,6 +483,7 @@ impl Background {
                 decode_errors: t.decode_errors,
                 read_errors: t.read_errors(),
                 map_errors: t.map_errors(),
+                skipped_runs: t.skipped_runs(),
             })
         });
         let (clock, features) = ready_rx
