@@ -195,6 +195,7 @@ impl Sink for Record {
             decode_errors: tracer.decode_errors,
             read_errors: tracer.read_errors(),
             map_errors: tracer.map_errors(),
+            skipped_runs: tracer.skipped_runs().unwrap_or(0),
             filtered: session.filtered(),
             end_ns: sysinfo::monotonic_ns(),
             ..Summary::default()

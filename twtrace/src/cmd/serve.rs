@@ -261,6 +261,7 @@ impl Sink for Exposition<'_> {
             decode_errors: tracer.decode_errors,
             read_errors: tracer.read_errors(),
             map_errors: tracer.map_errors(),
+            skipped_runs: tracer.skipped_runs().unwrap_or(0),
             overflow_check: tracer.overflow_check(),
         };
         let owners = self

@@ -111,6 +111,7 @@ impl Sink for View {
                 self.model = Model::build(&self.agg, &self.host);
                 self.model.read_errors = session.tracer().read_errors();
                 self.model.map_errors = session.tracer().map_errors();
+                self.model.skipped_runs = session.tracer().skipped_runs().unwrap_or(0);
             }
             screen.draw(&self.model, &self.state)?;
             self.next_draw = Instant::now() + REDRAW_EVERY;

@@ -30,7 +30,7 @@
 //! | `workload_timewait_entries_total` | counter | the same (top N) |
 //! | `workload_connect_failures_total`, `workload_bind_failures_total` | counter | the same (top N) |
 //! | `events_total` | counter | kind |
-//! | `events_lost_total`, `decode_errors_total`, `kernel_read_errors_total`, `kernel_map_errors_total` | counter | — |
+//! | `events_lost_total`, `decode_errors_total`, `kernel_read_errors_total`, `kernel_map_errors_total`, `kernel_skipped_runs_total` | counter | — |
 //! | `hook_attached` | gauge | hook |
 //!
 //! # Cardinality
@@ -130,6 +130,8 @@ pub struct Health {
     pub read_errors: u64,
     /// Correlation-map updates that failed in the kernel (some attributions missing).
     pub map_errors: u64,
+    /// Program runs the kernel skipped (already running on that CPU): events not seen.
+    pub skipped_runs: u64,
     /// (netns, kernel TCPTimeWaitOverflow since first seen, overflow events seen).
     pub overflow_check: Vec<(u32, u64, u64)>,
 }
@@ -363,6 +365,7 @@ impl Metrics {
             decode_errors: health.decode_errors,
             read_errors: health.read_errors,
             map_errors: health.map_errors,
+            skipped_runs: health.skipped_runs,
         }
     }
 }
@@ -518,6 +521,7 @@ struct Snapshot {
     decode_errors: u64,
     read_errors: u64,
     map_errors: u64,
+    skipped_runs: u64,
 }
 
 const SUBSTATES: [&str; 2] = ["time_wait", "fin_wait2"];
@@ -536,8 +540,9 @@ impl Snapshot {
             + self.kernel_overflows.len()
             + self.kinds.len()
             + self.hooks.len()
-            // events_lost, decode_errors, kernel_read_errors, kernel_map_errors
-            + 4
+            // events_lost, decode_errors, kernel_read_errors, kernel_map_errors,
+            // kernel_skipped_runs
+            + 5
     }
 }
 
@@ -857,6 +862,12 @@ impl Snapshot {
             "Correlation-map updates that failed in the kernel: some births may lack their closing process, some connect()s their reuse verdict",
             self.map_errors,
         )?;
+        single_counter(
+            e,
+            "kernel_skipped_runs",
+            "Runs of twtrace's programs the kernel skipped (already running on that CPU): events not seen, like the lost ones",
+            self.skipped_runs,
+        )?;
         family(
             e,
             gauge(
@@ -1001,6 +1012,7 @@ mod tests {
             decode_errors: 2,
             read_errors: 3,
             map_errors: 4,
+            skipped_runs: 5,
             overflow_check: vec![(NSX, 1, 1)],
         }
     }
@@ -1109,6 +1121,7 @@ mod tests {
             ("twtrace_decode_errors_total", "counter"),
             ("twtrace_kernel_read_errors_total", "counter"),
             ("twtrace_kernel_map_errors_total", "counter"),
+            ("twtrace_kernel_skipped_runs_total", "counter"),
             ("twtrace_hook_attached", "gauge"),
         ];
         for (name, ty) in expect_types {
@@ -1248,6 +1261,10 @@ mod tests {
         assert_eq!(
             value(&samples, "twtrace_kernel_map_errors_total", &[]),
             Some(4.0)
+        );
+        assert_eq!(
+            value(&samples, "twtrace_kernel_skipped_runs_total", &[]),
+            Some(5.0)
         );
         assert_eq!(
             value(&samples, "twtrace_events_total", &[("kind", "enter")]),
@@ -1512,15 +1529,16 @@ mod tests {
                 !l.contains("kernel_read_errors")
                     && !l.contains("bind_failures")
                     && !l.contains("kernel_map_errors")
+                    && !l.contains("kernel_skipped_runs")
             })
             .map(|l| format!("{l}\n"))
             .collect();
         // kernel_read_errors_total, bind_failures_total (per netns) and
-        // kernel_map_errors_total were added since:
+        // kernel_map_errors_total and kernel_skipped_runs_total were added since:
         // without their lines every byte is as before.
-        assert_eq!((a.series, b.series), (54, 184));
+        assert_eq!((a.series, b.series), (55, 185));
         assert_eq!(fingerprint(&without), (17885367078450505819, 40820));
-        assert_eq!(fingerprint(&all), (132921385975414417, 43736));
+        assert_eq!(fingerprint(&all), (12549385712350123465, 44668));
     }
 
     /// Workload families: the busiest N workloads only, labelled with pod and container;

@@ -326,6 +326,13 @@ fn summary_line(tracer: &Tracer, shown: u64) -> String {
             ", {map_errors} kernel map updates failed (some closers or connect()s unnamed)"
         ));
     }
+    // Runs the kernel skipped are events not seen, like the lost ones.
+    let skipped = tracer.skipped_runs().unwrap_or(0);
+    if skipped > 0 {
+        line.push_str(&format!(
+            ", {skipped} program runs skipped by the kernel (already running on that CPU)"
+        ));
+    }
     // bind()-before-connect(): said only where it happened (the line stays as it was).
     if s.bind_fails + s.bound_connects > 0 {
         line.push_str(&format!(

@@ -47,6 +47,15 @@ pub(super) fn line(m: &Model, v: &ViewState, width: u16) -> Line<'static> {
             },
             YELLOW,
         ),
+        // Events not seen, as the lost ones: red like them.
+        Span::styled(
+            if m.skipped_runs > 0 {
+                format!(" SKIPPED {}", m.skipped_runs)
+            } else {
+                String::new()
+            },
+            Style::new().fg(Color::White).bg(Color::Red),
+        ),
         Span::styled(
             format!(" hooks {attached}/{}", m.host.hooks.len()),
             if attached < m.host.hooks.len() {

@@ -97,6 +97,8 @@ pub struct Model {
     pub read_errors: u64,
     /// Correlation-map updates that failed in the kernel (the tracer's count, set likewise).
     pub map_errors: u64,
+    /// Program runs the kernel skipped (the tracer's count, set likewise).
+    pub skipped_runs: u64,
     pub peers_total: usize,
     pub rows: Vec<RowData>,
     pub netns: Vec<NetnsData>,
@@ -157,6 +159,7 @@ impl Model {
             lost: agg.totals().lost,
             read_errors: 0,
             map_errors: 0,
+            skipped_runs: 0,
             peers_total: agg.peer_count(),
             rows,
             netns,

@@ -130,6 +130,7 @@ mod sfield {
     pub const END_NS: u64 = 6;
     pub const PARTS: u64 = 7;
     pub const MAP_ERRORS: u64 = 8;
+    pub const SKIPPED_RUNS: u64 = 9;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,6 +426,8 @@ pub struct Summary {
     pub read_errors: u64,
     /// Kernel-side correlation-map updates that failed (some attributions missing).
     pub map_errors: u64,
+    /// Program runs the kernel skipped (already running on that CPU): events not seen.
+    pub skipped_runs: u64,
     /// Events left out by the recording's filters.
     pub filtered: u64,
     /// CLOCK_MONOTONIC ns when the recording ended.
@@ -444,6 +447,7 @@ impl Summary {
             (sfield::END_NS, self.end_ns),
             (sfield::PARTS, self.parts),
             (sfield::MAP_ERRORS, self.map_errors),
+            (sfield::SKIPPED_RUNS, self.skipped_runs),
         ] {
             put_varint(out, tag);
             put_varint(out, v);
@@ -464,6 +468,7 @@ impl Summary {
                 sfield::END_NS => s.end_ns = v,
                 sfield::PARTS => s.parts = v,
                 sfield::MAP_ERRORS => s.map_errors = v,
+                sfield::SKIPPED_RUNS => s.skipped_runs = v,
                 _ => {}
             }
         }

@@ -272,6 +272,7 @@ fn write_file(path: &Path, events: &[Event], opts: WriterOptions) -> Vec<PathBuf
     w.finish(&Summary {
         lost: 3,
         map_errors: 5,
+        skipped_runs: 6,
         filtered: 4,
         end_ns: 99,
         ..Summary::default()
@@ -321,7 +322,7 @@ fn every_variant_round_trips() {
         let s = t.summary.expect("summary");
         assert_eq!(s.events, events.len() as u64);
         assert_eq!((s.lost, s.filtered, s.end_ns, s.parts), (3, 4, 99, 1));
-        assert_eq!(s.map_errors, 5);
+        assert_eq!((s.map_errors, s.skipped_runs), (5, 6));
         assert_eq!(t.skipped_records, 0);
     }
 }
