@@ -101,13 +101,16 @@ fn local(r: &TwRecord) -> u16 {
     r.lport
 }
 
+const REUSE_TEST: &str = "fn_hooks_see_every_reuse_decision";
+
 /// tcp_tw_reuse=1 and two ports, both in TIME_WAIT: a connect() made at once is refused, and
 /// the tier shows each refusal per timewait socket; a later one takes a socket over, and the
 /// tier names it and the connecting process.
 #[test]
 fn fn_hooks_see_every_reuse_decision() {
-    const TEST: &str = "fn_hooks_see_every_reuse_decision";
-    let Some(mut tier) = start(TEST) else { return };
+    let Some(mut tier) = start(REUSE_TEST) else {
+        return;
+    };
     // Sometimes a timewait socket of this loopback workload is killed young by an RST (seen in
     // the 7.3 guest, about 1 run in 10: a late ACK of the server's is PAWS-rejected, the
     // timewait socket answers it, the closed server resets, the RST kills it; RFC 1337's
@@ -121,7 +124,7 @@ fn fn_hooks_see_every_reuse_decision() {
             return;
         }
         kernel::partial(
-            TEST,
+            REUSE_TEST,
             &format!("attempt {attempt}: a timewait socket was reset before any reuse"),
         );
         spent.push(ns);
@@ -132,7 +135,6 @@ fn fn_hooks_see_every_reuse_decision() {
 /// One run of [`fn_hooks_see_every_reuse_decision`] in `ns`; false if an RST freed a port
 /// before connect() needed a reuse (nothing to check).
 fn reuse_attempt(tier: &mut Tier, ns: &NetNs) -> bool {
-    const TEST: &str = "fn_hooks_see_every_reuse_decision";
     ns.sysctl("net.ipv4.tcp_tw_reuse", "1").unwrap();
     let has_delay = tier
         .loaded
@@ -252,7 +254,7 @@ fn reuse_attempt(tier: &mut Tier, ns: &NetNs) -> bool {
             first.0
         );
         kernel::partial(
-            TEST,
+            REUSE_TEST,
             "the first try came in the next second already: no refusal to check",
         );
     }

@@ -171,8 +171,8 @@ pub(super) fn max_tw_buckets(w: &Watch) -> Result<Claim> {
     };
     let observed = format!(
         "limit {LIMIT}, {N} closes: {enter_c} TIME_WAIT, {over_c} overflow (TCPTimeWaitOverflow \
-         +{counter}), {live_c} live, {early_c} died early; {log_text}; another namespace (limit {default_limit}) kept \
-         all {enter_o} of {N}"
+         +{counter}), {live_c} live, {early_c} died early; {log_text}; another namespace \
+         (limit {default_limit}) kept all {enter_o} of {N}"
     );
     Ok(Claim {
         id: ClaimId::MaxTwBuckets,
