@@ -44,15 +44,33 @@ fn client_first_close_enters_on_the_client_side_only() {
     }
     let distinct: HashSet<_> = en.iter().map(|e| addr(&e.sock, true)).collect();
     assert_eq!(distinct.len(), N);
-    // The closing process is named: this test process closed every client socket.
+    // The closing process is named: this test process closed every client socket. Only a
+    // close the kernel did not show twtrace may lack it: newer kernels (7.3 here, not 6.18)
+    // run tracepoint programs preemptibly, and a task preempted inside `inet_sock_set_state`
+    // makes the kernel skip that program for the next task on its CPU (seen in the 7.3
+    // guest: 1 close in 20, about once in 40 runs). twtrace reports those runs; they must
+    // account for every miss.
+    let unnamed = en.iter().filter(|e| e.comm.is_none()).count() as u64;
+    let skipped = summary
+        .skipped_by_program
+        .iter()
+        .find(|(p, _)| p == "inet_sock_set_state")
+        .map_or(0, |(_, n)| *n);
     assert!(
-        en.iter().all(|e| e.comm.is_some()),
-        "closer missing (kernel map updates failed: {}, runs skipped: {:?}, lost: {}): {en:#?}",
+        unnamed <= skipped,
+        "{unnamed} closers missing, {skipped} runs of inet_sock_set_state skipped (kernel map \
+         updates failed: {}, lost: {}): {en:#?}",
         summary.map_errors,
-        summary.skipped_runs,
         summary.lost
     );
+    if unnamed > 0 {
+        kernel::partial(
+            "client_first_close_enters_on_the_client_side_only",
+            &format!("{unnamed} closes skipped by the kernel (inet_sock_set_state preempted)"),
+        );
+    }
     assert_eq!(summary.lost, 0);
+    assert_eq!(summary.map_errors, 0);
     // The kernel says how many runs of each program it skipped (0 before 5.12).
     assert!(
         summary.skipped_runs.is_some(),

@@ -12,9 +12,9 @@ use std::time::Duration;
 use twtrace::experiments::workload::{serve, FirstCloser};
 use twtrace::host::netns::NetNs;
 use twtrace::host::workload::{Workload, Workloads};
-use twtrace::pipeline::event::{Body, Event, ExitReason};
+use twtrace::pipeline::event::{Body, Event, ExitReason, Sock};
 use twtrace::pipeline::filter::Filter;
-use twtrace_tests::{enters, exits, trace, SOON};
+use twtrace_tests::{enters, exits, kernel, trace, SOON};
 
 const CONTAINER_A: &str = "a1a1a1a1a1a1b2b2b2b2b2b2c3c3c3c3c3c3d4d4d4d4d4d4e5e5e5e5e5e5f6f6";
 const CONTAINER_B: &str = "0b0b0b0b0b0b1c1c1c1c1c1c2d2d2d2d2d2d3e3e3e3e3e3e4f4f4f4f4f4f5a5a";
@@ -224,7 +224,18 @@ fn events_carry_the_owners_workload() {
         .filter(|e| matches!(e.body, Body::Enter { .. }))
         .collect();
     assert_eq!(born.len(), N_A + N_B, "{ev:#?}");
-    for e in &born {
+    // A close whose state change the kernel skipped (a task preempted inside the program on
+    // that CPU: 7.x, see docs/kernel-matrix.md) leaves its birth without closer or workload;
+    // the kernel's count of skipped runs must account for each (checked at the end).
+    let unnamed: Vec<&Sock> = born
+        .iter()
+        .filter(|e| closer_pid(e).is_none())
+        .filter_map(|e| match &e.body {
+            Body::Enter { sock, .. } => Some(sock),
+            _ => None,
+        })
+        .collect();
+    for e in born.iter().filter(|e| closer_pid(e).is_some()) {
         let w = workload_of(e).unwrap_or_else(|| panic!("no workload: {e:#?}"));
         let pid = closer_pid(e).unwrap_or_else(|| panic!("no closer: {e:#?}"));
         let (want_path, want_container) = if pid == pid_a {
@@ -258,8 +269,10 @@ fn events_carry_the_owners_workload() {
         cgroups: vec![path_under(&h, &cg.top) + "/system.slice"],
         ..Filter::default()
     };
-    assert_eq!(born.iter().filter(|e| only_a.matches(e)).count(), N_A);
-    assert_eq!(born.iter().filter(|e| only_b.matches(e)).count(), N_B);
+    let a_named = born.iter().filter(|e| only_a.matches(e)).count();
+    let b_named = born.iter().filter(|e| only_b.matches(e)).count();
+    assert_eq!(a_named + b_named + unnamed.len(), N_A + N_B);
+    assert!(a_named <= N_A && b_named <= N_B);
 
     // Gone: the cgroups, then the namespace. The purged exits name the workloads still.
     cg.remove_all();
@@ -275,22 +288,40 @@ fn events_carry_the_owners_workload() {
     // other death here is the namespace's purge.
     assert_eq!(died.len(), N_A + N_B, "{ev:#?}");
     for e in &died {
-        let Body::Exit { reason, .. } = &e.body else {
+        let Body::Exit { reason, sock, .. } = &e.body else {
             unreachable!()
         };
         assert!(
             matches!(reason, ExitReason::Purged | ExitReason::Rst),
             "{e:#?}"
         );
+        if unnamed.contains(&sock) {
+            continue;
+        }
         let w = workload_of(e).unwrap_or_else(|| panic!("an exit without workload: {e:#?}"));
         assert!(
             w.path.as_ref() == Some(&path_a) || w.path.as_ref() == Some(&path_b),
             "{e:#?}"
         );
     }
-    let (ev, _) = tracer.stop().unwrap();
+    let (ev, summary) = tracer.stop().unwrap();
     // Nothing else in the namespace claims a workload that is not one of the two.
     for e in ev.iter().filter(|e| e.workload.is_some()) {
         assert!(ids.contains(&e.cgroup), "{e:#?}");
+    }
+    let skipped = summary
+        .skipped_by_program
+        .iter()
+        .find(|(p, _)| p == "inet_sock_set_state")
+        .map_or(0, |(_, n)| *n);
+    assert!(
+        unnamed.len() as u64 <= skipped,
+        "births without closer {unnamed:?}, {skipped} runs skipped"
+    );
+    if !unnamed.is_empty() {
+        kernel::partial(
+            "events_carry_the_owners_workload",
+            &format!("{} closes skipped by the kernel", unnamed.len()),
+        );
     }
 }

@@ -327,10 +327,13 @@ fn summary_line(tracer: &Tracer, shown: u64) -> String {
         ));
     }
     // Runs the kernel skipped are events not seen, like the lost ones.
-    let skipped = tracer.skipped_runs().unwrap_or(0);
-    if skipped > 0 {
+    let skipped = tracer.skipped_by_program().unwrap_or_default();
+    if !skipped.is_empty() {
+        let total: u64 = skipped.iter().map(|(_, n)| n).sum();
+        let each: Vec<String> = skipped.iter().map(|(p, n)| format!("{p} {n}")).collect();
         line.push_str(&format!(
-            ", {skipped} program runs skipped by the kernel (already running on that CPU)"
+            ", {total} program runs skipped by the kernel (already running on that CPU: {})",
+            each.join(", ")
         ));
     }
     // bind()-before-connect(): said only where it happened (the line stays as it was).

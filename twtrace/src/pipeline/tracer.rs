@@ -200,11 +200,20 @@ impl Tracer {
     /// on that CPU ([`prog_stats`]): events not seen, like the lost ones. None if the kernel
     /// would not say for one of the loaded programs.
     pub fn skipped_runs(&self) -> Option<u64> {
-        self.ebpf
-            .programs()
-            .filter_map(|(_, p)| p.fd().ok())
-            .map(|fd| prog_stats::recursion_misses(fd.as_fd()).ok())
-            .sum()
+        Some(self.skipped_by_program()?.iter().map(|(_, n)| n).sum())
+    }
+
+    /// [`Self::skipped_runs`] per program (by its name), the programs with any.
+    pub fn skipped_by_program(&self) -> Option<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for (name, p) in self.ebpf.programs() {
+            let Ok(fd) = p.fd() else { continue };
+            let n = prog_stats::recursion_misses(fd.as_fd()).ok()?;
+            if n > 0 {
+                out.push((name.to_string(), n));
+            }
+        }
+        Some(out)
     }
 
     fn read_counter(&self, idx: u32) -> u64 {
@@ -441,6 +450,8 @@ pub struct TracerSummary {
     pub read_errors: u64,
     pub map_errors: u64,
     pub skipped_runs: Option<u64>,
+    /// The same per program, those with any.
+    pub skipped_by_program: Vec<(String, u64)>,
 }
 
 impl Background {
@@ -484,6 +495,7 @@ impl Background {
                 read_errors: t.read_errors(),
                 map_errors: t.map_errors(),
                 skipped_runs: t.skipped_runs(),
+                skipped_by_program: t.skipped_by_program().unwrap_or_default(),
             })
         });
         let (clock, features) = ready_rx
