@@ -381,9 +381,10 @@ pub mod counter {
     pub const LOST: u32 = 0;
     /// `bpf_probe_read_kernel` failures while filling a record (the record is still sent).
     pub const READ_ERRORS: u32 = 1;
-    /// Updates of the kernel side's correlation maps that failed (map full, its bucket lock
-    /// busy or timed out): what they were to carry to a later record (who closed a
-    /// connection, a connect() or bind() in progress) may be missing from it.
+    /// Updates of the kernel side's correlation maps that failed (no free element, or the
+    /// bucket's lock busy or timed out; a full LRU map evicts instead): what they were to
+    /// carry to a later record (who closed a connection, a connect() or bind() in progress)
+    /// may be missing from it.
     pub const MAP_ERRORS: u32 = 2;
     pub const COUNT: u32 = 3;
 }

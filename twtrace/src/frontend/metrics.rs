@@ -1533,8 +1533,8 @@ mod tests {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        // kernel_read_errors_total, bind_failures_total (per netns) and
-        // kernel_map_errors_total and kernel_skipped_runs_total were added since:
+        // kernel_read_errors_total, bind_failures_total (per netns), kernel_map_errors_total
+        // and kernel_skipped_runs_total were added since:
         // without their lines every byte is as before.
         assert_eq!((a.series, b.series), (55, 185));
         assert_eq!(fingerprint(&without), (17885367078450505819, 40820));
