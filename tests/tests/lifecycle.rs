@@ -51,11 +51,7 @@ fn client_first_close_enters_on_the_client_side_only() {
     // guest: 1 close in 20, about once in 40 runs). twtrace reports those runs; they must
     // account for every miss.
     let unnamed = en.iter().filter(|e| e.comm.is_none()).count() as u64;
-    let skipped = summary
-        .skipped_by_program
-        .iter()
-        .find(|(p, _)| p == "inet_sock_set_state")
-        .map_or(0, |(_, n)| *n);
+    let skipped = summary.skipped_in("inet_sock_set_state");
     assert!(
         unnamed <= skipped,
         "{unnamed} closers missing, {skipped} runs of inet_sock_set_state skipped (kernel map \

@@ -309,11 +309,7 @@ fn events_carry_the_owners_workload() {
     for e in ev.iter().filter(|e| e.workload.is_some()) {
         assert!(ids.contains(&e.cgroup), "{e:#?}");
     }
-    let skipped = summary
-        .skipped_by_program
-        .iter()
-        .find(|(p, _)| p == "inet_sock_set_state")
-        .map_or(0, |(_, n)| *n);
+    let skipped = summary.skipped_in("inet_sock_set_state");
     assert!(
         unnamed.len() as u64 <= skipped,
         "births without closer {unnamed:?}, {skipped} runs skipped"

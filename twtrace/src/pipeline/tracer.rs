@@ -454,6 +454,16 @@ pub struct TracerSummary {
     pub skipped_by_program: Vec<(String, u64)>,
 }
 
+impl TracerSummary {
+    /// Runs of the program named `program` the kernel skipped.
+    pub fn skipped_in(&self, program: &str) -> u64 {
+        self.skipped_by_program
+            .iter()
+            .find(|(p, _)| p == program)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
 impl Background {
     /// Starts a tracer and returns once it is attached and its snapshot is taken.
     pub fn start(
