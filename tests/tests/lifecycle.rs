@@ -48,7 +48,7 @@ fn client_first_close_enters_on_the_client_side_only() {
     // close the kernel did not show twtrace may lack it: newer kernels (7.3 here, not 6.18)
     // run tracepoint programs preemptibly, and a task preempted inside `inet_sock_set_state`
     // makes the kernel skip that program for the next task on its CPU (seen in the 7.3
-    // guest: 1 close in 20, about once in 40 runs). twtrace reports those runs; they must
+    // guest: 1 close in 20, in 1 of 82 looped runs). twtrace reports those runs; they must
     // account for every miss.
     let unnamed = en.iter().filter(|e| e.comm.is_none()).count() as u64;
     let skipped = summary.skipped_in("inet_sock_set_state");
