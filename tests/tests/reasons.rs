@@ -256,8 +256,8 @@ fn reuse_attempt(test: &str, delay_ms: u64, has_delay: bool) -> bool {
     assert_eq!(addr(sock, false), server.addr);
     let age = lifetime.expect("age at reuse");
     if has_delay {
-        // The kernel ages the socket from tw_entry_stamp (ms, truncated), the tracer from its
-        // birth record a moment later: the one model's tolerance for that (reuse_rule).
+        // The age at a takeover is the kernel's own (from tw_entry_stamp, read by the
+        // socket's record at the takeover): the one model's check (reuse_rule).
         assert!(
             twtrace::kernel::reuse_rule::ReuseRule::respects_delay(age, delay_ms),
             "reused at {age} ms, delay {delay_ms} ms"
@@ -280,9 +280,14 @@ fn reuse_attempt(test: &str, delay_ms: u64, has_delay: bool) -> bool {
     );
     for f in &fails {
         assert_eq!(f.0, server.addr);
+        // No timewait socket met: by the kernel's own count where the function tier gives
+        // one. The tracer's count is taken at the failure's record, and a socket that
+        // entered TIME_WAIT during the port walk, after its port was passed over as busy
+        // (seen in the 7.3 guest), is in it.
+        let none_met = f.4.unwrap_or(f.2) == 0;
         assert!(
             (matches!(f.1, Refusal::TooYoung | Refusal::FinWait2) && (1..=4).contains(&f.2))
-                || (f.1 == Refusal::NoTimewait && f.2 == 0),
+                || (f.1 == Refusal::NoTimewait && none_met),
             "{fails:?}"
         );
         assert_eq!(f.3, std::process::id());

@@ -89,6 +89,11 @@ pub mod flags {
     /// TIMER_START: a re-arm, not a birth: this CPU's previous timer event of any timer was
     /// the detach of this same timewait timer (one `__mod_timer` call).
     pub const REARM: u8 = 64;
+    /// CONNECT_FAIL: the function tier refused at least one socket, and the record carries the
+    /// last one's state as `tcp_twsk_unique` found it: `substate`, `ts_recent_stamp`, and in
+    /// `aux2` its age in ms at connect()'s start (`entry_stamp`) from its `tw_entry_stamp`
+    /// (0 if it entered TIME_WAIT later; at most `u16::MAX`), where the kernel has one.
+    pub const REFUSED_STATE: u8 = 128;
 }
 
 /// `aux2` bit of `kind::TW_UNIQUE`: connect() was searching for an ephemeral port (`twp` set);
@@ -217,9 +222,15 @@ pub struct Connecting {
     pub raddr: [u8; 16],
     /// Function tier: timewait sockets `tcp_twsk_unique` refused so far in this connect().
     pub refused: u32,
-    pub _pad: u32,
+    /// Function tier: the last refused socket's `tw_ts_recent_stamp`, `tw_entry_stamp` (0
+    /// where the kernel has none) and `tw_substate`, read when it was refused: what the kernel
+    /// judged, not what a stream of earlier records says it was.
+    pub last_ts_recent: u32,
     /// Function tier: the last timewait socket refused.
     pub last_refused: u64,
+    pub last_entry_stamp: u32,
+    pub last_substate: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Per-CPU memory of the last timewait birth or detach, to correlate the records that follow

@@ -11,10 +11,12 @@
 //! in order (a reuse decision precedes the timer detach it causes).
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExitContext};
-use twtrace_common::{flags, kind, UNIQUE_TWP};
+use twtrace_common::{flags, kind, NO_FIELD, UNIQUE_TWP};
 
 use crate::correlate::CONNECTING;
-use crate::record::{fill_conf, fill_sock, fill_tw, net_of, reserve, set_current, submit, Helper};
+use crate::record::{
+    fill_conf, fill_sock, fill_tw, hot, net_of, read, reserve, set_current, submit, Helper,
+};
 use crate::CONFIG;
 
 /// Every reuse decision of connect(). A refusal is only counted, in the task's `CONNECTING`
@@ -50,6 +52,17 @@ pub fn unique_decided(sk: u64, sktw: u64, twp: u64, taken: bool) {
             if !taken {
                 (*c).refused += 1;
                 (*c).last_refused = sktw;
+                // What the kernel judged, read now: the refusal is explained from this, not
+                // from the lifecycle's copy, which misses a promoting FIN whose kfree_skb run
+                // the kernel skipped.
+                (*c).last_substate = read(sktw, hot!(tw_substate)).unwrap_or(0);
+                (*c).last_ts_recent = read(sktw, hot!(tw_ts_recent_stamp)).unwrap_or(0);
+                let stamp = hot!(tw_entry_stamp);
+                (*c).last_entry_stamp = if stamp != NO_FIELD {
+                    read(sktw, stamp).unwrap_or(0)
+                } else {
+                    0
+                };
             }
         }
     }

@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfT
 use twtrace_common::{flags, kind, TCPF_FIN, TCP_TIME_WAIT};
 
 use crate::correlate::{last_is, FIN_WAIT2_TWS, LAST_CANCEL};
-use crate::record::{reserve, submit, fill_sock, fill_tw, hot, read, set_current};
+use crate::record::{fill_sock, fill_tw, hot, read, reserve, set_current, submit};
 use crate::CONFIG;
 
 /// `skb:kfree_skb` with a timewait receiver: a PAWS rejection (the NAT symptom), or the

@@ -98,8 +98,11 @@ unsafe fn on_connect(cfg: &Config, sk: u64) {
         flags: 0,
         raddr: key.raddr,
         refused: 0,
-        _pad: 0,
+        last_ts_recent: 0,
         last_refused: 0,
+        last_entry_stamp: 0,
+        last_substate: 0,
+        _pad: [0; 3],
     };
     noted(CONNECTING.insert(&bpf_get_current_pid_tgid(), &c, 0));
 }
@@ -107,41 +110,59 @@ unsafe fn on_connect(cfg: &Config, sk: u64) {
 #[inline(always)]
 unsafe fn on_connect_end(cfg: &Config, sk: u64) {
     let key = bpf_get_current_pid_tgid();
-    // What the function tier counted during this connect(), if it ran (copied out: the entry
-    // goes now).
-    let (cflags, refused, last, started) = match CONNECTING.get(&key) {
-        Some(c) => (
-            c.flags as u8 & flags::CANDIDATES,
-            c.refused,
-            c.last_refused,
-            c.ts_ns,
-        ),
-        None => (0, 0, 0, 0),
-    };
-    let _ = CONNECTING.remove(&key);
-    if cfg.tcp_segs_out == NO_FIELD {
-        return;
-    }
+    // What the function tier found during this connect(), if it ran (read in place, not
+    // copied: this program is at the BPF stack limit; the entry goes at the end).
+    let c = CONNECTING.get_ptr(&key);
     // A refused or timed-out connect sent its SYN; one that never found a port sent nothing.
-    if read::<u32>(sk, cfg.tcp_segs_out).unwrap_or(1) != 0 {
+    if cfg.tcp_segs_out != NO_FIELD && read::<u32>(sk, cfg.tcp_segs_out).unwrap_or(1) == 0 {
+        connect_failed(cfg, sk, c);
+    }
+    if c.is_some() {
+        let _ = CONNECTING.remove(&key);
+    }
+}
+
+/// The `CONNECT_FAIL` record of a connect() that found no local port; `c`: its `CONNECTING`
+/// entry.
+#[inline(always)]
+unsafe fn connect_failed(cfg: &Config, sk: u64, c: Option<*const Connecting>) {
+    let Some(mut entry) = reserve() else {
         return;
-    }
-    // The reuse decisions were made between connect()'s start and now: its start, in
-    // milliseconds like tw_entry_stamp, lets userspace judge them at the right moment.
-    let started_ms = if started != 0 {
-        (started / 1_000_000) as u32
-    } else {
-        0
     };
-    if let Some(mut entry) = reserve() {
-        let r = entry.as_mut_ptr();
-        fill_sock(cfg, sk, kind::CONNECT_FAIL, r, true, refused, 0, last);
-        (*r).flags = cflags;
-        (*r).entry_stamp = started_ms;
-        // The settings the port search just applied (microseconds ago, in this task).
-        fill_conf(cfg, net_of::<Helper>(cfg, sk), r);
-        submit(entry);
+    let r = entry.as_mut_ptr();
+    match c {
+        Some(c) => {
+            fill_sock(
+                cfg,
+                sk,
+                kind::CONNECT_FAIL,
+                r,
+                true,
+                (*c).refused,
+                0,
+                (*c).last_refused,
+            );
+            (*r).flags = (*c).flags as u8 & flags::CANDIDATES;
+            // The reuse decisions were made between connect()'s start and now: its start, in
+            // milliseconds like tw_entry_stamp, lets userspace judge them at the right moment.
+            let started_ms = ((*c).ts_ns / 1_000_000) as u32;
+            (*r).entry_stamp = started_ms;
+            if (*c).last_refused != 0 {
+                // The last refused socket as the kernel judged it.
+                (*r).flags |= flags::REFUSED_STATE;
+                (*r).substate = (*c).last_substate;
+                (*r).ts_recent_stamp = (*c).last_ts_recent;
+                if (*c).last_entry_stamp != 0 {
+                    let age = started_ms.wrapping_sub((*c).last_entry_stamp) as i32;
+                    (*r).aux2 = age.clamp(0, u16::MAX as i32) as u16;
+                }
+            }
+        }
+        None => fill_sock(cfg, sk, kind::CONNECT_FAIL, r, true, 0, 0, 0),
     }
+    // The settings the port search just applied (microseconds ago, in this task).
+    fill_conf(cfg, net_of::<Helper>(cfg, sk), r);
+    submit(entry);
 }
 
 #[inline(always)]

@@ -82,11 +82,12 @@ impl ReuseRule {
     }
 
     /// Whether a takeover at `exit_ns` of a timewait socket born at `birth_ns` (both
-    /// CLOCK_MONOTONIC, from the tracer) came earlier than this rule allows. Tolerant at the
-    /// edges: [`MS_TOLERANCE`] for `Delay`, and for `NextSecond` the stamp's second may be the
-    /// one before the birth's ([`SECONDS_TOLERANCE_NS`]).
-    pub fn early(&self, birth_ns: u64, exit_ns: u64) -> bool {
-        let age_ms = exit_ns.saturating_sub(birth_ns) / 1_000_000;
+    /// CLOCK_MONOTONIC, from the tracer) at the age `age_ms` (the exit's `lifetime_ms`: for a
+    /// takeover, the kernel's own age from `tw_entry_stamp` where it has one, which is where
+    /// `Delay` applies) came earlier than this rule allows. Tolerant at the edges:
+    /// [`MS_TOLERANCE`] for `Delay`, and for `NextSecond` the stamp's second may be the one
+    /// before the birth's ([`SECONDS_TOLERANCE_NS`]).
+    pub fn early(&self, age_ms: u64, birth_ns: u64, exit_ns: u64) -> bool {
         match self {
             ReuseRule::Delay(d) => age_ms + MS_TOLERANCE < *d,
             ReuseRule::NextSecond => {
@@ -361,16 +362,18 @@ mod tests {
     fn reuse_rules() {
         // ≥ 6.13: strictly after the delay, 2 ms of rounding allowed.
         let d = ReuseRule::Delay(1000);
-        assert!(d.early(10 * S, 10 * S + 900 * MS));
-        assert!(!d.early(10 * S, 10 * S + 999 * MS));
-        assert!(!d.early(10 * S, 11 * S + 1));
+        assert!(d.early(900, 10 * S, 10 * S + 900 * MS));
+        assert!(!d.early(999, 10 * S, 10 * S + 999 * MS));
+        assert!(!d.early(1000, 10 * S, 11 * S + 1));
+        // The age decides, not the tracer's birth record (which can trail the kernel's stamp).
+        assert!(!d.early(1001, 10 * S + 5 * MS, 11 * S + 1));
         // Before 6.13: a later monotonic second than the last timestamp's.
         let n = ReuseRule::NextSecond;
-        assert!(n.early(10 * S + 200 * MS, 10 * S + 900 * MS));
-        assert!(!n.early(10 * S + 900 * MS, 11 * S + 5 * MS));
+        assert!(n.early(700, 10 * S + 200 * MS, 10 * S + 900 * MS));
+        assert!(!n.early(105, 10 * S + 900 * MS, 11 * S + 5 * MS));
         // Born just after a boundary: the stamp may be the second before.
-        assert!(!n.early(10 * S + 10 * MS, 10 * S + 20 * MS));
-        assert!(n.early(10 * S + 100 * MS, 10 * S + 120 * MS));
+        assert!(!n.early(10, 10 * S + 10 * MS, 10 * S + 20 * MS));
+        assert!(n.early(20, 10 * S + 100 * MS, 10 * S + 120 * MS));
         assert_eq!(n.as_str(), "next_second");
         assert!(n.describe().contains("0 to 1 s"));
         assert!(d.describe().contains("1000 ms"));

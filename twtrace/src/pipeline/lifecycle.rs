@@ -420,13 +420,22 @@ impl Lifecycle {
                 r.ts_ns.saturating_sub(back_ms * 1_000_000)
             }
         };
-        // With the function tier, the kernel counted the timewait sockets it refused: the
-        // refusal is decided on the last of them, not guessed from every one toward `dest`.
+        // With the function tier, the kernel counted the timewait sockets it refused and
+        // kept the last one's state as it judged it: the refusal is decided on that, not
+        // guessed from the lifecycle's copies of every socket toward `dest` (a copy misses
+        // a promoting FIN whose kfree_skb run the kernel skipped).
         let candidates = self.fn_tier.then_some(r.aux);
-        let refusal = match (candidates, self.live.get(&r.expires)) {
-            (Some(0), _) => Refusal::NoTimewait,
-            (Some(_), Some(last)) => self.refusal(&[last], &dest, sock.lport != 0, started),
-            _ => self.refusal(&all, &dest, sock.lport != 0, started),
+        let bound = sock.lport != 0;
+        let refusal = match candidates {
+            Some(0) => Refusal::NoTimewait,
+            Some(_) if r.flags & flags::REFUSED_STATE != 0 => {
+                let last = Self::refused_candidate(r, &sock);
+                self.refusal(&[last], &dest, bound, started)
+            }
+            _ => {
+                let all: Vec<Candidate> = all.iter().map(|l| Self::candidate(l)).collect();
+                self.refusal(&all, &dest, bound, started)
+            }
         };
         self.stats.reuse_refusals += candidates.unwrap_or(0) as u64;
         out.push(
@@ -494,24 +503,44 @@ impl Lifecycle {
             .collect()
     }
 
-    /// Why none of `tws` (timewait sockets toward `dest`) could be reused: the one model of
-    /// `tcp_twsk_unique` ([`reuse_rule::refusal`]) with the namespace's settings as the
-    /// kernel read them at this connect() (the record's own, merged just before) and
+    /// Why none of `candidates` (timewait sockets toward `dest`) could be reused: the one
+    /// model of `tcp_twsk_unique` ([`reuse_rule::refusal`]) with the namespace's settings as
+    /// the kernel read them at this connect() (the record's own, merged just before) and
     /// `now_ns`, when connect() began.
-    fn refusal(&self, tws: &[&Live], dest: &Dest, bound: bool, now_ns: u64) -> Refusal {
-        let candidates: Vec<Candidate> = tws
-            .iter()
-            .map(|l| Candidate {
-                laddr: l.sock.laddr,
-                raddr: l.sock.raddr,
-                substate: l.substate,
-                ts_recent_stamp: l.ts_recent_stamp,
-                entry_stamp_ms: l.entry_stamp,
-                birth_ns: l.birth_ns,
-            })
-            .collect();
+    fn refusal(&self, candidates: &[Candidate], dest: &Dest, bound: bool, now_ns: u64) -> Refusal {
         let policy = Policy::from_sysctls(self.sysctls.get(&dest.netns));
-        reuse_rule::refusal(&candidates, bound, policy, now_ns)
+        reuse_rule::refusal(candidates, bound, policy, now_ns)
+    }
+
+    /// A live timewait socket as the lifecycle last saw it.
+    fn candidate(l: &Live) -> Candidate {
+        Candidate {
+            laddr: l.sock.laddr,
+            raddr: l.sock.raddr,
+            substate: l.substate,
+            ts_recent_stamp: l.ts_recent_stamp,
+            entry_stamp_ms: l.entry_stamp,
+            birth_ns: l.birth_ns,
+        }
+    }
+
+    /// The last socket the function tier refused during the connect() of `r` (flagged
+    /// `REFUSED_STATE`), as `tcp_twsk_unique` found it; it has the connecting socket's
+    /// addresses (`sock`). Its `tw_entry_stamp` comes as an age at connect()'s start
+    /// (`r.entry_stamp`), so it is given back as a stamp relative to that start.
+    fn refused_candidate(r: &TwRecord, sock: &Sock) -> Candidate {
+        let entry_stamp_ms = r
+            .conf
+            .has(netconf::TW_REUSE_DELAY)
+            .then(|| r.entry_stamp.wrapping_sub(u32::from(r.aux2)));
+        Candidate {
+            laddr: sock.laddr,
+            raddr: sock.raddr,
+            substate: Substate::from_raw(r.substate),
+            ts_recent_stamp: r.ts_recent_stamp,
+            entry_stamp_ms,
+            birth_ns: None,
+        }
     }
 
     /// Settles a detach that neither expired nor re-armed: an early death, for the reason
@@ -714,14 +743,23 @@ impl Lifecycle {
         if live.is_none() && r.kind == kind::TIMER_START {
             return; // a start on an address we did not know: nothing died that we saw born
         }
-        let lifetime_ms = match live.as_ref().and_then(|l| l.birth_ns) {
-            Some(b) => Some(r.ts_ns.saturating_sub(b) / 1_000_000),
-            None => Self::stamp_age_ms(r),
-        };
         // A start record that reveals a missed death belongs to the *new* socket on that
         // memory: report what we knew of the old one. Any other record is the dying socket's
         // own, read at its death (the substate may have changed unseen).
         let own_record = r.kind != kind::TIMER_START;
+        // A takeover's age is the one the kernel judged: from `tw_entry_stamp` as the
+        // dying socket's own record read it, microseconds after the decision (the stamp
+        // restarts when a FIN_WAIT2-substate socket is promoted, and a birth record can
+        // trail the stamp by milliseconds: a vCPU paused between the two, seen in a guest).
+        let judged = match reason {
+            ExitReason::Reused if own_record => Self::stamp_age_ms(r),
+            _ => None,
+        };
+        let lifetime_ms = match (judged, live.as_ref().and_then(|l| l.birth_ns)) {
+            (Some(age), _) => Some(age),
+            (None, Some(b)) => Some(r.ts_ns.saturating_sub(b) / 1_000_000),
+            (None, None) => Self::stamp_age_ms(r),
+        };
         let (sock, substate, cgroup) = match live {
             Some(l) if !own_record => (l.sock, l.substate, l.cgroup),
             Some(l) => (l.sock, Substate::from_raw(r.substate), l.cgroup),
@@ -1587,5 +1625,102 @@ mod tests {
                 (Refusal::NoTimestamps, Some(1))
             ]
         );
+    }
+
+    #[test]
+    fn a_takeover_is_aged_as_the_kernel_judged_it() {
+        // A's birth record trails the kernel's stamp by 4 ms (a vCPU paused between the two):
+        // the takeover's age is the kernel's, from the stamp its own record read at the
+        // takeover, not from the birth record.
+        let mut lc = Lifecycle::new(250);
+        let stamped = |mut r: TwRecord, stamp_ms: u32| {
+            r.flags |= flags::ENTRY_STAMP;
+            r.entry_stamp = stamp_ms;
+            r
+        };
+        let mut cancel = stamped(rec(kind::TIMER_CANCEL, 0xA, 0, 2000), 996);
+        cancel.flags |= flags::IN_CONNECT;
+        let ev = run(
+            &mut lc,
+            &[
+                stamped(rec(kind::TIMER_START, 0xA, 0, 1000), 996),
+                cancel,
+                rec(kind::TIMER_START, 0xC, 0, 3000),
+            ],
+        );
+        assert_eq!(exits(&ev), vec![(0xA, ExitReason::Reused, Some(1004))]);
+        // Promoted since its birth (the stamp restarted at the FIN): the age since then.
+        let mut cancel = stamped(rec(kind::TIMER_CANCEL, 0xB, 0, 5000), 4200);
+        cancel.flags |= flags::IN_CONNECT;
+        let ev = run(
+            &mut lc,
+            &[
+                stamped(rec(kind::TIMER_START, 0xB, 0, 4000), 4000),
+                cancel,
+                rec(kind::TIMER_START, 0xD, 0, 6000),
+            ],
+        );
+        assert_eq!(exits(&ev), vec![(0xB, ExitReason::Reused, Some(800))]);
+        // Any other death keeps the lifetime from birth.
+        let ev = run(
+            &mut lc,
+            &[
+                stamped(rec(kind::TIMER_START, 0xE, 0, 7000), 6990),
+                stamped(rec(kind::TIMER_CANCEL, 0xE, 0, 8000), 7500),
+                rec(kind::TIMER_START, 0xF, 0, 9000),
+            ],
+        );
+        assert_eq!(exits(&ev), vec![(0xE, ExitReason::Unknown, Some(1000))]);
+    }
+
+    #[test]
+    fn the_function_tier_refusal_is_judged_on_the_socket_the_kernel_saw() {
+        // A was born in its FIN_WAIT2 substate and the record of the FIN that promoted it was
+        // lost (7.x skips a kfree_skb run while another task is preempted in it): the
+        // lifecycle's copy still says FIN_WAIT2. tcp_twsk_unique saw it in TIME_WAIT, 150 ms
+        // old at connect()'s start, under a 200 ms delay: too young.
+        let mut lc = Lifecycle::new(250);
+        lc.set_fn_tier(true, true);
+        let mut born = rec(kind::TIMER_START, 0xA, 0, 1000);
+        born.substate = TCP_FIN_WAIT2;
+        born.ts_recent_stamp = 1;
+        let mut f = rec(kind::CONNECT_FAIL, 0xF, 0, 1400);
+        f.lport = 0;
+        f.flags = flags::CANDIDATES;
+        f.aux = 4;
+        f.expires = 0xA;
+        f.entry_stamp = 1390; // connect() began at 1390 ms
+        f.conf = NetConf {
+            valid: netconf::TW_REUSE | netconf::TW_REUSE_DELAY,
+            tw_reuse: 1,
+            tw_reuse_delay_ms: 200,
+            ..NetConf::NONE
+        };
+        let refusal = |lc: &mut Lifecycle, f: TwRecord| {
+            run(lc, &[f]).iter().find_map(|e| match &e.body {
+                Body::ConnectFail { refusal, .. } => Some(*refusal),
+                _ => None,
+            })
+        };
+        run(&mut lc, &[born]);
+        // Without the kernel's view, the stale copy decides.
+        assert_eq!(refusal(&mut lc, f), Some(Refusal::FinWait2));
+        let mut seen = f;
+        seen.flags |= flags::REFUSED_STATE;
+        seen.substate = TCP_TIME_WAIT;
+        seen.ts_recent_stamp = 1;
+        seen.aux2 = 150;
+        assert_eq!(refusal(&mut lc, seen), Some(Refusal::TooYoung));
+        // 201 ms old at the start, and still refused: not explained by the rule.
+        seen.aux2 = 201;
+        assert_eq!(refusal(&mut lc, seen), Some(Refusal::Unknown));
+        // In its FIN_WAIT2 substate when refused: that is the reason, however old.
+        seen.substate = TCP_FIN_WAIT2;
+        assert_eq!(refusal(&mut lc, seen), Some(Refusal::FinWait2));
+        // Even with no live copy at all (born before the tracer started).
+        seen.expires = 0xB;
+        seen.substate = TCP_TIME_WAIT;
+        seen.aux2 = 10;
+        assert_eq!(refusal(&mut lc, seen), Some(Refusal::TooYoung));
     }
 }

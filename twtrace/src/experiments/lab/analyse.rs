@@ -291,7 +291,7 @@ pub(super) fn client_summary(
     s.reused = taken.len();
     s.reuse_early = taken
         .iter()
-        .filter(|r| rule.early(r.birth_ns, r.exit_ns))
+        .filter(|r| rule.early(r.age_ms, r.birth_ns, r.exit_ns))
         .count();
     s.reuse_age_ms = Spread::of(&taken.iter().map(|r| r.age_ms).collect::<Vec<_>>());
     for e in ev {

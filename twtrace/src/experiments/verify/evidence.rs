@@ -31,7 +31,8 @@ pub struct Reuse {
     pub birth_ns: u64,
     /// CLOCK_MONOTONIC ns of the takeover.
     pub exit_ns: u64,
-    /// Its age at the takeover, as the tracer reported it.
+    /// Its age at the takeover, as the tracer reported it (the kernel's, from
+    /// `tw_entry_stamp`, where the kernel has one).
     pub age_ms: u64,
 }
 

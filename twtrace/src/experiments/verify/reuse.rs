@@ -204,7 +204,7 @@ fn tally(ev: &[Event], rule: ReuseRule, failures: usize, tried_ms: u64) -> Reuse
         rule: Some(rule),
         early: taken
             .iter()
-            .filter(|r| rule.early(r.birth_ns, r.exit_ns))
+            .filter(|r| rule.early(r.age_ms, r.birth_ns, r.exit_ns))
             .count(),
         under_1s: taken.iter().filter(|r| r.age_ms < 1000).count(),
         failures,
