@@ -29,31 +29,14 @@ pub(super) fn line(m: &Model, v: &ViewState, width: u16) -> Line<'static> {
                 Style::new()
             },
         ),
-        // Next to the lost events, only when there are any: fields of some records are wrong.
-        Span::styled(
-            if m.read_errors > 0 {
-                format!(" read errors {}", m.read_errors)
-            } else {
-                String::new()
-            },
-            YELLOW,
-        ),
-        // Likewise: some births may lack their closing process.
-        Span::styled(
-            if m.map_errors > 0 {
-                format!(" map errors {}", m.map_errors)
-            } else {
-                String::new()
-            },
-            YELLOW,
-        ),
-        // Events not seen, as the lost ones: red like them.
-        Span::styled(
-            if m.skipped_runs > 0 {
-                format!(" SKIPPED {}", m.skipped_runs)
-            } else {
-                String::new()
-            },
+        // Next to the lost events, only when there are any: fields of some records are wrong;
+        // some births may lack their closing process; events not seen, as the lost ones
+        // (red like them).
+        count_span(" read errors", m.read_errors, YELLOW),
+        count_span(" map errors", m.map_errors, YELLOW),
+        count_span(
+            " SKIPPED",
+            m.skipped_runs,
             Style::new().fg(Color::White).bg(Color::Red),
         ),
         Span::styled(
@@ -88,4 +71,12 @@ pub(super) fn line(m: &Model, v: &ViewState, width: u16) -> Line<'static> {
         ));
     }
     Line::from(spans)
+}
+
+/// `label n` in `style` when `n` is not zero; nothing otherwise.
+fn count_span(label: &str, n: u64, style: Style) -> Span<'static> {
+    if n == 0 {
+        return Span::raw("");
+    }
+    Span::styled(format!("{label} {n}"), style)
 }

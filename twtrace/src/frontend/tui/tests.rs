@@ -262,16 +262,20 @@ fn lost_events_and_empty_screens() {
     let m = Model::build(&a, &host);
     let text = buffer_text(&render_buffer(&m, &ViewState::default(), 80, 24));
     assert!(text.contains("lost 42"), "{text}");
-    assert!(
-        !text.contains("read errors"),
-        "only when there are any: {text}"
-    );
+    for absent in ["read errors", "map errors", "SKIPPED"] {
+        assert!(!text.contains(absent), "only when there are any: {text}");
+    }
     let with_errors = Model {
         read_errors: 7,
+        map_errors: 2,
+        skipped_runs: 3,
         ..m.clone()
     };
-    let text = buffer_text(&render_buffer(&with_errors, &ViewState::default(), 80, 24));
-    assert!(text.contains("lost 42 read errors 7"), "{text}");
+    let text = buffer_text(&render_buffer(&with_errors, &ViewState::default(), 100, 24));
+    assert!(
+        text.contains("lost 42 read errors 7 map errors 2 SKIPPED 3"),
+        "{text}"
+    );
     // Tiny terminals do not panic.
     for (w, h) in [(1u16, 1u16), (10, 3), (30, 8)] {
         let _ = render_buffer(&m, &ViewState::default(), w, h);
