@@ -308,7 +308,8 @@ pub enum Body {
         sock: Sock,
         substate: Substate,
         reason: ExitReason,
-        /// From birth (or from `tw_entry_stamp` for sockets born before twtrace started).
+        /// From birth (or from `tw_entry_stamp` for sockets born before twtrace started); for
+        /// `Reused`, the kernel's age at the takeover, from `tw_entry_stamp` where it has one.
         lifetime_ms: Option<u64>,
         /// The task in whose context the socket died.
         task: Option<Task>,
