@@ -2,6 +2,8 @@
 //! sockets it claims (client side, one per connection), honour its bounds and its pace, and
 //! twtrace must see what it makes. Each test owns its network namespace.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twtrace::host::netns::NetNs;
 use twtrace::testkit::loadgen::{self, LoadSpec, NsTuning};
@@ -112,7 +114,25 @@ fn twtrace_sees_every_generated_timewait_socket() {
     tracer.wait_for(SOON, |ev| enters(ev).len() >= 2000);
     std::thread::sleep(Duration::from_millis(300));
     let (ev, summary) = tracer.stop().unwrap();
-    assert_eq!(enters(&ev).len(), 2000);
+    let born = enters(&ev);
+    // On a mismatch, what tells a double birth from a stray one (seen once in the 7.3 guest:
+    // 2 001 births, unexplained): the tuples born twice and the lifecycle's own counts.
+    let mut tuples: HashMap<(SocketAddr, SocketAddr), Vec<&Enter>> = HashMap::new();
+    for b in &born {
+        tuples
+            .entry((addr(&b.sock, true), addr(&b.sock, false)))
+            .or_default()
+            .push(b);
+    }
+    let twice: Vec<_> = tuples.values().filter(|v| v.len() > 1).take(3).collect();
+    assert_eq!(
+        born.len(),
+        2000,
+        "born twice: {twice:#?}\nexits: {:#?}\n{:?}\nskipped runs: {:?}",
+        &exits(&ev)[..exits(&ev).len().min(5)],
+        summary.stats,
+        summary.skipped_by_program
+    );
     assert_eq!(
         exits(&ev).len(),
         0,

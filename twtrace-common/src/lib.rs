@@ -243,7 +243,9 @@ pub struct LastTw {
     /// This CPU's timer event count at that moment (see the kernel's `TIMER_SEQ`).
     pub seq: u64,
     pub key: FlowKey,
-    pub _pad: u32,
+    /// A detach: 1 if it ran in a task inside connect() toward its flow (`IN_CONNECT`), which
+    /// may be a takeover (final) or a re-arm run by that task's softirq work.
+    pub in_connect: u32,
 }
 
 /// Key of the "who closed this connection" map: the connection's tuple in its netns.

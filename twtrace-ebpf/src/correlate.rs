@@ -75,6 +75,7 @@ pub fn remember(slot: u32, tw: u64, r: &TwRecord, seq: u64) {
             (*p).tw = tw;
             (*p).seq = seq;
             (*p).key = flow_key(r);
+            (*p).in_connect = (r.flags & flags::IN_CONNECT != 0) as u32;
         }
     }
 }
@@ -85,20 +86,22 @@ pub fn remember(slot: u32, tw: u64, r: &TwRecord, seq: u64) {
 /// the memory of one that just died (the slab reuses it at once) almost always has timer
 /// events between (its connection's own timers), and is usually another flow; but nothing
 /// forbids the same flow's next socket after a takeover by connect() from having none (the
-/// soak's rare missing births point there): a detach known to be final is remembered with
-/// sequence 0, which never matches.
+/// soak's rare missing births point there). So: `None`, not a re-arm; `Some(false)`, a
+/// re-arm; `Some(true)`, consecutive with a detach in a connecting task (`IN_CONNECT`), which
+/// is a takeover or a re-arm that the task's softirq work ran (the peer's FIN promoting a
+/// FIN_WAIT2-substate socket, seen in the 7.3 guest): only userspace can tell, by the function
+/// tier's confirmed takeovers. A purge's detach is remembered with sequence 0: never a re-arm.
 #[inline(always)]
-pub fn is_rearm(tw: u64, seq: u64, key: &FlowKey) -> bool {
-    match LAST_TW.get_ptr(LAST_CANCEL) {
-        // SAFETY: per-CPU slot pointer from the map.
-        Some(p) => unsafe {
-            (*p).tw == tw
-                && seq != 0
-                && (*p).seq != 0
-                && (*p).seq.wrapping_add(1) == seq
-                && (*p).key == *key
-        },
-        None => false,
+pub fn is_rearm(tw: u64, seq: u64, key: &FlowKey) -> Option<bool> {
+    let p = LAST_TW.get_ptr(LAST_CANCEL)?;
+    // SAFETY: per-CPU slot pointer from the map.
+    unsafe {
+        let consecutive = (*p).tw == tw
+            && seq != 0
+            && (*p).seq != 0
+            && (*p).seq.wrapping_add(1) == seq
+            && (*p).key == *key;
+        consecutive.then_some((*p).in_connect != 0)
     }
 }
 
@@ -153,9 +156,7 @@ pub unsafe fn cancel_flags(cfg: &Config, net: u64, r: &TwRecord) -> u8 {
             f |= flags::IN_CONNECT;
         }
     }
-    if cfg.net_ns_ref != NO_FIELD
-        && net != 0
-        && read::<u32>(net, cfg.net_ns_ref).unwrap_or(1) == 0
+    if cfg.net_ns_ref != NO_FIELD && net != 0 && read::<u32>(net, cfg.net_ns_ref).unwrap_or(1) == 0
     {
         f |= flags::NETNS_DYING;
     }

@@ -73,8 +73,9 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
                     // A reuse: the settings connect() applied to it.
                     fill_conf(&cfg, net, r);
                 }
-                // A takeover's or a purge's detach is final: never half of a re-arm.
-                let fin = (*r).flags & (flags::IN_CONNECT | flags::NETNS_DYING) != 0;
+                // A purge's detach is final: never half of a re-arm (a takeover's may look
+                // like one: `is_rearm`).
+                let fin = (*r).flags & flags::NETNS_DYING != 0;
                 remember(LAST_CANCEL, tw, &*r, if fin { 0 } else { seq });
             }
             submit(entry);
@@ -87,9 +88,15 @@ fn on_tw_timer(ctx: &BtfTracePointContext, k: u8) -> u32 {
 #[inline(always)]
 unsafe fn on_start(tw: u64, seq: u64, r: *mut twtrace_common::TwRecord) {
     let key = flow_key(r);
-    if is_rearm(tw, seq, &key) {
-        (*r).flags |= flags::REARM;
-        return;
+    match is_rearm(tw, seq, &key) {
+        None => {}
+        Some(false) => {
+            (*r).flags |= flags::REARM;
+            return;
+        }
+        // After a detach in a connecting task: flagged, and also kept as a birth (its
+        // closer named) in case that detach was a takeover; userspace decides.
+        Some(true) => (*r).flags |= flags::REARM,
     }
     if let Some(c) = CLOSERS.get(&key) {
         (*r).pid = c.pid;

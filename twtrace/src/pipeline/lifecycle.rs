@@ -1565,6 +1565,27 @@ mod tests {
     }
 
     #[test]
+    fn with_the_function_tier_a_connecting_tasks_rearm_is_a_rearm() {
+        // The peer's FIN re-armed A's timer into another bucket in softirq work run by a task
+        // inside connect() toward the same peer (the detach carries the task's flag; seen in
+        // the 7.3 guest's loadgen test). tcp_twsk_unique did not take A: a re-arm, not a
+        // death and a birth.
+        let mut lc = Lifecycle::new(250);
+        lc.set_fn_tier(true, true);
+        let mut cancel = rec(kind::TIMER_CANCEL, 0xA, 0, 2000);
+        cancel.flags |= flags::IN_CONNECT;
+        let mut again = rec(kind::TIMER_START, 0xA, 0, 2001);
+        again.flags |= flags::REARM;
+        let ev = run(
+            &mut lc,
+            &[rec(kind::TIMER_START, 0xA, 0, 1000), cancel, again],
+        );
+        assert_eq!(exits(&ev), vec![]);
+        assert_eq!((lc.stats.enters, lc.stats.rearms), (1, 1));
+        assert_eq!(lc.live_count(), 1);
+    }
+
+    #[test]
     fn function_tier_reuse_overflow_and_candidates() {
         let mut lc = Lifecycle::new(250);
         lc.set_fn_tier(true, true);
