@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twtrace::host::netns::NetNs;
+use twtrace::pipeline::event::ExitReason;
 use twtrace::testkit::loadgen::{self, LoadSpec, NsTuning};
 use twtrace_tests::*;
 
@@ -109,9 +110,11 @@ fn twtrace_sees_every_generated_timewait_socket() {
     let ns = NetNs::new().unwrap();
     NsTuning::accumulate(100_000).apply(&ns).unwrap();
     let tracer = trace(&ns);
+    let rsts_before = out_rsts(&ns);
     let r = loadgen::run(&ns, &spec(2, 2000, Duration::from_secs(20))).unwrap();
     assert_eq!((r.conns, r.errors), (2000, 0), "{r:?}");
     tracer.wait_for(SOON, |ev| enters(ev).len() >= 2000);
+    let rsts = out_rsts(&ns) - rsts_before;
     std::thread::sleep(Duration::from_millis(300));
     let (ev, summary) = tracer.stop().unwrap();
     let born = enters(&ev);
@@ -133,13 +136,29 @@ fn twtrace_sees_every_generated_timewait_socket() {
         summary.stats,
         summary.skipped_by_program
     );
-    assert_eq!(
-        exits(&ev).len(),
-        0,
-        "{:?}",
-        &exits(&ev)[..exits(&ev).len().min(5)]
+    // None dies in the run (60 s timers, no reuse), except by an RST the namespace's own
+    // kernel counted sending: loopback workloads see a fresh timewait socket killed by an
+    // in-window RST now and then (seen in the 7.3 guest: one in 2 000, 2 ms old; the
+    // reasons tests meet the same race). Any other exit is a death twtrace made up.
+    let died = exits(&ev);
+    let by_rst = died.iter().filter(|x| x.reason == ExitReason::Rst).count() as u64;
+    assert!(
+        by_rst as usize == died.len() && by_rst <= rsts,
+        "{rsts} RSTs sent: {:?}",
+        &died[..died.len().min(5)]
     );
+    if by_rst > 0 {
+        kernel::partial(
+            "twtrace_sees_every_generated_timewait_socket",
+            &format!("{by_rst} timewait socket(s) killed by an RST ({rsts} sent)"),
+        );
+    }
     assert_eq!(summary.lost, 0);
+}
+
+/// RSTs the namespace's TCP sent so far (`Tcp: OutRsts`).
+fn out_rsts(ns: &NetNs) -> u64 {
+    loadgen::netstat(ns).unwrap()["Tcp:OutRsts"]
 }
 
 /// With port reuse each connection is one entry and one `reused` exit, at a rate where the
