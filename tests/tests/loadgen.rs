@@ -114,12 +114,13 @@ fn twtrace_sees_every_generated_timewait_socket() {
     let r = loadgen::run(&ns, &spec(2, 2000, Duration::from_secs(20))).unwrap();
     assert_eq!((r.conns, r.errors), (2000, 0), "{r:?}");
     tracer.wait_for(SOON, |ev| enters(ev).len() >= 2000);
-    let rsts = out_rsts(&ns) - rsts_before;
     std::thread::sleep(Duration::from_millis(300));
     let (ev, summary) = tracer.stop().unwrap();
+    let rsts = out_rsts(&ns) - rsts_before;
     let born = enters(&ev);
-    // On a mismatch, what tells a double birth from a stray one (seen once in the 7.3 guest:
-    // 2 001 births, unexplained): the tuples born twice and the lifecycle's own counts.
+    // On a mismatch, what tells a double birth from a stray one: the tuples born twice and
+    // the lifecycle's own counts (they showed a re-arm taken for a death and a birth in the
+    // 7.3 guest, 391030b).
     let mut tuples: HashMap<(SocketAddr, SocketAddr), Vec<&Enter>> = HashMap::new();
     for b in &born {
         tuples
