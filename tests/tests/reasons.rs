@@ -7,7 +7,7 @@ use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 use twtrace::experiments::workload::{connect_many, serve, FirstCloser};
 use twtrace::host::netns::NetNs;
-use twtrace::pipeline::event::{Body, Event, ExitReason, Refusal};
+use twtrace::pipeline::event::{Body, Event, ExitReason, Refusal, Substate};
 use twtrace_tests::*;
 
 fn lo4() -> SocketAddr {
@@ -294,9 +294,17 @@ fn reuse_attempt(test: &str, delay_ms: u64, has_delay: bool) -> bool {
     }
     check_refused_candidates(tracer.features().fn_tier(), &ev, &tries, server.addr);
     if closed_in.is_none_or(|s| s == first_try_in) {
+        // On a failure, when the sockets were born against when the tries were made (seen
+        // once on the host under load: every refusal `no_timewait`, then a reuse).
+        let born: Vec<(u64, Substate)> = enters(&ev)
+            .iter()
+            .filter(|b| addr(&b.sock, false) == server.addr)
+            .map(|b| (b.ts_ns, b.substate))
+            .collect();
         assert!(
             fails.iter().any(|f| f.1 == Refusal::TooYoung),
-            "never refused as too young: {fails:?}"
+            "never refused as too young: {fails:?}\nborn: {born:?}\ntries began: {tries:?}\n\
+             reused: {reused:?}"
         );
     } else {
         kernel::partial(
